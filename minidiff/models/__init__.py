@@ -1,0 +1,1 @@
+"""Models: MLP, U-Net, VAE, tokenizer, text encoder, mini-CLIP."""

@@ -1,0 +1,1 @@
+"""Manual-backprop neural-network building blocks: functional pairs, modules, gradient checks."""
