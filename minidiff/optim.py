@@ -1,0 +1,305 @@
+"""Optimisation: AdamW, an exponential moving average (EMA) of the weights, gradient clipping
+and the warmup + cosine learning-rate schedule.
+
+A training step with all four, as ``minidiff/train.py`` runs it:
+
+    model.zero_grad()
+    loss = ...; model.backward(...)                  # fills p.grad
+    clip_grad_norm(model, max_norm=1.0)              # rescale the grads if ||g|| > 1
+    optimizer.step(lr=warmup_cosine(step, 1e-3, warmup_steps=500, total_steps=20_000))
+    ema.update()                                     # shadow <- decay shadow + (1 - decay) theta
+
+Everything here stays on the parameters' device: the optimiser and EMA states are arrays beside
+the parameters, and nothing in ``step()``, ``update()`` or ``clip_grad_norm`` reads a number back
+to the host (no ``.item()``, no ``float(array)``), so a GPU step is never stalled by a sync.
+The step counter and the bias corrections are plain Python numbers on the host.
+
+Parameters may be given as a ``Module`` (state keys are then the parameters' dotted names, as in
+``model.state_dict()``) or as a list of ``Parameter``s (keys "0", "1", ...).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+from .nn.module import Module, Parameter
+
+
+def _named_params(params):
+    """[(name, Parameter)] from a Module, a list of Parameters, or a list of (name, Parameter)."""
+    if isinstance(params, Module):
+        return params.named_parameters()
+    params = list(params)
+    if all(isinstance(p, Parameter) for p in params):
+        return [(str(i), p) for i, p in enumerate(params)]
+    if all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], Parameter) for p in params):
+        return [(str(n), p) for n, p in params]
+    raise ValueError("expected a Module, a list of Parameters or a list of (name, Parameter) pairs, "
+                     f"got a list holding {sorted({type(p).__name__ for p in params})}")
+
+
+def _on_device_of(value, array):
+    """``value`` moved to ``array``'s device if it is not there (a type check; no copy otherwise)."""
+    xp = backend.get_array_module(array)
+    if backend.get_array_module(value) is not xp:
+        value = xp.asarray(backend.to_numpy(value))
+    return value
+
+
+def _like(array, value):
+    """A fresh copy of ``value`` on ``array``'s device, in ``array``'s dtype."""
+    xp = backend.get_array_module(array)
+    return xp.array(_on_device_of(value, array), dtype=array.dtype, copy=True)
+
+
+def _load_arrays(owner, what, named, stored):
+    """Copy {name: array} from a state dict onto the parameters' devices; clear errors on mismatch."""
+    out = {}
+    for name, p in named:
+        if name not in stored:
+            raise ValueError(f"{owner}.load_state_dict: {what} has no entry for parameter {name!r}")
+        value = stored[name]
+        if tuple(value.shape) != tuple(p.data.shape):
+            raise ValueError(f"{owner}.load_state_dict: {what}[{name!r}] has shape {tuple(value.shape)} "
+                             f"but the parameter has shape {tuple(p.data.shape)}")
+        out[name] = _like(p.data, value)
+    extra = [k for k in stored if k not in out]
+    if extra:
+        raise ValueError(f"{owner}.load_state_dict: {what} has an entry {extra[0]!r} for no parameter "
+                         f"({len(extra)} unexpected)")
+    return out
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), the same update as torch.optim.AdamW.
+
+    For each parameter theta with gradient g, at step t = 1, 2, ...:
+
+        theta <- theta - lr * lambda * theta                 decoupled weight decay
+        m     <- beta1 m + (1 - beta1) g                     first moment (mean of g)
+        v     <- beta2 v + (1 - beta2) g^2                   second moment (mean of g^2)
+        m_hat  = m / (1 - beta1^t),  v_hat = v / (1 - beta2^t)     bias corrections
+        theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)
+
+    Parameters whose ``grad`` is None are skipped. ``step(lr=...)`` overrides the learning rate for
+    that step and keeps it (so a schedule can be applied step by step).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        if not lr >= 0.0:
+            raise ValueError(f"AdamW: lr must be >= 0, got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got {betas!r}")
+        if not eps > 0.0:
+            raise ValueError(f"AdamW: eps must be > 0, got {eps!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay!r}")
+        self.named = _named_params(params)
+        if not self.named:
+            raise ValueError("AdamW: got no parameters to optimise")
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.step_count = 0
+        self.exp_avg = {}        # name -> m, created at the parameter's first step
+        self.exp_avg_sq = {}     # name -> v
+
+    def zero_grad(self):
+        for _, p in self.named:
+            p.grad = None
+
+    def step(self, lr=None):
+        """One AdamW update of every parameter that has a gradient."""
+        if lr is not None:
+            self.lr = float(lr)
+        lr, (beta1, beta2), eps = self.lr, self.betas, self.eps
+        self.step_count += 1
+        t = self.step_count
+        bias_correction1 = 1.0 - beta1 ** t                          # 1 - beta1^t  (host float)
+        bias_correction2 = 1.0 - beta2 ** t                          # 1 - beta2^t
+        step_size = lr / bias_correction1
+        for name, p in self.named:
+            g = p.grad
+            if g is None:
+                continue
+            xp = backend.get_array_module(p.data)
+            if name not in self.exp_avg:
+                self.exp_avg[name] = xp.zeros_like(p.data)
+                self.exp_avg_sq[name] = xp.zeros_like(p.data)
+            m = self.exp_avg[name] = _on_device_of(self.exp_avg[name], p.data)
+            v = self.exp_avg_sq[name] = _on_device_of(self.exp_avg_sq[name], p.data)
+            # theta <- theta (1 - lr lambda)                         (decoupled weight decay)
+            p.data *= 1.0 - lr * self.weight_decay
+            # m <- beta1 m + (1 - beta1) g
+            m *= beta1
+            m += (1.0 - beta1) * g
+            # v <- beta2 v + (1 - beta2) g^2
+            v *= beta2
+            v += (1.0 - beta2) * (g * g)
+            # theta <- theta - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)   = lr m_hat / (sqrt(v_hat) + eps)
+            denom = xp.sqrt(v)
+            denom /= math.sqrt(bias_correction2)
+            denom += eps
+            p.data -= step_size * (m / denom)
+
+    def state_dict(self):
+        """Host copies: {"step", "lr", "betas", "eps", "weight_decay", "exp_avg": {name: m},
+        "exp_avg_sq": {name: v}} (moments only for parameters that have taken a step)."""
+        return {
+            "step": np.asarray(self.step_count, np.int64),
+            "lr": np.asarray(self.lr, np.float64),
+            "betas": np.asarray(self.betas, np.float64),
+            "eps": np.asarray(self.eps, np.float64),
+            "weight_decay": np.asarray(self.weight_decay, np.float64),
+            "exp_avg": {k: backend.to_numpy(a).copy() for k, a in self.exp_avg.items()},
+            "exp_avg_sq": {k: backend.to_numpy(a).copy() for k, a in self.exp_avg_sq.items()},
+        }
+
+    def load_state_dict(self, state):
+        """Restore step count, hyperparameters and moments (placed on each parameter's device and
+        dtype). A moment for an unknown parameter, or of the wrong shape, is a ValueError."""
+        missing = [k for k in ("step", "lr", "betas", "eps", "weight_decay") if k not in state]
+        if missing:
+            raise ValueError(f"AdamW.load_state_dict: the state has no {missing[0]!r} entry")
+        exp_avg, exp_avg_sq = state.get("exp_avg", {}), state.get("exp_avg_sq", {})
+        if set(exp_avg) != set(exp_avg_sq):
+            raise ValueError("AdamW.load_state_dict: exp_avg and exp_avg_sq hold different parameters")
+        stepped = [(n, p) for n, p in self.named if n in exp_avg]
+        self.exp_avg = _load_arrays("AdamW", "exp_avg", stepped, exp_avg)
+        self.exp_avg_sq = _load_arrays("AdamW", "exp_avg_sq", stepped, exp_avg_sq)
+        unknown = [k for k in exp_avg if k not in dict(self.named)]
+        if unknown:
+            raise ValueError(f"AdamW.load_state_dict: exp_avg has an entry {unknown[0]!r} for no parameter")
+        self.step_count = int(np.asarray(state["step"]))
+        self.lr = float(np.asarray(state["lr"]))
+        self.betas = tuple(float(b) for b in np.asarray(state["betas"]))
+        self.eps = float(np.asarray(state["eps"]))
+        self.weight_decay = float(np.asarray(state["weight_decay"]))
+        return self
+
+
+class EMA:
+    """Exponential moving average of the weights; sampling from it gives smoother results.
+
+        shadow <- decay_n * shadow + (1 - decay_n) * theta          after every optimiser step
+
+    With ``warmup=True`` the decay ramps up over the first updates,
+    decay_n = min(decay, (1 + n) / (10 + n)) with n = the number of updates before this one,
+    so the average is not dominated by the random initial weights in a short run.
+
+    ``copy_to(model)`` writes the averaged weights into a model; ``swap(model)`` exchanges them
+    with the model's own (call it again to swap back), e.g. to evaluate with the EMA weights.
+    """
+
+    def __init__(self, params, decay=0.999, warmup=True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA: decay must be in [0, 1), got {decay!r}")
+        self.named = _named_params(params)
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.num_updates = 0
+        self.shadow = {name: _like(p.data, p.data) for name, p in self.named}
+
+    def current_decay(self):
+        """decay_n for the next update (a host float)."""
+        n = self.num_updates
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
+
+    def update(self):
+        decay = self.current_decay()
+        for name, p in self.named:
+            s = self.shadow[name] = _on_device_of(self.shadow[name], p.data)
+            # shadow <- decay shadow + (1 - decay) theta  =  shadow - (1 - decay)(shadow - theta)
+            s -= (1.0 - decay) * (s - p.data)
+        self.num_updates += 1
+
+    def _targets(self, model):
+        """The (name, Parameter) pairs to write into: ``model``'s, or the tracked ones."""
+        if model is None:
+            return self.named
+        named = _named_params(model)
+        names = [n for n, _ in named]
+        if names != [n for n, _ in self.named]:
+            first = next((n for n in names if n not in self.shadow), names[0] if names else None)
+            raise ValueError(f"EMA: the model's parameters do not match the averaged ones (first: {first!r})")
+        return named
+
+    def copy_to(self, model=None):
+        """theta <- shadow for every parameter of ``model`` (default: the tracked parameters)."""
+        for name, p in self._targets(model):
+            p.data = _like(p.data, self.shadow[name])
+
+    def swap(self, model=None):
+        """Exchange the model's weights and the averaged ones (swap twice to undo)."""
+        for name, p in self._targets(model):
+            p.data, self.shadow[name] = _on_device_of(self.shadow[name], p.data), p.data
+
+    def state_dict(self):
+        return {"decay": np.asarray(self.decay, np.float64),
+                "warmup": np.asarray(self.warmup),
+                "num_updates": np.asarray(self.num_updates, np.int64),
+                "shadow": {k: backend.to_numpy(a).copy() for k, a in self.shadow.items()}}
+
+    def load_state_dict(self, state):
+        for key in ("decay", "num_updates", "shadow"):
+            if key not in state:
+                raise ValueError(f"EMA.load_state_dict: the state has no {key!r} entry")
+        self.shadow = _load_arrays("EMA", "shadow", self.named, state["shadow"])
+        self.decay = float(np.asarray(state["decay"]))
+        self.warmup = bool(np.asarray(state.get("warmup", self.warmup)))
+        self.num_updates = int(np.asarray(state["num_updates"]))
+        return self
+
+
+def clip_grad_norm(params, max_norm):
+    """Rescale all gradients together so that their global L2 norm is at most ``max_norm``.
+
+        ||g|| = sqrt(sum_p ||g_p||^2)                     one norm over every parameter
+        g_p  <- g_p * min(1, max_norm / (||g|| + 1e-6))
+
+    The scaling is applied unconditionally (a factor of 1 when the norm is small enough), so no
+    number is read back from the device. Returns ||g|| before clipping as a 0-d array on the
+    gradients' device (log it every N steps with ``float(...)``, which syncs).
+    """
+    if not max_norm > 0:
+        raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm!r}")
+    grads = [p.grad for _, p in _named_params(params) if p.grad is not None]
+    if not grads:
+        return np.zeros((), np.float32)
+    xp = backend.get_array_module(grads[0])
+    dtype = grads[0].dtype
+    # ||g||^2 = sum over parameters of sum over entries of g^2
+    total_norm = xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads)).astype(dtype)
+    # factor = min(1, max_norm / (||g|| + 1e-6))
+    # (Python floats are "weak" under NEP 50: they keep the gradients' dtype)
+    factor = xp.minimum(float(max_norm) / (total_norm + 1e-6), 1.0)
+    for g in grads:
+        g *= factor
+    return total_norm
+
+
+def warmup_cosine(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Learning rate at ``step`` (0-based): linear warmup, then a cosine decay to ``min_lr``.
+
+        step < W:        lr = base_lr * step / W
+        W <= step <= T:  lr = min_lr + (base_lr - min_lr) * (1 + cos(pi (step - W) / (T - W))) / 2
+        step > T:        lr = min_lr
+
+    so lr = base_lr exactly at the end of warmup (step = W) and lr = min_lr at step = T.
+    """
+    if step < 0:
+        raise ValueError(f"warmup_cosine: step must be >= 0, got {step!r}")
+    if warmup_steps < 0 or total_steps < 1 or warmup_steps > total_steps:
+        raise ValueError(f"warmup_cosine: need 0 <= warmup_steps <= total_steps and total_steps >= 1, "
+                         f"got warmup_steps={warmup_steps!r}, total_steps={total_steps!r}")
+    if base_lr < 0 or min_lr < 0 or min_lr > base_lr:
+        raise ValueError(f"warmup_cosine: need 0 <= min_lr <= base_lr, got base_lr={base_lr!r}, min_lr={min_lr!r}")
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    if step >= total_steps:
+        return float(min_lr)
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)       # 0 .. 1
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
