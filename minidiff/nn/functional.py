@@ -1,0 +1,827 @@
+"""Pure (forward, backward) pairs: every op minidiff's models are made of, with its derivative beside it.
+
+The contract (cs231n style, NCHW, weights laid out as in PyTorch)::
+
+    out, cache = name(inputs..., options...)
+    grads      = name_backward(d_out, cache)    # grads of the ARRAY inputs, in order;
+                                                # None for an absent bias
+
+* ``cache`` holds exactly what the backward pass needs (``x_hat``, ``inv_std``, the im2col
+  matrix ...), named after the math; nothing else.
+* Every op takes its array module from its data, ``xp = get_array_module(x)``, so the same
+  function runs on NumPy and on CuPy.
+* dtypes are kept: float32 in, float32 out. Mixing float32 and float64 arrays in one op is a
+  ValueError rather than a silent promotion to float64.
+* Bad shapes raise a ValueError that names the op, the shapes and what would be valid.
+
+Each backward's docstring derives it in a few lines; the code then follows the derivation in
+order, quoting (``# forward was: ...``) the forward line each step undoes. Every pair is checked
+against finite differences in float64 (``minidiff/nn/gradcheck.py``, ``tests/test_functional.py``)
+and the convolutions and attention against the loop versions in ``minidiff/nn/reference.py``.
+
+Contents: linear | conv2d, conv_transpose2d (im2col + one GEMM) | upsample_nearest2x, avg_pool2d |
+group_norm, layer_norm | silu, gelu (+ erf), softmax | attention | embedding,
+sinusoidal_embedding | dropout | mse_loss, cross_entropy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+
+__all__ = [
+    "linear", "linear_backward",
+    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "conv_output_size",
+    "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2d", "avg_pool2d_backward",
+    "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
+    "silu", "silu_backward", "gelu", "gelu_backward", "erf", "softmax", "softmax_backward",
+    "attention", "attention_backward", "attention_probs",
+    "embedding", "embedding_backward", "sinusoidal_embedding",
+    "dropout", "dropout_backward",
+    "mse_loss", "mse_loss_backward", "cross_entropy", "cross_entropy_backward",
+]
+
+
+# ================================================================================================
+# argument checks (one clear line naming the op, the values, and what is allowed)
+# ================================================================================================
+def _floats(op, **arrays):
+    """All given arrays (None skipped) share one floating dtype: no silent float32 -> float64."""
+    named = [(name, a) for name, a in arrays.items() if a is not None]
+    first_name, first = named[0]
+    if first.dtype.kind != "f":
+        raise ValueError(f"{op}: {first_name} must be a floating-point array, got dtype {first.dtype}")
+    for name, a in named[1:]:
+        if a.dtype != first.dtype:
+            raise ValueError(f"{op}: {name} has dtype {a.dtype} but {first_name} has dtype {first.dtype}; "
+                             f"cast one so they match (float32 to train, float64 to check gradients)")
+
+
+def _ndim(op, name, a, ndim, layout):
+    if a.ndim != ndim:
+        raise ValueError(f"{op}: {name} must be {layout} ({ndim} axes), got shape {tuple(a.shape)}")
+
+
+def _vector(op, name, a, size, what):
+    if a is not None and tuple(a.shape) != (size,):
+        raise ValueError(f"{op}: {name} must have shape ({size},) (one per {what}), got {tuple(a.shape)}")
+
+
+def _int_at_least(op, name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{op}: {name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _index_array(op, name, ids, num_classes, xp):
+    """Integer ids as an array of xp; the range is checked for host arrays (on a GPU that would be
+    a synchronisation, so device ids are trusted)."""
+    host = isinstance(ids, (list, tuple, int, np.integer, np.ndarray))
+    ids = xp.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"{op}: {name} must be integers, got dtype {ids.dtype}")
+    if host and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+        raise ValueError(f"{op}: {name} must lie in [0, {num_classes}), "
+                         f"got values from {int(ids.min())} to {int(ids.max())}")
+    return ids
+
+
+# ================================================================================================
+# linear
+# ================================================================================================
+def linear(x, w, b=None):
+    """y = x w^T + b
+
+    x: (..., in), w: (out, in), b: (out,) or None  ->  y: (..., out)
+    cache: (x2d (N, in), w, x_shape, has_bias)
+    """
+    _floats("linear", x=x, w=w, b=b)
+    _ndim("linear", "w", w, 2, "(out_features, in_features)")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: x has shape {tuple(x.shape)} but w has shape {tuple(w.shape)}; "
+                         f"x's last axis must equal w's in_features ({w.shape[1]})")
+    _vector("linear", "b", b, w.shape[0], "output feature")
+    x2d = x.reshape(-1, w.shape[1])                           # (N, in),  N = prod(leading axes)
+    y = x2d @ w.T                                             # (N, out)
+    if b is not None:
+        y += b
+    return y.reshape(*x.shape[:-1], w.shape[0]), (x2d, w, x.shape, b is not None)
+
+
+def linear_backward(dy, cache):
+    """y_ni = sum_j x_nj w_ij + b_i, so
+
+        dx = dy w          dw = dy^T x          db = sum_n dy_n
+    """
+    x2d, w, x_shape, has_bias = cache
+    dy2d = dy.reshape(-1, w.shape[0])                         # (N, out)
+    dx = (dy2d @ w).reshape(x_shape)                          # (N, in) -> (..., in)
+    dw = dy2d.T @ x2d                                         # (out, in)
+    db = dy2d.sum(axis=0) if has_bias else None               # (out,)
+    return dx, dw, db
+
+
+# ================================================================================================
+# convolution: im2col + one GEMM
+# ================================================================================================
+def conv_output_size(size, kernel_size, stride=1, padding=0):
+    """floor((size + 2 padding - kernel_size) / stride) + 1: positions a kernel takes along one axis."""
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def _im2col(x, kh, kw, stride, padding, Ho, Wo):
+    """Unfold every kh x kw window of the zero-padded input into one column.
+
+    x: (B, C, H, W)  ->  col: (C*kh*kw, B*Ho*Wo), C-contiguous, with
+
+        col[(c, i, j), (b, oy, ox)] = x_pad[b, c, stride*oy + i, stride*ox + j]
+
+    Row (c, i, j) holds, for every window, the pixel at kernel offset (i, j) of channel c; that
+    is a strided slice of x_pad, so the copy loops over the kh*kw offsets, never over pixels.
+    """
+    xp = get_array_module(x)
+    B, C, H, W = x.shape
+    if padding:
+        x_pad = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+        x_pad[:, :, padding:padding + H, padding:padding + W] = x
+    else:
+        x_pad = x
+    col = xp.empty((C, kh, kw, B, Ho, Wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window_pixels = x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]  # (B, C, Ho, Wo)
+            col[:, i, j] = window_pixels.transpose(1, 0, 2, 3)                                  # (C, B, Ho, Wo)
+    return col.reshape(C * kh * kw, B * Ho * Wo)
+
+
+def _col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
+    """The adjoint of _im2col: add every column back onto the pixels it was copied from.
+
+    col: (C*kh*kw, B*Ho*Wo)  ->  (B, C, H, W). Windows overlap, so a pixel gathers the sum of all
+    the entries copied from it; again one strided ``+=`` per kernel offset.
+    """
+    xp = get_array_module(col)
+    B, C, H, W = x_shape
+    col = col.reshape(C, kh, kw, B, Ho, Wo)
+    x_pad = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += col[:, i, j].transpose(1, 0, 2, 3)
+    if padding:
+        return xp.ascontiguousarray(x_pad[:, :, padding:padding + H, padding:padding + W])
+    return x_pad
+
+
+def _conv_options(op, stride, padding):
+    return _int_at_least(op, "stride", stride, 1), _int_at_least(op, "padding", padding, 0)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """2-D cross-correlation (what deep learning calls convolution), NCHW.
+
+    x: (B, C_in, H, W), w: (C_out, C_in, kh, kw), b: (C_out,) or None
+    y: (B, C_out, Ho, Wo),  Ho = floor((H + 2 padding - kh) / stride) + 1  (Wo alike)
+
+        y[b, o, oy, ox] = b_o + sum_{c,i,j} w[o, c, i, j] x_pad[b, c, stride*oy + i, stride*ox + j]
+
+    Unfold the windows into the columns of col (C_in*kh*kw, B*Ho*Wo) and the whole convolution is
+    ONE matrix product, Y2d = W2d @ col, with W2d = w.reshape(C_out, C_in*kh*kw).
+    cache: (col, w, x_shape, stride, padding, has_bias)
+    """
+    _floats("conv2d", x=x, w=w, b=b)
+    _ndim("conv2d", "x", x, 4, "(B, C_in, H, W)")
+    _ndim("conv2d", "w", w, 4, "(C_out, C_in, kh, kw)")
+    stride, padding = _conv_options("conv2d", stride, padding)
+    B, C, H, W = x.shape
+    C_out, C_in, kh, kw = w.shape
+    if C != C_in:
+        raise ValueError(f"conv2d: x has {C} channels (shape {tuple(x.shape)}) but w expects {C_in} "
+                         f"(shape {tuple(w.shape)} = (C_out, C_in, kh, kw))")
+    _vector("conv2d", "b", b, C_out, "output channel")
+    Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv2d: a {kh}x{kw} kernel does not fit a {H}x{W} input with padding {padding}")
+    xp = get_array_module(x)
+    col = _im2col(x, kh, kw, stride, padding, Ho, Wo)         # (C_in*kh*kw, B*Ho*Wo)
+    # Y2d = W2d @ col
+    y2d = w.reshape(C_out, -1) @ col                          # (C_out, B*Ho*Wo)
+    if b is not None:
+        y2d += b[:, None]
+    y = xp.ascontiguousarray(y2d.reshape(C_out, B, Ho, Wo).transpose(1, 0, 2, 3))  # (B, C_out, Ho, Wo)
+    return y, (col, w, x.shape, stride, padding, b is not None)
+
+
+def conv2d_backward(dy, cache):
+    """The forward is Y2d = W2d @ col (+ b), col = im2col(x), so with dY2d the upstream gradient
+    laid out like Y2d:
+
+        db   = sum of dY2d over its columns (every position of every sample)
+        dW2d = dY2d @ col^T                      (matrix-product rule, as in linear)
+        dcol = W2d^T @ dY2d
+        dx   = col2im(dcol)   each column entry flows back to the pixel it was copied from,
+                              and overlapping windows add up
+    """
+    col, w, x_shape, stride, padding, has_bias = cache
+    C_out, C_in, kh, kw = w.shape
+    B, _, Ho, Wo = dy.shape
+    # forward was: y = Y2d.reshape(C_out, B, Ho, Wo).transpose(1, 0, 2, 3)
+    dy2d = dy.transpose(1, 0, 2, 3).reshape(C_out, B * Ho * Wo)   # (C_out, B*Ho*Wo), a copy
+    # forward was: Y2d += b
+    db = dy2d.sum(axis=1) if has_bias else None                   # (C_out,)
+    # forward was: Y2d = W2d @ col
+    dw = (dy2d @ col.T).reshape(w.shape)                          # (C_out, C_in, kh, kw)
+    dcol = w.reshape(C_out, -1).T @ dy2d                          # (C_in*kh*kw, B*Ho*Wo)
+    # forward was: col = im2col(x)
+    dx = _col2im(dcol, x_shape, kh, kw, stride, padding, Ho, Wo)  # (B, C_in, H, W)
+    return dx, dw, db
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0):
+    """Transposed convolution (PyTorch's ConvTranspose2d): the adjoint of conv2d, plus a bias.
+
+    x: (B, C_in, H, W), w: (C_in, C_out, kh, kw), b: (C_out,) or None
+    y: (B, C_out, Ho, Wo),  Ho = (H - 1) stride - 2 padding + kh + output_padding  (Wo alike)
+
+    Each input pixel stamps its kernel, scaled by its value, onto the output at stride spacing;
+    overlapping stamps add. That is exactly how conv2d's backward sends dcol to dx, so:
+
+        col = W2d^T @ X2d        W2d = w.reshape(C_in, C_out*kh*kw),  X2d: (C_in, B*H*W)
+        y   = col2im(col) + b    (with conv2d's geometry: an Ho x Wo image, this stride/padding)
+
+    output_padding (< stride) adds rows/columns at the bottom/right to pick one of the output
+    sizes that stride-s conv2d maps to the same H.
+    cache: (x2d, w, x_shape, stride, padding, has_bias)
+    """
+    _floats("conv_transpose2d", x=x, w=w, b=b)
+    _ndim("conv_transpose2d", "x", x, 4, "(B, C_in, H, W)")
+    _ndim("conv_transpose2d", "w", w, 4, "(C_in, C_out, kh, kw)")
+    stride, padding = _conv_options("conv_transpose2d", stride, padding)
+    output_padding = _int_at_least("conv_transpose2d", "output_padding", output_padding, 0)
+    if output_padding >= stride:
+        raise ValueError(f"conv_transpose2d: output_padding must be smaller than stride={stride}, "
+                         f"got {output_padding}")
+    B, C, H, W = x.shape
+    C_in, C_out, kh, kw = w.shape
+    if C != C_in:
+        raise ValueError(f"conv_transpose2d: x has {C} channels (shape {tuple(x.shape)}) but w expects {C_in} "
+                         f"(shape {tuple(w.shape)} = (C_in, C_out, kh, kw))")
+    _vector("conv_transpose2d", "b", b, C_out, "output channel")
+    Ho = (H - 1) * stride - 2 * padding + kh + output_padding
+    Wo = (W - 1) * stride - 2 * padding + kw + output_padding
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv_transpose2d: padding {padding} removes the whole {Ho + 2 * padding}x"
+                         f"{Wo + 2 * padding} output of a {kh}x{kw} kernel on a {H}x{W} input")
+    x2d = x.transpose(1, 0, 2, 3).reshape(C_in, B * H * W)    # (C_in, B*H*W)
+    # col = W2d^T @ X2d
+    col = w.reshape(C_in, -1).T @ x2d                         # (C_out*kh*kw, B*H*W)
+    # y = col2im(col) + b   (the conv2d that maps y's shape back to x's shape has Ho' = H, Wo' = W)
+    y = _col2im(col, (B, C_out, Ho, Wo), kh, kw, stride, padding, H, W)
+    if b is not None:
+        y += b[:, None, None]
+    return y, (x2d, w, x.shape, stride, padding, b is not None)
+
+
+def conv_transpose2d_backward(dy, cache):
+    """The forward is col = W2d^T @ X2d, y = col2im(col) + b. col2im's adjoint is im2col, so
+
+        db   = sum of dy over (B, Ho, Wo)
+        dcol = im2col(dy)                 (C_out*kh*kw, B*H*W): a conv2d's unfolding of dy
+        dX2d = W2d @ dcol                 so dx is conv2d(dy, w) with w read as (C_in, C_out, kh, kw)
+        dW2d = X2d @ dcol^T
+    """
+    x2d, w, x_shape, stride, padding, has_bias = cache
+    C_in, C_out, kh, kw = w.shape
+    B, _, H, W = x_shape
+    # forward was: y += b
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None             # (C_out,)
+    # forward was: y = col2im(col)
+    dcol = _im2col(dy, kh, kw, stride, padding, H, W)             # (C_out*kh*kw, B*H*W)
+    # forward was: col = W2d^T @ X2d
+    dx2d = w.reshape(C_in, -1) @ dcol                             # (C_in, B*H*W)
+    dw = (x2d @ dcol.T).reshape(w.shape)                          # (C_in, C_out, kh, kw)
+    xp = get_array_module(dy)
+    # forward was: X2d = x.transpose(1, 0, 2, 3).reshape(C_in, B*H*W)
+    dx = xp.ascontiguousarray(dx2d.reshape(C_in, B, H, W).transpose(1, 0, 2, 3))  # (B, C_in, H, W)
+    return dx, dw, db
+
+
+# ================================================================================================
+# resampling
+# ================================================================================================
+def upsample_nearest2x(x):
+    """Nearest-neighbour 2x upsampling: every pixel becomes a 2x2 block.
+
+    x: (B, C, H, W) -> y: (B, C, 2H, 2W),  y[b, c, 2i + di, 2j + dj] = x[b, c, i, j]
+    cache: x_shape
+    """
+    _floats("upsample_nearest2x", x=x)
+    _ndim("upsample_nearest2x", "x", x, 4, "(B, C, H, W)")
+    xp = get_array_module(x)
+    B, C, H, W = x.shape
+    blocks = xp.broadcast_to(x[:, :, :, None, :, None], (B, C, H, 2, W, 2))   # (B, C, H, 2, W, 2)
+    return blocks.reshape(B, C, 2 * H, 2 * W), x.shape
+
+
+def upsample_nearest2x_backward(dy, cache):
+    """Each x pixel was copied into the four entries of its 2x2 block, so dx is the block's sum."""
+    B, C, H, W = cache
+    return dy.reshape(B, C, H, 2, W, 2).sum(axis=(3, 5))      # (B, C, H, W)
+
+
+def avg_pool2d(x, kernel_size=2):
+    """Average over non-overlapping k x k windows (stride k, as PyTorch's AvgPool2d(k)).
+
+    x: (B, C, H, W) -> y: (B, C, H // k, W // k); trailing rows/columns that do not fill a window
+    are dropped (floor), as in PyTorch.
+        y[b, c, i, j] = mean_{di, dj < k} x[b, c, k i + di, k j + dj]
+    cache: (x_shape, kernel_size)
+    """
+    _floats("avg_pool2d", x=x)
+    _ndim("avg_pool2d", "x", x, 4, "(B, C, H, W)")
+    k = _int_at_least("avg_pool2d", "kernel_size", kernel_size, 1)
+    B, C, H, W = x.shape
+    Ho, Wo = H // k, W // k
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"avg_pool2d: kernel_size={k} is larger than the {H}x{W} input")
+    windows = x[:, :, :Ho * k, :Wo * k].reshape(B, C, Ho, k, Wo, k)          # (B, C, Ho, k, Wo, k)
+    return windows.mean(axis=(3, 5)), (x.shape, k)
+
+
+def avg_pool2d_backward(dy, cache):
+    """y = (1/k^2) sum of a window, so each pixel of the window gets dy / k^2 (dropped ones get 0)."""
+    x_shape, k = cache
+    xp = get_array_module(dy)
+    B, C, Ho, Wo = dy.shape
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    share = xp.broadcast_to((dy * (1.0 / (k * k)))[:, :, :, None, :, None], (B, C, Ho, k, Wo, k))
+    dx[:, :, :Ho * k, :Wo * k] = share.reshape(B, C, Ho * k, Wo * k)
+    return dx
+
+
+# ================================================================================================
+# normalisation: GroupNorm and LayerNorm share "normalise over the last axis"
+# ================================================================================================
+def _normalize(x, eps):
+    """x_hat = (x - mu) / sqrt(var + eps) over the last axis (two-pass variance).
+
+    Returns x_hat (a new array, x's shape) and inv_std = 1 / sqrt(var + eps) (last axis 1).
+    """
+    xp = get_array_module(x)
+    mu = x.mean(axis=-1, keepdims=True)
+    x_hat = x - mu                                            # x - mu
+    var = (x_hat * x_hat).mean(axis=-1, keepdims=True)        # var = mean((x - mu)^2)
+    inv_std = 1.0 / xp.sqrt(var + eps)                        # 1 / sqrt(var + eps)
+    x_hat *= inv_std
+    return x_hat, inv_std
+
+
+def _normalize_backward(dx_hat, x_hat, inv_std):
+    """Gradient through x_hat = (x - mu) * inv_std, mu and var taken over the last axis (N values).
+
+    With dmu/dx_j = 1/N, dvar/dx_j = 2 (x_j - mu) / N and d inv_std / dvar = -inv_std^3 / 2:
+
+        dx_hat_i / dx_j = inv_std (delta_ij - 1/N - x_hat_i x_hat_j / N)
+
+    and summing against g = dL/dx_hat:
+
+        dx = inv_std * (g - mean(g) - x_hat * mean(g * x_hat))
+    """
+    mean_g = dx_hat.mean(axis=-1, keepdims=True)                   # mean(g)
+    mean_g_xhat = (dx_hat * x_hat).mean(axis=-1, keepdims=True)    # mean(g * x_hat)
+    dx = dx_hat - mean_g
+    dx -= x_hat * mean_g_xhat
+    dx *= inv_std
+    return dx
+
+
+def group_norm(x, gamma, beta, num_groups, eps=1e-5):
+    """GroupNorm: per sample, normalise each group of C / G channels, then scale and shift per channel.
+
+    x: (B, C, *spatial), gamma, beta: (C,). For sample b and group g, over its N = (C/G) * H * W
+    numbers:
+        mu = mean(x),  var = mean((x - mu)^2)
+        x_hat = (x - mu) / sqrt(var + eps)
+        y = gamma_c * x_hat + beta_c
+    The group's numbers are contiguous in memory, so x.reshape(B, G, N) reduces over the last axis.
+    cache: (x_hat (B, G, N), inv_std (B, G, 1), gamma)
+    """
+    _floats("group_norm", x=x, gamma=gamma, beta=beta)
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: x must be (B, C, ...), got shape {tuple(x.shape)}")
+    B, C = x.shape[:2]
+    G = _int_at_least("group_norm", "num_groups", num_groups, 1)
+    if C % G:
+        raise ValueError(f"group_norm: {C} channels do not divide into {G} groups (x shape {tuple(x.shape)})")
+    _vector("group_norm", "gamma", gamma, C, "channel")
+    _vector("group_norm", "beta", beta, C, "channel")
+    x_hat, inv_std = _normalize(x.reshape(B, G, -1), eps)     # (B, G, N), (B, G, 1)
+    per_channel = (1, C) + (1,) * (x.ndim - 2)
+    # y = gamma * x_hat + beta
+    y = x_hat.reshape(x.shape) * gamma.reshape(per_channel)
+    y += beta.reshape(per_channel)
+    return y, (x_hat, inv_std, gamma)
+
+
+def group_norm_backward(dy, cache):
+    """y = gamma x_hat + beta (per channel), x_hat = normalise(x) per (sample, group):
+
+        dbeta  = sum over samples and positions of dy
+        dgamma = sum over samples and positions of dy * x_hat
+        dx_hat = gamma * dy
+        dx     = inv_std (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat))   (see _normalize_backward)
+    """
+    x_hat, inv_std, gamma = cache
+    B, C = dy.shape[:2]
+    reduce_axes = (0,) + tuple(range(2, dy.ndim))
+    per_channel = (1, C) + (1,) * (dy.ndim - 2)
+    # forward was: y = gamma * x_hat + beta
+    dbeta = dy.sum(axis=reduce_axes)                                        # (C,)
+    dgamma = (dy * x_hat.reshape(dy.shape)).sum(axis=reduce_axes)           # (C,)
+    dx_hat = (dy * gamma.reshape(per_channel)).reshape(x_hat.shape)         # (B, G, N)
+    # forward was: x_hat, inv_std = normalise(x.reshape(B, G, N))
+    dx = _normalize_backward(dx_hat, x_hat, inv_std)                        # (B, G, N)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def layer_norm(x, gamma, beta, eps=1e-5):
+    """LayerNorm over the last axis (D features), then a per-feature scale and shift.
+
+    x: (..., D), gamma, beta: (D,)
+        x_hat = (x - mean(x)) / sqrt(var(x) + eps)   (statistics over the last axis)
+        y = gamma * x_hat + beta
+    cache: (x_hat (..., D), inv_std (..., 1), gamma)
+    """
+    _floats("layer_norm", x=x, gamma=gamma, beta=beta)
+    if x.ndim < 1:
+        raise ValueError("layer_norm: x must have at least one axis")
+    D = x.shape[-1]
+    _vector("layer_norm", "gamma", gamma, D, "feature of x's last axis")
+    _vector("layer_norm", "beta", beta, D, "feature of x's last axis")
+    x_hat, inv_std = _normalize(x, eps)                       # (..., D), (..., 1)
+    # y = gamma * x_hat + beta
+    y = x_hat * gamma
+    y += beta
+    return y, (x_hat, inv_std, gamma)
+
+
+def layer_norm_backward(dy, cache):
+    """As group_norm_backward with one group per row: dbeta = sum dy, dgamma = sum dy x_hat,
+    dx_hat = gamma dy, dx = inv_std (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat))."""
+    x_hat, inv_std, gamma = cache
+    D = gamma.shape[0]
+    # forward was: y = gamma * x_hat + beta
+    dbeta = dy.reshape(-1, D).sum(axis=0)                     # (D,)
+    dgamma = (dy * x_hat).reshape(-1, D).sum(axis=0)          # (D,)
+    dx_hat = dy * gamma                                       # (..., D)
+    # forward was: x_hat, inv_std = normalise(x)
+    return _normalize_backward(dx_hat, x_hat, inv_std), dgamma, dbeta
+
+
+# ================================================================================================
+# activations
+# ================================================================================================
+def silu(x):
+    """y = x * sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow for large |x|).
+    cache: (x, s) with s = sigmoid(x)"""
+    _floats("silu", x=x)
+    xp = get_array_module(x)
+    s = xp.tanh(x * 0.5)
+    s += 1.0
+    s *= 0.5                                                  # s = sigmoid(x)
+    return x * s, (x, s)
+
+
+def silu_backward(dy, cache):
+    """sigmoid' = s (1 - s), so dy/dx = s + x s (1 - s) = s (1 + x (1 - s))."""
+    x, s = cache
+    return dy * s * (1.0 + x * (1.0 - s))
+
+
+# erf by W. J. Cody-style rational approximations, coefficients from S. L. Moshier's Cephes
+# library (ndtr.c):  erf(x) = x T(x^2) / U(x^2) for |x| < 1;  erfc(x) = exp(-x^2) P(x) / Q(x) for
+# 1 <= x <= 8 (and erf(x) = 1 to double precision beyond 8). U and Q have a leading 1 not stored.
+# Absolute error below 1e-14 in float64 (checked against math.erf in tests/test_functional.py).
+_ERF_T = (9.60497373987051638749E0, 9.00260197203842689217E1, 2.23200534594684319226E3,
+          7.00332514112805075473E3, 5.55923013010394962768E4)
+_ERF_U = (3.35617141647503099647E1, 5.21357949780152679795E2, 4.59432382970980127987E3,
+          2.26290000613890934246E4, 4.92673942608635921086E4)
+_ERFC_P = (2.46196981473530512524E-10, 5.64189564831068821977E-1, 7.46321056442269912687E0,
+           4.86371970985681366614E1, 1.96520832956077098242E2, 5.26445194995477358631E2,
+           9.34528527171957607540E2, 1.02755188689515710272E3, 5.57535335369399327526E2)
+_ERFC_Q = (1.32281951154744992508E1, 8.67072140885989742329E1, 3.54937778887819891062E2,
+           9.75708501743205489753E2, 1.82390916687909736289E3, 2.24633760818710981792E3,
+           1.65666309194161350182E3, 5.57535340817727675546E2)
+
+
+def _polynomial(z, coefficients, leading_one=False):
+    """Horner's rule, highest power first: c_0 z^n + c_1 z^(n-1) + ... + c_n,
+    with an extra leading 1 * z^(n+1) when ``leading_one`` (Cephes' p1evl)."""
+    coefficients = ((1.0,) if leading_one else ()) + tuple(coefficients)
+    result = coefficients[0] * z + coefficients[1]
+    for c in coefficients[2:]:
+        result *= z
+        result += c
+    return result
+
+
+def erf(x):
+    """The error function erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt, elementwise, in x's dtype.
+
+    NumPy has no erf; this rational approximation is accurate to ~1e-14 in float64, so that
+    gelu's exact derivative Phi(x) + x phi(x) matches finite differences of gelu itself.
+    """
+    xp = get_array_module(x)
+    x = xp.clip(x, -8.0, 8.0)                                 # erf(8) = 1 - 1e-29: 1 in float64
+    a = xp.abs(x)
+    z = x * x
+    near_zero = x * _polynomial(z, _ERF_T) / _polynomial(z, _ERF_U, leading_one=True)
+    erfc_a = xp.exp(-z) * _polynomial(a, _ERFC_P) / _polynomial(a, _ERFC_Q, leading_one=True)
+    away = xp.sign(x) * (1.0 - erfc_a)                        # erf(x) = sign(x) (1 - erfc(|x|))
+    return xp.where(a < 1.0, near_zero, away)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_TANH_C = 0.044715
+
+
+def gelu(x, approximate="none"):
+    """GELU: y = x Phi(x), Phi the standard normal CDF.
+
+    approximate="none":  Phi(x) = (1 + erf(x / sqrt 2)) / 2             (exact)
+    approximate="tanh":  Phi(x) ~ (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3)
+    cache: (x, Phi or tanh(u), approximate)
+    """
+    _floats("gelu", x=x)
+    xp = get_array_module(x)
+    if approximate == "none":
+        phi_cdf = erf(x * (1.0 / math.sqrt(2.0)))
+    elif approximate == "tanh":
+        phi_cdf = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))   # tanh(u)
+    else:
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    phi_cdf += 1.0
+    phi_cdf *= 0.5                                            # Phi(x), or (1 + tanh u) / 2
+    return x * phi_cdf, (x, phi_cdf, approximate)
+
+
+def gelu_backward(dy, cache):
+    """exact:  d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
+    tanh:   with T = (1 + tanh u)/2 and tanh' = 1 - tanh^2 = 4 T (1 - T):
+            d/dx [x T] = T + x * 2 T (1 - T) * du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    """
+    x, phi_cdf, approximate = cache
+    xp = get_array_module(x)
+    if approximate == "none":
+        density = xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))     # phi(x)
+        return dy * (phi_cdf + x * density)
+    du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * x * x)
+    return dy * (phi_cdf + x * 2.0 * phi_cdf * (1.0 - phi_cdf) * du_dx)
+
+
+def _softmax_inplace(z, axis):
+    """z <- softmax(z) along axis, in place (z is a buffer the caller owns).
+
+    Subtracting the row maximum first keeps exp from overflowing. A row whose entries are all
+    -inf (attention with every key masked) becomes all zeros instead of 0/0 = NaN.
+    """
+    xp = get_array_module(z)
+    m = z.max(axis=axis, keepdims=True)
+    m = xp.where(m == -xp.inf, 0.0, m).astype(z.dtype, copy=False)
+    z -= m                                                    # x - max(x)
+    xp.exp(z, out=z)                                          # e = exp(x - max)
+    total = z.sum(axis=axis, keepdims=True)
+    z *= 1.0 / xp.where(total == 0, 1.0, total).astype(z.dtype, copy=False)   # e / sum(e)
+    return z
+
+
+def softmax(x, axis=-1):
+    """y = exp(x - max x) / sum(exp(x - max x)) along ``axis``.
+    A row of only -inf gives zeros (defined so masked attention never produces NaN).
+    cache: (y, axis)"""
+    _floats("softmax", x=x)
+    y = _softmax_inplace(x.copy(), axis)
+    return y, (y, axis)
+
+
+def softmax_backward(dy, cache):
+    """dy_i/dx_j = y_i (delta_ij - y_j), so dx_j = sum_i dy_i y_i (delta_ij - y_j)
+                                              = y_j (dy_j - sum_i dy_i y_i)."""
+    y, axis = cache
+    dot = (dy * y).sum(axis=axis, keepdims=True)              # sum_i dy_i y_i
+    dx = dy - dot
+    dx *= y
+    return dx
+
+
+# ================================================================================================
+# attention
+# ================================================================================================
+def attention(q, k, v, mask=None):
+    """Scaled dot-product attention, per batch element and head.
+
+    q: (B, heads, Lq, d), k: (B, heads, Lk, d), v: (B, heads, Lk, dv)  (any leading axes work)
+        S = q k^T / sqrt(d)                      (B, heads, Lq, Lk)   scores
+        P = softmax(S) over the keys              attention probabilities
+        O = P v                                   (B, heads, Lq, dv)
+    mask: bool, broadcastable to (B, heads, Lq, Lk); True = may attend. Masked scores are set to
+    -inf, so their probability is exactly 0. A query row with every key masked gets P = 0 and
+    output 0 (not NaN), and no gradient flows through it.
+    cache: (q, k, v, P, scale)
+    """
+    _floats("attention", q=q, k=k, v=v)
+    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
+        raise ValueError(f"attention: q, k, v must be (B, heads, L, d) with the same number of axes, "
+                         f"got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"attention: q and k must share the head dimension d, got q {tuple(q.shape)} "
+                         f"and k {tuple(k.shape)}")
+    if k.shape[:-1] != v.shape[:-1] or q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(f"attention: k and v must be (..., Lk, d) and (..., Lk, dv) with the same leading "
+                         f"axes as q, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    xp = get_array_module(q)
+    scores_shape = q.shape[:-1] + (k.shape[-2],)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    # S = q k^T / sqrt(d)
+    scores = (q * scale) @ k.swapaxes(-1, -2)                 # (B, heads, Lq, Lk)
+    if mask is not None:
+        mask = xp.asarray(mask)
+        if mask.dtype != bool or np.broadcast_shapes(mask.shape, scores_shape) != scores_shape:
+            raise ValueError(f"attention: mask must be a bool array broadcastable to (B, heads, Lq, Lk) = "
+                             f"{scores_shape}, got dtype {mask.dtype} and shape {tuple(mask.shape)}")
+        scores = xp.where(mask, scores, -xp.inf).astype(q.dtype, copy=False)
+    # P = softmax(S)
+    P = _softmax_inplace(scores, axis=-1)                     # (B, heads, Lq, Lk)
+    # O = P v
+    out = P @ v                                               # (B, heads, Lq, dv)
+    return out, (q, k, v, P, scale)
+
+
+def attention_backward(d_out, cache):
+    """Undo the three forward steps in reverse:
+
+        O = P v:             dv = P^T dO,   dP = dO v^T
+        P = softmax(S):      dS = P * (dP - rowsum(dP * P))      (softmax_backward; masked: P = 0 -> dS = 0)
+        S = q k^T * scale:   dq = dS k * scale,   dk = dS^T q * scale
+    """
+    q, k, v, P, scale = cache
+    # forward was: O = P v
+    dv = P.swapaxes(-1, -2) @ d_out                           # (B, heads, Lk, dv)
+    dP = d_out @ v.swapaxes(-1, -2)                           # (B, heads, Lq, Lk)
+    # forward was: P = softmax(S)
+    dS = softmax_backward(dP, (P, -1))                        # (B, heads, Lq, Lk)
+    # forward was: S = q k^T * scale
+    dS *= scale
+    dq = dS @ k                                               # (B, heads, Lq, d)
+    dk = dS.swapaxes(-1, -2) @ q                              # (B, heads, Lk, d)
+    return dq, dk, dv
+
+
+def attention_probs(cache):
+    """The attention probabilities P (B, heads, Lq, Lk) kept in an attention cache (for pictures)."""
+    return cache[3]
+
+
+# ================================================================================================
+# embeddings
+# ================================================================================================
+def embedding(ids, weight):
+    """Look up rows of a table: y[...] = weight[ids[...]].
+
+    ids: integers (...) in [0, V), weight: (V, D)  ->  y: (..., D)
+    cache: (ids, weight_shape)
+    """
+    _floats("embedding", weight=weight)
+    _ndim("embedding", "weight", weight, 2, "(num_embeddings, dim)")
+    xp = get_array_module(weight)
+    ids = _index_array("embedding", "ids", ids, weight.shape[0], xp)
+    return weight[ids], (ids, weight.shape)
+
+
+def embedding_backward(dy, cache):
+    """y[n] = weight[ids[n]]: row v of weight received every dy[n] with ids[n] = v, so
+
+        dweight[v] = sum_{n : ids[n] = v} dy[n]
+
+    A scatter-add. ``xp.add.at`` does it unbuffered (repeated ids add up, unlike
+    ``dweight[ids] += dy``); it is deterministic on NumPy; on CuPy it uses atomic adds, whose order
+    (and so the last bits of a sum over repeated ids) can vary from run to run.
+    """
+    ids, weight_shape = cache
+    xp = get_array_module(dy)
+    dweight = xp.zeros(weight_shape, dtype=dy.dtype)
+    xp.add.at(dweight, ids.reshape(-1), dy.reshape(-1, weight_shape[1]))
+    return dweight
+
+
+def sinusoidal_embedding(t, dim, max_period=10000, dtype=np.float32):
+    """Timestep embedding: [cos(t f_0) .. cos(t f_{h-1}), sin(t f_0) .. sin(t f_{h-1})], h = dim // 2,
+
+        f_i = exp(-ln(max_period) * i / h) = max_period^(-i / h)
+
+    (frequencies from 1 down to nearly 1/max_period); an odd dim gets a zero last column.
+    This is diffusers' ``get_timestep_embedding(t, dim, flip_sin_to_cos=True,
+    downscale_freq_shift=0)``, the Stable Diffusion U-Net's setting. The angles t * f_i are
+    computed in float64 and the result cast to ``dtype``: diffusers computes them in float32,
+    so at t ~ 1000 its entries differ from these by up to ~1e-4 (float32's spacing near 1000).
+    t: scalar or (N,) (integer or real timesteps)  ->  (N, dim). No backward: t is an input,
+    not a learned quantity.
+    """
+    dim = _int_at_least("sinusoidal_embedding", "dim", dim, 2)
+    xp = get_array_module(t)
+    t = xp.asarray(t, dtype=np.float64)
+    if t.ndim > 1:
+        raise ValueError(f"sinusoidal_embedding: t must be a scalar or 1-D, got shape {tuple(t.shape)}")
+    half = dim // 2
+    # f_i = exp(-ln(max_period) * i / half)
+    freqs = xp.exp(-math.log(max_period) * xp.arange(half, dtype=np.float64) / half)   # (half,)
+    angles = t.reshape(-1, 1) * freqs[None, :]                # (N, half)
+    emb = xp.concatenate([xp.cos(angles), xp.sin(angles)], axis=-1)
+    if dim % 2:
+        emb = xp.concatenate([emb, xp.zeros_like(emb[:, :1])], axis=-1)
+    return emb.astype(dtype)                                  # (N, dim)
+
+
+# ================================================================================================
+# dropout
+# ================================================================================================
+def dropout(x, p, rng, training=True):
+    """Inverted dropout: y = x * m / (1 - p), m_i ~ Bernoulli(1 - p) drawn from ``rng``.
+
+    The 1/(1 - p) keeps E[y] = x, so evaluation (training=False or p = 0) is the identity.
+    rng: a numpy or cupy Generator (backend.rng); draws from a host generator are copied to x's
+    device. cache: the scaled mask m / (1 - p) (x's dtype), or None for the identity.
+    """
+    _floats("dropout", x=x)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p!r}")
+    if not training or p == 0.0:
+        return x, None
+    xp = get_array_module(x)
+    keep = xp.asarray(rng.random(x.shape, dtype=np.float32) >= p)          # m ~ Bernoulli(1 - p)
+    scaled_mask = keep.astype(x.dtype) * (0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    return x * scaled_mask, scaled_mask
+
+
+def dropout_backward(dy, cache):
+    """y = x * m / (1 - p) is linear in x: dx = dy * m / (1 - p)."""
+    return dy if cache is None else dy * cache
+
+
+# ================================================================================================
+# losses (scalar outputs are 0-d arrays on the data's device: no synchronisation)
+# ================================================================================================
+def _upstream(d_loss, like):
+    """The upstream gradient of a scalar loss (1.0 usually) as a 0-d array of ``like``'s dtype."""
+    return get_array_module(like).asarray(d_loss, dtype=like.dtype)
+
+
+def mse_loss(pred, target):
+    """loss = mean((pred - target)^2) over every element.   cache: (pred - target)"""
+    _floats("mse_loss", pred=pred, target=target)
+    if pred.shape != target.shape:
+        raise ValueError(f"mse_loss: pred has shape {tuple(pred.shape)} but target has {tuple(target.shape)}")
+    diff = pred - target
+    return (diff * diff).mean(), diff
+
+
+def mse_loss_backward(d_loss, cache):
+    """d/dpred mean((pred - target)^2) = 2 (pred - target) / N   (the grad of pred only)."""
+    diff = cache
+    return diff * (_upstream(d_loss, diff) * (2.0 / diff.size))
+
+
+def cross_entropy(logits, targets):
+    """Mean over rows of -log softmax(logits)[target].
+
+    logits: (N, K) (or (..., K)), targets: integers (N,) (or (...)) in [0, K)
+        log p = logits - logsumexp(logits)     stable: logsumexp = m + log sum exp(logits - m)
+        loss  = -(1/N) sum_n log p[n, targets[n]]
+    cache: (p = softmax(logits) (N, K), targets (N,), logits_shape)
+    """
+    _floats("cross_entropy", logits=logits)
+    xp = get_array_module(logits)
+    if logits.ndim < 1:
+        raise ValueError("cross_entropy: logits must be (N, K)")
+    K = logits.shape[-1]
+    targets = _index_array("cross_entropy", "targets", targets, K, xp)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets must have shape {tuple(logits.shape[:-1])} "
+                         f"(one class per row of logits {tuple(logits.shape)}), got {tuple(targets.shape)}")
+    z = logits.reshape(-1, K)                                                   # (N, K)
+    rows = xp.arange(z.shape[0])
+    shifted = z - z.max(axis=1, keepdims=True)                                  # logits - m
+    log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))        # log softmax
+    loss = -log_p[rows, targets.reshape(-1)].mean()
+    return loss, (xp.exp(log_p), targets.reshape(-1), logits.shape)
+
+
+def cross_entropy_backward(d_loss, cache):
+    """dloss/dlogits[n] = (softmax(logits[n]) - onehot(targets[n])) / N   (grad of the logits only)."""
+    p, targets, logits_shape = cache
+    xp = get_array_module(p)
+    dlogits = p.copy()
+    dlogits[xp.arange(p.shape[0]), targets] -= 1.0            # p - onehot
+    dlogits *= _upstream(d_loss, p) * (1.0 / p.shape[0])
+    return dlogits.reshape(logits_shape)
