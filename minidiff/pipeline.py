@@ -1,0 +1,443 @@
+"""Text-to-image, image-to-image, inpainting and outpainting: Stable Diffusion's pipeline, small.
+
+The pieces, each trained by ``python -m minidiff train ...`` and shipped in ``data/pretrained/``:
+
+    prompt --tokenizer--> ids, mask --text encoder (frozen)--> context c  (B, L, 128): one vector per token
+    z_T ~ N(0, I)  (B, 4, 8, 8)  --U-Net eps(z_t, t, c), T steps of a sampler-->  z_0
+    z_0 / scale_factor --VAE decoder--> image (B, 3, 32, 32)
+
+Classifier-free guidance
+------------------------
+The U-Net was trained with the caption replaced by the empty prompt ~10% of the time, so the same
+network predicts both eps(z_t, t, c) and the unconditional eps(z_t, t, empty). At sampling time we
+extrapolate from the unconditional prediction towards the conditional one:
+
+    eps = eps_uncond + s * (eps_cond - eps_uncond)
+
+s = 1 is plain conditional sampling, s = 0 ignores the prompt, s > 1 follows it more strictly (at
+some cost in variety). A negative prompt simply takes the place of the empty prompt in eps_uncond,
+so guidance pushes *away* from it. Both branches run as one batch of 2B through the U-Net.
+
+Editing
+-------
+* image-to-image: encode the image to z_0, noise it to the timestep that ``strength`` picks
+  (strength 1 = pure noise, 0 = the image itself), then run only the remaining steps.
+* inpainting: at every step, overwrite the *known* part of the latent with the input's latent
+  forward-noised to the current timestep, z_known = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, so
+  only the masked part is invented, yet it is denoised in agreement with its surroundings.
+* outpainting: grow the canvas, and inpaint the new border.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .checkpoint import CheckpointError, load_checkpoint, load_into
+from .diffusion import samplers
+from .diffusion.schedule import NoiseSchedule
+from .nn.module import no_grad
+from .utils import REPO_ROOT, from_uint8, image_grid, to_uint8
+
+DEFAULT_DIR = REPO_ROOT / "data" / "pretrained"
+FILES = {"vae": "vae.npz", "tokenizer": "tokenizer.json", "text_encoder": "text_encoder.npz",
+         "unet": "unet.npz"}
+HOW_TO_GET = ("the shipped checkpoints live in data/pretrained/ (restore them with "
+              "`git checkout -- data/pretrained`), or train your own with "
+              "`python -m minidiff train all --out DIR` and pass --checkpoints DIR")
+
+
+# -- argument checks: one clear ValueError each ------------------------------------------------
+def _check_prompt(prompt, name="prompt"):
+    if not isinstance(prompt, str):
+        raise ValueError(f"{name} must be a string, got {type(prompt).__name__}")
+    return prompt
+
+
+def _check_common(steps, guidance_scale, num_images):
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+
+
+def _check_strength(strength):
+    if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+
+
+def load_image(image):
+    """A PIL image, a path, or a uint8 (H, W, 3) array -> float32 (1, 3, H, W) in [-1, 1] on the host.
+
+    The image must be RGB: other modes (RGBA, grey, palette) are refused rather than guessed at."""
+    from PIL import Image
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} not found")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except OSError as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from None
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ValueError(f"image must be RGB, got mode {image.mode!r}: convert it first, "
+                             f"e.g. Image.open(path).convert('RGB')")
+        image = np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 of shape (H, W, 3), got {array.dtype} {array.shape}")
+    return from_uint8(array)
+
+
+def load_mask(mask, size):
+    """A PIL image, path or array -> float32 (H, W) in {0, 1} (1 = repaint). ``size`` = (H, W) of the image."""
+    from PIL import Image
+    if isinstance(mask, (str, Path)):
+        path = Path(mask)
+        if not path.is_file():
+            raise FileNotFoundError(f"mask file {path} not found")
+        try:
+            with Image.open(path) as opened:
+                mask = opened.convert("L")
+        except OSError as exc:
+            raise ValueError(f"cannot read mask {path}: {exc}") from None
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    array = np.asarray(mask)
+    if array.ndim == 3:                      # an RGB mask: any bright channel counts
+        array = array.max(axis=2)
+    if array.shape != tuple(size):
+        raise ValueError(f"mask size {array.shape[1]}x{array.shape[0]} does not match the image size "
+                         f"{size[1]}x{size[0]}")
+    threshold = 0.5 if array.dtype.kind == "f" or array.dtype == bool else 128
+    return (array >= threshold).astype(np.float32)
+
+
+def to_pil(images):
+    """Images in [-1, 1] (B, 3, H, W) -> list of PIL RGB images."""
+    from PIL import Image
+    return [Image.fromarray(tile) for tile in to_uint8(images)]
+
+
+# -- classifier-free guidance --------------------------------------------------------------------
+def guided_prediction(eps_uncond, eps_cond, guidance_scale):
+    """eps = eps_uncond + s (eps_cond - eps_uncond); s = 1 is exactly eps_cond, s = 0 exactly eps_uncond."""
+    if guidance_scale == 1:
+        return eps_cond
+    if guidance_scale == 0:
+        return eps_uncond
+    return eps_uncond + eps_cond.dtype.type(guidance_scale) * (eps_cond - eps_uncond)
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Pipeline:
+    """The frozen models of a text-to-image system and the schedule the U-Net was trained with."""
+    vae: object
+    unet: object
+    text_encoder: object
+    tokenizer: object
+    schedule: NoiseSchedule
+    prediction_type: str = "epsilon"
+    max_length: int = 24
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory=None, device=None):
+        """Load tokenizer, text encoder, VAE and U-Net from ``directory`` (default data/pretrained)."""
+        from .models.text_encoder import TextEncoder, TextEncoderConfig
+        from .models.tokenizer import BPETokenizer
+        from .models.unet import UNet, UNetConfig
+        from .models.vae import AutoencoderKL, VAEConfig
+
+        directory = Path(directory) if directory else DEFAULT_DIR
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint folder {directory} not found: {HOW_TO_GET}")
+        dev = backend.set_device(device) if device else backend.device()
+        paths = {name: directory / file for name, file in FILES.items()}
+        for name, path in paths.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"{name} checkpoint {path} not found: {HOW_TO_GET}")
+
+        try:
+            tokenizer = BPETokenizer.load(paths["tokenizer"])
+        except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"tokenizer {paths['tokenizer']} is corrupt ({exc}): {HOW_TO_GET}") from None
+
+        text_ckpt = load_checkpoint(paths["text_encoder"], hint=HOW_TO_GET)
+        text_config = TextEncoderConfig(**_model_config(text_ckpt))
+        tokenizer.check_vocab_size(text_config.vocab_size)
+        text_encoder = _loaded(TextEncoder(text_config), text_ckpt)
+
+        vae_ckpt = load_checkpoint(paths["vae"], hint=HOW_TO_GET)
+        vae = _loaded(AutoencoderKL(VAEConfig(**_tuples(_model_config(vae_ckpt)))), vae_ckpt)
+        vae.scale_factor = _scale_factor(vae_ckpt)
+
+        unet_ckpt = load_checkpoint(paths["unet"], hint=HOW_TO_GET)
+        unet = _loaded(UNet(UNetConfig(**_tuples(_model_config(unet_ckpt)))), unet_ckpt)
+        diffusion = (unet_ckpt.config or {}).get("diffusion", {})
+        schedule = NoiseSchedule.make(diffusion.get("schedule", "scaled_linear"),
+                                      num_steps=int(diffusion.get("num_steps", 1000)))
+        pipe = cls(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
+                   prediction_type=diffusion.get("prediction_type", "epsilon"),
+                   max_length=text_config.max_length)
+        for model in (vae, unet, text_encoder):
+            model.eval()
+            model.to(dev)
+        return pipe
+
+    # -- conditioning --------------------------------------------------------------------------
+    def encode_prompts(self, prompts):
+        """Prompts -> (context states (B, L, width), mask (B, L)) from the frozen text encoder."""
+        ids, mask = self.tokenizer.encode_batch(list(prompts), self.max_length)
+        xp = backend.get_xp()
+        ids, mask = xp.asarray(ids), xp.asarray(mask)
+        with no_grad():
+            states, _ = self.text_encoder.forward(ids, mask)
+        return states, mask
+
+    def guided_model_fn(self, prompt, negative_prompt, guidance_scale, batch):
+        """model_fn(z_t, t) for the samplers: the U-Net with classifier-free guidance.
+
+        Guidance 1 (or 0) needs one U-Net call per step; any other scale runs the unconditional and
+        conditional branches as one batch of 2B."""
+        cond, cond_mask = self.encode_prompts([prompt] * batch)
+        uncond, uncond_mask = self.encode_prompts([negative_prompt] * batch)
+        xp = backend.get_array_module(cond)
+        both = xp.concatenate([uncond, cond])
+        both_mask = xp.concatenate([uncond_mask, cond_mask])
+
+        def model_fn(z, t):
+            with no_grad():
+                if guidance_scale == 1:
+                    return self.unet.forward(z, t, cond, cond_mask)
+                if guidance_scale == 0:
+                    return self.unet.forward(z, t, uncond, uncond_mask)
+                out = self.unet.forward(xp.concatenate([z, z]), xp.concatenate([t, t]), both, both_mask)
+                eps_uncond, eps_cond = out[:batch], out[batch:]
+                return guided_prediction(eps_uncond, eps_cond, guidance_scale)
+        return model_fn
+
+    # -- latents <-> images --------------------------------------------------------------------
+    @property
+    def latent_channels(self):
+        return self.vae.config.latent_channels
+
+    @property
+    def factor(self):
+        """Pixels per latent cell along each side (the VAE's downsampling factor)."""
+        return self.vae.config.downsample_factor
+
+    def _check_canvas(self, height, width):
+        step = self.factor * self.unet.config.downsampling_factor
+        if height % step or width % step:
+            raise ValueError(f"image size {width}x{height} must be a multiple of {step} "
+                             f"(VAE factor {self.factor} x U-Net downsampling "
+                             f"{self.unet.config.downsampling_factor}); the models were trained at "
+                             f"{self.vae.config.image_size}x{self.vae.config.image_size}")
+
+    def encode(self, images):
+        """Host images (B, 3, H, W) in [-1, 1] -> scaled latents on the device (posterior means)."""
+        return self.vae.encode_latents(backend.to_device(images))
+
+    def decode(self, latents):
+        """Scaled latents -> images in [-1, 1] (on the device)."""
+        xp = backend.get_array_module(latents)
+        return xp.clip(self.vae.decode_latents(latents), -1.0, 1.0)
+
+    def _sample(self, model_fn, shape, steps, sampler, seed, eta=0.0, x_T=None, start_step=0,
+                step_callback=None, return_intermediates=False, progress=False):
+        return samplers.sample(model_fn, self.schedule, shape, sampler=sampler, steps=steps,
+                               rng=backend.rng(seed), eta=eta, prediction_type=self.prediction_type,
+                               x_T=x_T, start_step=start_step, step_callback=step_callback,
+                               return_intermediates=return_intermediates, progress=progress)
+
+    def _strip(self, x0_preds, count=8):
+        """The denoising strip: the x0 prediction of the first image at ``count`` evenly spaced steps."""
+        picks = np.unique(np.linspace(0, len(x0_preds) - 1, min(count, len(x0_preds))).round().astype(int))
+        xp = backend.get_array_module(x0_preds[0])
+        frames = self.decode(xp.concatenate([x0_preds[i][:1] for i in picks]))
+        return image_grid(frames, nrow=len(picks), scale=4)
+
+    # -- the four tasks ------------------------------------------------------------------------
+    def text_to_image(self, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim",
+                      seed=0, num_images=1, return_intermediates=False, eta=0.0, progress=False):
+        """Images for ``prompt``: a list of PIL images (and the denoising strip, if asked for)."""
+        _check_prompt(prompt)
+        _check_prompt(negative_prompt, "negative_prompt")
+        _check_common(steps, guidance_scale, num_images)
+        size = self.vae.config.image_size // self.factor
+        shape = (num_images, self.latent_channels, size, size)
+        model_fn = self.guided_model_fn(prompt, negative_prompt, guidance_scale, num_images)
+        result = self._sample(model_fn, shape, steps, sampler, seed, eta=eta,
+                              return_intermediates=return_intermediates, progress=progress)
+        if return_intermediates:
+            latents, _, x0_preds = result
+            return to_pil(self.decode(latents)), self._strip(x0_preds)
+        return to_pil(self.decode(result))
+
+    def image_to_image(self, image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=4.0,
+                       sampler="ddim", seed=0, num_images=1, eta=0.0, progress=False):
+        """Re-imagine ``image`` under ``prompt``: noise its latent to the step that ``strength`` picks,
+        then denoise the rest of the way. strength 0 returns the image's VAE reconstruction."""
+        _check_prompt(prompt)
+        _check_common(steps, guidance_scale, num_images)
+        _check_strength(strength)
+        pixels = load_image(image)
+        self._check_canvas(*pixels.shape[2:])
+        z0 = self.encode(np.repeat(pixels, num_images, axis=0))
+        # as diffusers: run the last round(steps * strength) of the steps' timesteps
+        start_step = steps - min(int(steps * strength), steps)
+        if start_step == steps:                       # strength 0: nothing to denoise
+            return to_pil(self.decode(z0))
+        t_start = int(samplers.sampler_timesteps(self.schedule, steps, sampler)[start_step])
+        rng = backend.rng(seed + 1)
+        xp = backend.get_array_module(z0)
+        noise = rng.standard_normal(z0.shape, dtype=np.float32)
+        # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps        (closed-form forward process)
+        z_t = self.schedule.q_sample(z0, xp.full((num_images,), t_start), noise)
+        model_fn = self.guided_model_fn(prompt, negative_prompt, guidance_scale, num_images)
+        latents = self._sample(model_fn, z0.shape, steps, sampler, seed, eta=eta, x_T=z_t,
+                               start_step=start_step, progress=progress)
+        return to_pil(self.decode(latents))
+
+    def inpaint(self, image, mask, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim",
+                seed=0, num_images=1, eta=0.0, progress=False, return_latents=False):
+        """Repaint the white part of ``mask`` to fit ``prompt``; the rest stays the image's VAE
+        reconstruction (exactly, in pixels outside the mask).
+
+        Latent blending: after every step to timestep t', the known latent cells are replaced by the
+        input's latent noised to t' (with one fixed noise draw), so the sampler only invents the
+        masked cells. A latent cell counts as masked when any of its pixels is."""
+        _check_prompt(prompt)
+        _check_common(steps, guidance_scale, num_images)
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"inpainting blends latents on the DDPM/DDIM timestep grid: sampler must be "
+                             f"'ddim' or 'ddpm', got {sampler!r}")
+        pixels = load_image(image)
+        height, width = pixels.shape[2:]
+        self._check_canvas(height, width)
+        mask_px = load_mask(mask, (height, width))
+        f = self.factor
+        # (H, W) -> (h, w): a latent cell is repainted when any of its f x f pixels is
+        mask_latent = mask_px.reshape(height // f, f, width // f, f).max(axis=(1, 3))
+        xp = backend.get_xp()
+        keep = xp.asarray(1.0 - mask_latent, dtype=np.float32)[None, None]     # (1, 1, h, w)
+        z0 = self.encode(np.repeat(pixels, num_images, axis=0))
+        known_noise = backend.rng(seed + 1).standard_normal(z0.shape, dtype=np.float32)
+
+        def blend_known(i, t_prev, z):
+            # known cells: z_known = sqrt(abar_t') z_0 + sqrt(1 - abar_t') eps  (t' < 0: z_0 itself)
+            if t_prev < 0:
+                z_known = z0
+            else:
+                z_known = self.schedule.q_sample(z0, xp.full((num_images,), int(t_prev)), known_noise)
+            return keep * z_known + (1 - keep) * z
+
+        model_fn = self.guided_model_fn(prompt, negative_prompt, guidance_scale, num_images)
+        latents = self._sample(model_fn, z0.shape, steps, sampler, seed, eta=eta,
+                               step_callback=blend_known, progress=progress)
+        # outside the mask, paste the VAE reconstruction back (the decoder mixes neighbouring cells)
+        decoded, reconstruction = self.decode(latents), self.decode(z0)
+        repaint = xp.asarray(mask_px)[None, None]
+        out = repaint * decoded + (1 - repaint) * reconstruction
+        images = to_pil(out)
+        return (images, latents, z0, keep) if return_latents else images
+
+    def outpaint(self, image, prompt, extend=8, negative_prompt="", steps=50, guidance_scale=4.0,
+                 sampler="ddim", seed=0, num_images=1, eta=0.0, progress=False):
+        """Grow the canvas by ``extend`` pixels on every side and inpaint the new border."""
+        _check_prompt(prompt)
+        step = self.factor * self.unet.config.downsampling_factor
+        if isinstance(extend, bool) or not isinstance(extend, (int, np.integer)) or extend < 1 or extend % (step // 2):
+            raise ValueError(f"extend must be a positive multiple of {step // 2} pixels, got {extend!r}")
+        pixels = load_image(image)                                              # (1, 3, H, W)
+        height, width = pixels.shape[2:]
+        # the new border starts as the image's mean colour (it is replaced entirely)
+        fill = pixels.mean(axis=(2, 3), keepdims=True)
+        canvas = np.broadcast_to(fill, (1, 3, height + 2 * extend, width + 2 * extend)).copy()
+        canvas[:, :, extend:extend + height, extend:extend + width] = pixels
+        mask = np.ones(canvas.shape[2:], np.float32)
+        mask[extend:extend + height, extend:extend + width] = 0.0
+        return self.inpaint(to_uint8(canvas)[0], mask, prompt, negative_prompt=negative_prompt, steps=steps,
+                            guidance_scale=guidance_scale, sampler=sampler, seed=seed, num_images=num_images,
+                            eta=eta, progress=progress)
+
+
+# -- loading helpers ---------------------------------------------------------------------------------
+def _model_config(ckpt):
+    """The model's constructor config inside a checkpoint's JSON header."""
+    config = ckpt.config or {}
+    model = config.get("model", config)
+    if not isinstance(model, dict):
+        raise CheckpointError(f"checkpoint {ckpt.path} has no model config: {HOW_TO_GET}")
+    return model
+
+
+def _tuples(config: dict):
+    """JSON turns tuples into lists; dataclass configs want tuples back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def _loaded(model, ckpt):
+    load_into(model, ckpt, use_ema=bool(ckpt.ema_state))
+    return model
+
+
+def _scale_factor(ckpt):
+    extra = ckpt.extra or {}
+    config = ckpt.config or {}
+    value = extra.get("scale_factor", config.get("scale_factor"))
+    if value is None:
+        raise CheckpointError(f"VAE checkpoint {ckpt.path} stores no latent scale factor: {HOW_TO_GET}")
+    return float(np.asarray(value))
+
+
+_loaded_pipelines = {}
+
+
+def load_pipeline(directory=None, device=None) -> Pipeline:
+    """The pipeline for ``directory`` (default data/pretrained), loaded once per process."""
+    key = (str(Path(directory).resolve()) if directory else str(DEFAULT_DIR), device or backend.device())
+    if key not in _loaded_pipelines:
+        _loaded_pipelines[key] = Pipeline.load(directory, device)
+    return _loaded_pipelines[key]
+
+
+# -- the module-level entry points (DESIGN.md) ------------------------------------------------------
+def text_to_image(prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
+                  num_images=1, return_intermediates=False, checkpoints=None, device=None, progress=False):
+    """PIL images for ``prompt`` from the pretrained models (see ``Pipeline.text_to_image``)."""
+    return load_pipeline(checkpoints, device).text_to_image(
+        prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+        seed=seed, num_images=num_images, return_intermediates=return_intermediates, progress=progress)
+
+
+def image_to_image(image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=4.0,
+                   sampler="ddim", seed=0, num_images=1, checkpoints=None, device=None, progress=False):
+    return load_pipeline(checkpoints, device).image_to_image(
+        image, prompt, strength=strength, negative_prompt=negative_prompt, steps=steps,
+        guidance_scale=guidance_scale, sampler=sampler, seed=seed, num_images=num_images, progress=progress)
+
+
+def inpaint(image, mask, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
+            num_images=1, checkpoints=None, device=None, progress=False):
+    return load_pipeline(checkpoints, device).inpaint(
+        image, mask, prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
+        sampler=sampler, seed=seed, num_images=num_images, progress=progress)
+
+
+def outpaint(image, prompt, extend=8, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
+             num_images=1, checkpoints=None, device=None, progress=False):
+    return load_pipeline(checkpoints, device).outpaint(
+        image, prompt, extend=extend, negative_prompt=negative_prompt, steps=steps,
+        guidance_scale=guidance_scale, sampler=sampler, seed=seed, num_images=num_images, progress=progress)
