@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.utils import from_uint8
+from ..utils import from_uint8
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.utils import from_uint8
+from ..utils import from_uint8
 
 IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}

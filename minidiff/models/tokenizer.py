@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import atomic_write_bytes
+
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>")
 PAD_ID, START_ID, END_ID = 0, 1, 2
 BYTE_OFFSET = len(SPECIAL_TOKENS)      # id of byte b is BYTE_OFFSET + b
@@ -259,7 +261,6 @@ class BPETokenizer:
     # -------------------------------------------------------------------------------- files
     def save(self, path):
         """Write the merges as JSON (through a temporary file: never half-written)."""
-        from minidiff.utils import atomic_write_bytes
         data = {"format": FORMAT, "vocab_size": self.vocab_size,
                 "special_tokens": list(SPECIAL_TOKENS), "merges": [list(p) for p in self.merges]}
         atomic_write_bytes(path, json.dumps(data, indent=0).encode("utf-8"))
@@ -290,21 +291,19 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)})"
 
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":   # python -m minidiff.models.tokenizer
     import time
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from minidiff.datasets.shapes import caption_corpus
+    from ..datasets.shapes import caption_corpus
 
     corpus = caption_corpus(20_000, seed=0)
     start = time.perf_counter()
-    tokenizer = BPETokenizer.train(corpus, vocab_size=320)
+    tokenizer = BPETokenizer.train(corpus, vocab_size=384)
     print(f"trained {tokenizer} on {len(corpus)} shapes captions in {time.perf_counter() - start:.2f} s")
     prompt = "A small  RED circle above a blue square \N{SNAKE}"
     for stage, value in tokenizer.explain(prompt):
         print(f"{stage:45} {value}")
-    ids, mask = tokenizer.encode(prompt, max_length=16)
+    ids, mask = tokenizer.encode(prompt, max_length=24)
     print("padded ids", ids.tolist(), "\nmask      ", mask.astype(int).tolist())
     print("pieces    ", tokenizer.tokens(prompt))
     print("decoded   ", repr(tokenizer.decode(ids)))

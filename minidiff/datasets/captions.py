@@ -1,0 +1,212 @@
+"""The caption grammar of the shapes data: vocabulary, wording, parsing, and the label layout.
+
+Captions
+--------
+One object:   "a red circle on the left", "there is a small blue square at the top",
+              "in the middle, a big green triangle", "a yellow square"
+Two objects:  "a green circle above a large red square", "a blue square left of a yellow triangle"
+
+Every caption names every shape and every colour. The size word and (for one object) the
+position phrase may be left out: **an omitted attribute means "any value is fine"**.
+`parse_caption` returns ``None`` for it, and `matches_prompt` treats ``None`` as a wildcard, so a
+caption always agrees with the labels of the image it was drawn with. Synonyms are canonicalised
+("big" -> large, "little" -> small, "in the middle" -> center, "under" -> below, "left of" ->
+to the left of). Captions are generated from templates, and each template is also turned into a
+regular expression, so `parse_caption` is the exact inverse of `caption_for`.
+
+Attributes and labels
+---------------------
+A scene's *attributes* are a dict with the keys LABEL_KEYS holding words (``None`` = absent or
+omitted); its *labels* are the same keys holding vocabulary indices (-1 = absent):
+
+    num_objects  1 or 2
+    shape, colour, size           object 1 (the only object, or the subject of the relation)
+    position     POSITIONS index of object 1 in one-object scenes; -1 in two-object scenes
+    shape2, colour2, size2        object 2 (the reference); -1 in one-object scenes
+    relation     RELATIONS index (object 1 relative to object 2); -1 in one-object scenes
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+SIZES = ("small", "large")
+POSITIONS = ("left", "right", "top", "bottom", "center")
+RELATIONS = ("above", "below", "to the left of", "to the right of")
+LABEL_KEYS = ("num_objects", "shape", "colour", "size", "position",
+              "shape2", "colour2", "size2", "relation")
+_VOCABULARY = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS,
+               "shape2": SHAPES, "colour2": COLOURS, "size2": SIZES, "relation": RELATIONS}
+
+
+# The first phrase of each tuple is the canonical word; the others are synonyms used less often.
+SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+POSITION_PHRASES = {
+    "left": ("on the left", "at the left", "on the left side"),
+    "right": ("on the right", "at the right", "on the right side"),
+    "top": ("at the top", "near the top", "at the top of the image"),
+    "bottom": ("at the bottom", "near the bottom", "at the bottom of the image"),
+    "center": ("in the center", "in the middle", "at the center", "in the centre"),
+}
+RELATION_PHRASES = {
+    "above": ("above", "over"),
+    "below": ("below", "under", "beneath"),
+    "to the left of": ("to the left of", "left of"),
+    "to the right of": ("to the right of", "right of"),
+}
+# "{object}" expands to "a [size] colour shape"; the first template of each list is the most common.
+ONE_OBJECT_TEMPLATES = ("{object} {position}", "there is {object} {position}",
+                        "{position}, {object}", "a picture of {object} {position}")
+NO_POSITION_TEMPLATES = ("{object}", "there is {object}", "a picture of {object}")
+TWO_OBJECT_TEMPLATES = ("{object} {relation} {object2}", "there is {object} {relation} {object2}",
+                        "a picture of {object} {relation} {object2}")
+CANONICAL_PROBABILITY = 0.7      # chance of the canonical word / first template
+OMIT_SIZE_PROBABILITY = 0.3      # a caption leaves out "small"/"large" (= either size)
+OMIT_POSITION_PROBABILITY = 0.1  # a one-object caption leaves out its position (= anywhere)
+
+
+def _pick(rng, options):
+    """The first option with probability 0.7, else one of the others uniformly."""
+    if len(options) == 1 or rng.random() < CANONICAL_PROBABILITY:
+        return options[0]
+    return options[1 + int(rng.integers(len(options) - 1))]
+
+
+def _object_phrase(shape, colour, size):
+    words = ([size] if size else []) + [colour, shape]
+    article = "an" if words[0][0] in "aeiou" else "a"
+    return " ".join([article] + words)
+
+
+def caption_for(attributes: dict, rng, omit_size_probability: float = OMIT_SIZE_PROBABILITY,
+                omit_position_probability: float = OMIT_POSITION_PROBABILITY) -> str:
+    """A caption for one scene's attributes (words, as from `attributes_from_labels`).
+
+    ``rng``: a NumPy Generator or an int seed. Size words, and the position of a single object,
+    are omitted at random with the given probabilities (meaning "any"); ``None`` attributes are
+    always omitted.
+    """
+    rng = np.random.default_rng(rng)          # a Generator passes through unchanged
+    a = validate_attributes(attributes)
+
+    def size_word(key):
+        if a[key] is None or rng.random() < omit_size_probability:
+            return None
+        return _pick(rng, SIZE_WORDS[a[key]])
+
+    obj = _object_phrase(a["shape"], a["colour"], size_word("size"))
+    if a["num_objects"] == 2:
+        obj2 = _object_phrase(a["shape2"], a["colour2"], size_word("size2"))
+        template = _pick(rng, TWO_OBJECT_TEMPLATES)
+        return template.format(object=obj, relation=_pick(rng, RELATION_PHRASES[a["relation"]]),
+                               object2=obj2)
+    if a["position"] is None or rng.random() < omit_position_probability:
+        return _pick(rng, NO_POSITION_TEMPLATES).format(object=obj)
+    template = _pick(rng, ONE_OBJECT_TEMPLATES)
+    return template.format(object=obj, position=_pick(rng, POSITION_PHRASES[a["position"]]))
+
+
+def _alternation(name, phrases):
+    """A named regex group matching any phrase of ``{canonical: synonyms}``, longest first."""
+    words = sorted((p for group in phrases.values() for p in group), key=len, reverse=True)
+    return f"(?P<{name}>{'|'.join(re.escape(w) for w in words)})"
+
+
+def _object_regex(suffix):
+    size = _alternation("size" + suffix, SIZE_WORDS)
+    colour = _alternation("colour" + suffix, {c: (c,) for c in COLOURS})
+    shape = _alternation("shape" + suffix, {s: (s,) for s in SHAPES})
+    return f"(?:a|an|one|the) (?:{size} )?{colour} {shape}"
+
+
+def _template_regex(template):
+    pattern = re.escape(template).replace(r"\{object\}", _object_regex(""))
+    pattern = pattern.replace(r"\{object2\}", _object_regex("2"))
+    pattern = pattern.replace(r"\{position\}", _alternation("position", POSITION_PHRASES))
+    pattern = pattern.replace(r"\{relation\}", _alternation("relation", RELATION_PHRASES))
+    return re.compile(pattern)
+
+
+_PATTERNS = [(_template_regex(t), n) for templates, n in ((ONE_OBJECT_TEMPLATES, 1),
+             (NO_POSITION_TEMPLATES, 1), (TWO_OBJECT_TEMPLATES, 2)) for t in templates]
+_CANONICAL = {phrase: word for table in (SIZE_WORDS, POSITION_PHRASES, RELATION_PHRASES)
+              for word, phrases in table.items() for phrase in phrases}
+
+
+def parse_caption(text: str) -> dict:
+    """Caption -> attributes dict (keys LABEL_KEYS, canonical words, ``None`` = omitted/absent).
+
+    The inverse of the caption grammar. Case, surrounding spaces, repeated spaces and a final
+    full stop are ignored. Raises ValueError naming the text if it is not in the grammar.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_caption: expected a str, got {type(text).__name__}")
+    normalised = " ".join(text.lower().split()).rstrip(".").strip()
+    for pattern, num_objects in _PATTERNS:
+        found = pattern.fullmatch(normalised)
+        if found:
+            attributes = dict.fromkeys(LABEL_KEYS)
+            attributes["num_objects"] = num_objects
+            for key, value in found.groupdict().items():
+                attributes[key] = _CANONICAL.get(value, value) if value else None
+            return attributes
+    raise ValueError(
+        f"parse_caption: {text!r} is not in the shapes grammar; expected e.g. "
+        "'a small red circle on the left' or 'a green circle above a large blue square' "
+        f"(shapes {SHAPES}, colours {COLOURS}, sizes {SIZES}, positions {POSITIONS}, "
+        f"relations {RELATIONS})")
+
+
+def validate_attributes(attributes: dict) -> dict:
+    """All LABEL_KEYS present (missing -> None), words checked against the vocabulary."""
+    unknown = set(attributes) - set(LABEL_KEYS)
+    if unknown:
+        raise ValueError(f"scene attributes: unknown keys {sorted(unknown)}; allowed {LABEL_KEYS}")
+    a = dict.fromkeys(LABEL_KEYS) | dict(attributes)
+    if a["num_objects"] not in (1, 2):
+        raise ValueError(f"scene attributes: num_objects must be 1 or 2, got {a['num_objects']!r}")
+    for key, vocabulary in _VOCABULARY.items():
+        if a[key] is not None and a[key] not in vocabulary:
+            raise ValueError(f"scene attributes: {key}={a[key]!r} is not one of {vocabulary}")
+    needed = ("shape", "colour") + (("shape2", "colour2", "relation") if a["num_objects"] == 2 else ())
+    missing = [k for k in needed if a[k] is None]
+    if missing:
+        raise ValueError(f"scene attributes: {missing} must be given for a "
+                         f"{a['num_objects']}-object scene, got {attributes}")
+    return a
+
+
+def attributes_from_labels(labels: dict, i: int) -> dict:
+    """Row ``i`` of a labels dict as an attributes dict of words (``None`` where -1)."""
+    a = {"num_objects": int(labels["num_objects"][i])}
+    for key, vocabulary in _VOCABULARY.items():
+        index = int(labels[key][i])
+        a[key] = vocabulary[index] if index >= 0 else None
+    return a
+
+
+def labels_from_attributes(attributes_list) -> dict:
+    """A list of attributes dicts -> labels dict of int64 arrays (-1 for ``None``)."""
+    rows = [validate_attributes(a) for a in attributes_list]
+    labels = {"num_objects": np.array([a["num_objects"] for a in rows], np.int64)}
+    for key, vocabulary in _VOCABULARY.items():
+        labels[key] = np.array([vocabulary.index(a[key]) if a[key] is not None else -1
+                                for a in rows], np.int64)
+    return labels
+
+
+def prompt_agreement(prompt: dict, scene: dict) -> dict:
+    """{attribute: bool} for every attribute the prompt names (``None`` in the prompt = any)."""
+    agreement = {"num_objects": prompt["num_objects"] == scene["num_objects"]}
+    for key in _VOCABULARY:
+        if prompt.get(key) is not None:
+            agreement[key] = prompt[key] == scene.get(key)
+    return agreement
+
+
+def matches_prompt(prompt: dict, scene: dict) -> bool:
+    """True when the scene has every attribute the (parsed) prompt asks for."""
+    return all(prompt_agreement(prompt, scene).values())
