@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidiff.datasets.shapes import caption_corpus
-from minidiff.models.tokenizer import (BASE_VOCAB, END_ID, PAD_ID, START_ID, BPETokenizer,
-                                       normalise)
+from minidiff.models.tokenizer import (BASE_VOCAB, END_ID, PAD_ID, START_ID, WORD_PATTERN,
+                                       BPETokenizer, normalise)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,17 @@ def test_bad_inputs_raise_clear_errors(tokenizer):
         BPETokenizer.train(["a red circle"], vocab_size=100)
     with pytest.raises(ValueError, match="id 99999 outside the vocabulary"):
         tokenizer.decode([99999])
+
+
+def test_the_shapes_grammar_takes_exactly_384_ids():
+    """The text encoders' default vocab_size (384 = 259 + 125 merges) is the point where every
+    word of the caption grammar has become a single token and no pair is left to merge."""
+    corpus = caption_corpus(2000, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenizer = BPETokenizer.train(corpus, vocab_size=384)
+    with pytest.warns(UserWarning, match="after 125 merges"):
+        BPETokenizer.train(corpus, vocab_size=385)
+    for text in corpus:   # one token per word: "a", " picture", " of", ..., ",", " a", " red", ...
+        assert len(tokenizer.encode_text(text)) == len(WORD_PATTERN.findall(text))
+    assert max(len(tokenizer.encode(text)[0]) for text in corpus) == 17   # <start> + 15 + <end>
