@@ -1,0 +1,226 @@
+"""Checkpoints: one ``.npz`` file of plain arrays plus a JSON header, never pickles.
+
+Layout of the archive (every entry is an array; names are namespaced with "/"):
+
+    __meta__               uint8 bytes of a JSON object {"format_version", "step", "config"}
+    model/<param name>     the model's state_dict(), e.g. model/blocks.0.fc1.weight
+    optim/<key>            AdamW.state_dict(), nested dicts flattened: optim/exp_avg/<param name>
+    ema/<key>              EMA.state_dict():                           ema/shadow/<param name>
+    extra/<key>            any other arrays the caller wants to keep (data statistics, ...)
+
+Saving writes a temporary file in the same folder and renames it over the target
+(``os.replace`` is atomic), so an interrupted save never leaves a half-written checkpoint.
+Loading uses ``np.load(allow_pickle=False)``: a checkpoint can hold data but never code.
+
+    save_checkpoint("outputs/run/ckpt.npz", model=model, optimizer=opt, ema=ema,
+                    config=dataclasses.asdict(model.config), step=step)
+    ckpt = load_checkpoint("outputs/run/ckpt.npz")
+    load_into(model, ckpt, optimizer=opt, ema=ema)    # resume training
+    load_into(model, ckpt, use_ema=True)              # sample with the averaged weights
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+SECTIONS = ("model", "optim", "ema", "extra")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose contents do not fit what it is loaded into."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` returns: host NumPy arrays and the JSON header."""
+    path: str
+    model_state: dict
+    optim_state: dict | None
+    ema_state: dict | None
+    config: dict | None
+    step: int
+    extra: dict
+    format_version: int = FORMAT_VERSION
+
+
+# -- nested dict <-> flat "a/b/c" keys -------------------------------------------------------------
+def _flatten(tree, prefix):
+    """{"exp_avg": {"w": a}, "step": s} -> {prefix/exp_avg/w: a, prefix/step: s} (host arrays)."""
+    flat = {}
+    for key, value in tree.items():
+        if "/" in str(key):
+            raise ValueError(f"save_checkpoint: key {key!r} under {prefix!r} contains '/', which separates sections")
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = backend.to_numpy(value)
+    return flat
+
+
+def _unflatten(flat):
+    """Inverse of ``_flatten`` with the section prefix already removed."""
+    tree = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+# -- save ------------------------------------------------------------------------------------------
+def save_checkpoint(path, model=None, optimizer=None, ema=None, config=None, step=0, extra=None,
+                    dtype=None, compress=False):
+    """Write model / optimizer / EMA states, a config dict and the step to one ``.npz`` (atomically).
+
+    dtype:    store the model's and EMA's floating-point weights in this dtype (e.g. np.float16
+              halves the size of shipped weights; loading casts back to the model's dtype).
+              Optimizer moments are always stored as they are.
+    config:   a JSON-serialisable dict (or a dataclass, converted with ``dataclasses.asdict``).
+    extra:    {name: array} of anything else worth keeping.
+    Returns the path written.
+    """
+    path = Path(path)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"save_checkpoint: config must be a dict or a dataclass, got {type(config).__name__}")
+    try:
+        header = json.dumps({"format_version": FORMAT_VERSION, "step": int(step), "config": config})
+    except TypeError as exc:
+        raise ValueError(f"save_checkpoint: config is not JSON-serialisable ({exc})") from None
+
+    def store(state):                       # weights in the storage dtype, if one is asked for
+        if dtype is None:
+            return state
+        return {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in state.items()}
+
+    arrays = {META_KEY: np.frombuffer(header.encode("utf-8"), dtype=np.uint8)}
+    if model is not None:
+        arrays.update(store(_flatten(model.state_dict(), "model")))
+    if optimizer is not None:
+        arrays.update(_flatten(optimizer.state_dict(), "optim"))
+    if ema is not None:
+        arrays.update(store(_flatten(ema.state_dict(), "ema")))
+    if extra:
+        arrays.update(_flatten(dict(extra), "extra"))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)                # atomic: readers see the old file or the new one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# -- load ------------------------------------------------------------------------------------------
+def load_checkpoint(path, hint=None):
+    """Read a checkpoint written by ``save_checkpoint``.
+
+    hint:  what to tell the user when the file does not exist (e.g. the command that trains it).
+    Raises FileNotFoundError (with the hint) or CheckpointError (corrupt, truncated, not ours).
+    """
+    path = Path(path)
+    if not path.is_file():
+        how = hint or "train one first (python -m minidiff train ...) or check the path"
+        raise FileNotFoundError(f"checkpoint {path} not found: {how}")
+    key = None
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz checkpoint")
+        with archive:
+            if META_KEY not in archive.files:
+                raise CheckpointError(f"checkpoint {path}: no {META_KEY!r} entry (not a minidiff checkpoint)")
+            arrays = {}
+            for key in archive.files:        # read every entry now: a damaged one fails here
+                arrays[key] = archive[key]
+            key = META_KEY
+            meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError, KeyError) as exc:
+        where = f" at entry {key!r}" if key else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated{where} "
+                              f"({type(exc).__name__}: {exc}); save it again") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r}, this minidiff reads {FORMAT_VERSION}")
+
+    sections = {name: {} for name in SECTIONS}
+    for name, value in arrays.items():
+        section, _, rest = name.partition("/")
+        if section not in sections or not rest:
+            raise CheckpointError(f"checkpoint {path}: unexpected entry {name!r}")
+        sections[section][rest] = value
+    return Checkpoint(
+        path=str(path),
+        model_state=sections["model"],
+        optim_state=_unflatten(sections["optim"]) or None,
+        ema_state=_unflatten(sections["ema"]) or None,
+        config=meta.get("config"),
+        step=int(meta.get("step", 0)),
+        extra=_unflatten(sections["extra"]),
+        format_version=version,
+    )
+
+
+def _config_difference(model, ckpt):
+    """' (config differs: field=a in the checkpoint, b in the model)' or '' when it cannot tell."""
+    config = getattr(model, "config", None)
+    if ckpt.config is None or not dataclasses.is_dataclass(config):
+        return ""
+    mine = dataclasses.asdict(config)
+    for field, value in ckpt.config.items():
+        if field in mine and json.loads(json.dumps(mine[field])) != value:
+            return f" (config differs: {field}={value!r} in the checkpoint, {mine[field]!r} in the model)"
+    return ""
+
+
+def load_into(model, ckpt, use_ema=False, optimizer=None, ema=None):
+    """Load a checkpoint (a ``Checkpoint`` or a path) into ``model`` and, optionally, an optimizer
+    and an EMA (to resume training). ``use_ema=True`` loads the averaged weights into the model.
+
+    A state that does not fit (another config, a missing or mis-shaped weight) raises
+    CheckpointError naming the file and the first bad key. Returns the Checkpoint.
+    """
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = load_checkpoint(ckpt)
+    if use_ema:
+        if not ckpt.ema_state or "shadow" not in ckpt.ema_state:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds no EMA weights; load with use_ema=False")
+        weights = ckpt.ema_state["shadow"]
+    else:
+        weights = ckpt.model_state
+    targets = [(model, weights, "model"), (optimizer, ckpt.optim_state, "optim"), (ema, ckpt.ema_state, "ema")]
+    for target, state, section in targets:
+        if target is None:
+            continue
+        if state is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds no {section} state")
+        try:
+            target.load_state_dict(state)
+        except ValueError as exc:
+            hint = _config_difference(model, ckpt) if section == "model" else ""
+            raise CheckpointError(f"checkpoint {ckpt.path} does not fit the {type(target).__name__} "
+                                  f"[{section}]: {exc}{hint}") from None
+    return ckpt
