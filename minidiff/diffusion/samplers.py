@@ -337,7 +337,8 @@ def sample(model_fn, schedule, shape, sampler="ddim", steps=50, rng=None, eta=0.
     step_callback(i, t_prev, x) -> x: runs after step i (an index into the full timestep list) with
         t_prev the timestep x is now at (-1 = clean); return x, changed or not (inpainting pastes the
         known region, noised to t_prev, here).
-    clip_x0: clip each x0 prediction to [-1, 1]. dtype: of the samples (float32).
+    clip_x0: clip each x0 prediction to [-1, 1] (DDPM/DDIM keep the unclipped eps, as diffusers;
+        Euler and DPM-Solver step with the clipped x0). dtype: of the samples (float32).
 
     Returns x_0 of ``shape``, or (x_0, xs, x0_preds) with return_intermediates: the sample after each
     step and the x0 prediction at each step (the denoising strip).

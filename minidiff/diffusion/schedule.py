@@ -283,8 +283,7 @@ class NoiseSchedule:
     def q_sample(self, x0, t, noise):
         """x_t ~ q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
         self._check_same_shape(x0, noise, "x0", "noise", "q_sample")
-        sqrt_abar = self.gather("sqrt_alphas_cumprod", t, x0)
-        sqrt_one_minus_abar = self.gather("sqrt_one_minus_alphas_cumprod", t, x0)
+        sqrt_abar, sqrt_one_minus_abar = self._coefficients(t, x0)
         # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
         return sqrt_abar * x0 + sqrt_one_minus_abar * noise
 
