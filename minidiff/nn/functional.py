@@ -75,6 +75,13 @@ def _int_at_least(op, name, value, low):
     return int(value)
 
 
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
 def _index_array(op, name, ids, num_classes, xp):
     """Integer ids as an array of xp; the range is checked for host arrays (on a GPU that would be
     a synchronisation, so device ids are trusted)."""
@@ -483,13 +490,12 @@ def layer_norm_backward(dy, cache):
 # activations
 # ================================================================================================
 def silu(x):
-    """y = x * sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2 (no overflow for large |x|).
-    cache: (x, s) with s = sigmoid(x)"""
+    """y = x * sigmoid(x),  sigmoid(x) = 1 / (1 + exp(-x)).   cache: (x, s) with s = sigmoid(x)"""
     _floats("silu", x=x)
     xp = get_array_module(x)
-    s = xp.tanh(x * 0.5)
+    s = xp.exp(-xp.maximum(x, -80.0))                         # exp(-x); the clip keeps it finite in float32
     s += 1.0
-    s *= 0.5                                                  # s = sigmoid(x)
+    xp.reciprocal(s, out=s)                                   # s = 1 / (1 + exp(-x))  (sigmoid(-80) ~ 2e-35)
     return x * s, (x, s)
 
 
@@ -647,7 +653,7 @@ def attention(q, k, v, mask=None):
     scores = (q * scale) @ k.swapaxes(-1, -2)                 # (B, heads, Lq, Lk)
     if mask is not None:
         mask = xp.asarray(mask)
-        if mask.dtype != bool or np.broadcast_shapes(mask.shape, scores_shape) != scores_shape:
+        if mask.dtype != bool or not _broadcasts_to(mask.shape, scores_shape):
             raise ValueError(f"attention: mask must be a bool array broadcastable to (B, heads, Lq, Lk) = "
                              f"{scores_shape}, got dtype {mask.dtype} and shape {tuple(mask.shape)}")
         scores = xp.where(mask, scores, -xp.inf).astype(q.dtype, copy=False)
