@@ -7,13 +7,15 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from minidiff import backend
 from minidiff.models.unet import ResBlock, TransformerBlock, UNet, UNetConfig
 from minidiff.nn.gradcheck import check_module, relative_error
 from minidiff.nn.module import Module, no_grad
 
 NAMED_CONFIGS = ["tiny", "quick16", "pixel32", "latent8"]
+BLOCK_GRADCHECK = settings(max_examples=10, deadline=None)
 
 # A second small config for the branches tiny does not take: three levels, attention at the top
 # level only, no cross-attention, heads from head_dim, plain GELU feed-forward, GroupNorm groups
@@ -96,27 +98,34 @@ def test_whole_unet_gradients_match_finite_differences(xp, with_context):
     assert report.max_error < 1e-6, report
 
 
-def test_resblock_gradients_match_finite_differences_with_a_channel_change():
+@BLOCK_GRADCHECK
+@given(c_in=st.sampled_from([4, 6, 8]), c_out=st.sampled_from([4, 6, 8]), batch=st.integers(1, 2),
+       H=st.integers(2, 4), W=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_resblock_gradients_match_finite_differences(c_in, c_out, batch, H, W, seed):
+    # (at least 2 channels x 2 pixels per GroupNorm group: a smaller group normalises to constants,
+    # whose exact-zero gradients leave only rounding noise to compare)
     config = UNetConfig.tiny()
-    block = randomize(ResBlock(8, 16, config, rng=np.random.default_rng(0)))
-    assert block.conv_shortcut is not None
-    rng = np.random.default_rng(1)
-    x, temb = rng.standard_normal((2, 8, 4, 4)), rng.standard_normal((2, config.time_embed_dim))
-    report = check_module(block, [x, temb], seed=0, eps=1e-5, max_coords=16)
+    block = randomize(ResBlock(c_in, c_out, config, rng=np.random.default_rng(seed)), seed)
+    assert (block.conv_shortcut is not None) == (c_in != c_out)
+    rng = np.random.default_rng(seed + 1)
+    x, temb = rng.standard_normal((batch, c_in, H, W)), rng.standard_normal((batch, config.time_embed_dim))
+    report = check_module(block, [x, temb], seed=seed, eps=1e-5, max_coords=16)
     assert report.max_error < 1e-6, report
 
 
-@pytest.mark.parametrize("with_context", [True, False], ids=["context", "no_context"])
-def test_transformer_block_gradients_match_finite_differences(with_context):
-    config = UNetConfig.tiny()
-    block = randomize(TransformerBlock(8, config, rng=np.random.default_rng(0)))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 8, 2, 3))
-    inputs = [x]
+@BLOCK_GRADCHECK
+@given(channels=st.sampled_from([4, 6, 8]), batch=st.integers(1, 2), H=st.integers(1, 3), W=st.integers(1, 3),
+       tokens=st.integers(1, 4), with_context=st.booleans(), seed=st.integers(0, 2**16))
+def test_transformer_block_gradients_match_finite_differences(channels, batch, H, W, tokens, with_context, seed):
+    config = UNetConfig.tiny()                                   # 2 heads, context_dim 6
+    block = randomize(TransformerBlock(channels, config, rng=np.random.default_rng(seed)), seed)
+    rng = np.random.default_rng(seed + 1)
+    inputs = [rng.standard_normal((batch, channels, H, W))]
     if with_context:
-        mask = np.array([[True, True, False], [True, True, True]])[:, None, None, :]
-        inputs += [rng.standard_normal((2, 3, config.context_dim)), mask]
-    report = check_module(block, inputs, seed=0, eps=1e-5, max_coords=16)
+        mask = rng.random((batch, tokens)) < 0.7
+        mask[:, 0] = True                                        # every query sees at least one token
+        inputs += [rng.standard_normal((batch, tokens, config.context_dim)), mask[:, None, None, :]]
+    report = check_module(block, inputs, seed=seed, eps=1e-5, max_coords=16)
     assert report.max_error < 1e-6, report
     assert ("input:x1" in report.errors) == with_context
 
@@ -128,16 +137,34 @@ def test_context_gradient_is_none_without_a_context_and_the_sum_over_cross_atten
     model(x, t)
     assert model.backward(np.ones_like(x))[1] is None
     shares = []                                     # what each cross-attention hands back
-    for block in (m for m in model.modules() if isinstance(m, TransformerBlock)):
-        def recording(dy, _backward=block.attn2.backward):
+    for _, attn2 in model.cross_attentions():
+        def recording(dy, _backward=attn2.backward):
             dq, dc = _backward(dy)
             shares.append(dc)
             return dq, dc
-        block.attn2.backward = recording
+        attn2.backward = recording
     model(x, t, context)
     _, dcontext = model.backward(np.ones_like(x))
     assert len(shares) == 4                         # down 1 + mid 1 + up 2 (tiny: attention at level 1)
     assert np.abs(dcontext - sum(shares)).max() < 1e-12 and np.abs(dcontext).max() > 0
+
+
+def test_cross_attentions_are_named_as_in_the_state_dict_and_store_their_maps():
+    config = UNetConfig.tiny()
+    model = UNet(config).eval()
+    layers = model.cross_attentions()
+    names = [name for name, _ in layers]
+    assert names == ["down_blocks.1.attentions.0.attn2", "mid_block.attentions.0.attn2",
+                     "up_blocks.0.attentions.0.attn2", "up_blocks.0.attentions.1.attn2"]
+    assert all(f"{name}.to_k.weight" in model.state_dict() for name in names)
+    for _, layer in layers:
+        layer.store_attention = True
+    x, t, context, mask = (None if a is None else (a.astype(np.float32) if a.dtype == np.float64 else a)
+                           for a in make_inputs(config))
+    model(x, t, context, mask)
+    probs = layers[0][1].last_attention_probs                  # (B, heads, HW at 4x4, S)
+    assert probs.shape == (2, 2, 16, 3)
+    assert np.allclose(probs.sum(-1), 1, atol=1e-5) and np.all(probs[0, :, :, -1] == 0)
 
 
 # -- shapes, parameter counts, validation ----------------------------------------------------------

@@ -65,10 +65,6 @@ def timestep_sinusoid(t, dim, max_period=10000.0):
     return TF.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-def _groups(config, channels):
-    return config.groups_for(channels)
-
-
 class TimestepEmbeddingTwin(nn.Module):
     def __init__(self, sinusoid_dim, time_embed_dim):
         super().__init__()
@@ -84,10 +80,10 @@ class TimestepEmbeddingTwin(nn.Module):
 class ResBlockTwin(nn.Module):
     def __init__(self, c_in, c_out, config: UNetConfig):
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(config, c_in), c_in, eps=1e-5)
+        self.norm1 = nn.GroupNorm(config.groups_for(c_in), c_in, eps=1e-5)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.time_emb_proj = nn.Linear(config.time_embed_dim, c_out)
-        self.norm2 = nn.GroupNorm(_groups(config, c_out), c_out, eps=1e-5)
+        self.norm2 = nn.GroupNorm(config.groups_for(c_out), c_out, eps=1e-5)
         self.dropout = nn.Dropout(config.dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
@@ -138,7 +134,7 @@ class TransformerBlockTwin(nn.Module):
     def __init__(self, channels, config: UNetConfig):
         super().__init__()
         heads = config.heads_for(channels)
-        self.norm = nn.GroupNorm(_groups(config, channels), channels, eps=1e-6)
+        self.norm = nn.GroupNorm(config.groups_for(channels), channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.norm1 = nn.LayerNorm(channels)
         self.attn1 = AttentionTwin(channels, heads)
@@ -215,7 +211,7 @@ class UNetTwin(nn.Module):
             block.upsample = UpsampleTwin(ch(level)) if level != 0 else None
             self.up_blocks.append(block)
             c_in = ch(level)
-        self.conv_norm_out = nn.GroupNorm(_groups(cfg, ch(0)), ch(0), eps=1e-5)
+        self.conv_norm_out = nn.GroupNorm(cfg.groups_for(ch(0)), ch(0), eps=1e-5)
         self.conv_out = nn.Conv2d(ch(0), cfg.out_channels, 3, padding=1)
 
     @staticmethod

@@ -48,7 +48,6 @@ Read beside: ``minidiff/nn/layers.py`` (Conv2d, GroupNorm, MultiHeadAttention) a
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -538,6 +537,15 @@ class UNet(Module):
         self.conv_act = SiLU()
         self.conv_out = Conv2d(C0, config.out_channels, 3, padding=1, rng=rng)
         _zero_init(self.conv_out)
+
+    def cross_attentions(self):
+        """[(name, MultiHeadAttention)] of every cross-attention layer, encoder to decoder. Set
+        ``layer.store_attention = True`` to keep each one's attention probabilities (B, heads, HW, S):
+        which pixels listen to which prompt tokens."""
+        named = [(f"down_blocks.{i}", b) for i, b in enumerate(self.down_blocks)] + [("mid_block", self.mid_block)]
+        named += [(f"up_blocks.{i}", b) for i, b in enumerate(self.up_blocks)]
+        return [(f"{name}.attentions.{j}.attn2", block.attn2)
+                for name, b in named for j, block in enumerate(b.attentions) if block.attn2 is not None]
 
     # -- input checks ----------------------------------------------------------------------------
     def _check_inputs(self, x, t, context, context_mask):
