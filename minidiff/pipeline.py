@@ -320,9 +320,6 @@ class Pipeline:
         masked cells. A latent cell counts as masked when any of its pixels is."""
         _check_prompt(prompt)
         _check_common(steps, guidance_scale, num_images)
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"inpainting blends latents on the DDPM/DDIM timestep grid: sampler must be "
-                             f"'ddim' or 'ddpm', got {sampler!r}")
         pixels = load_image(image)
         height, width = pixels.shape[2:]
         self._check_canvas(height, width)
