@@ -174,7 +174,9 @@ def test_named_config_output_has_the_input_shape(name):
     model = UNet(config).eval()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, config.in_channels, config.image_size, config.image_size)).astype(np.float32)
-    context = None if config.context_dim is None else rng.standard_normal((1, 5, config.context_dim)).astype(np.float32)
+    context = None
+    if config.context_dim is not None:
+        context = rng.standard_normal((1, 5, config.context_dim)).astype(np.float32)
     y = model(x, np.array([999]), context)
     assert y.shape == (1, config.out_channels, config.image_size, config.image_size)
     assert y.dtype == np.float32

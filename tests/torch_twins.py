@@ -50,8 +50,11 @@ def load_minidiff_state(twin: nn.Module, state_dict, rename=None):
 
 def twin_grads(twin: nn.Module, rename=None):
     """{name: numpy gradient} of every parameter after ``loss.backward()`` (zeros where untouched)."""
-    return {(rename(k) if rename else k): (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
-            for k, p in twin.named_parameters()}
+    grads = {}
+    for name, p in twin.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        grads[rename(name) if rename else name] = grad.detach().cpu().numpy()
+    return grads
 
 
 # == U-Net (minidiff/models/unet.py) ==============================================================
@@ -191,14 +194,16 @@ class UNetTwin(nn.Module):
             block = nn.Module()
             block.resnets = nn.ModuleList(ResBlockTwin(c_in if j == 0 else ch(level), ch(level), cfg)
                                           for j in range(cfg.num_res_blocks))
-            block.attentions = nn.ModuleList(TransformerBlockTwin(ch(level), cfg) for _ in range(cfg.num_res_blocks)
-                                             if level in cfg.attention_levels)
+            attention = level in cfg.attention_levels
+            block.attentions = nn.ModuleList(TransformerBlockTwin(ch(level), cfg)
+                                             for _ in range(cfg.num_res_blocks) if attention)
             block.downsample = None if last else DownsampleTwin(ch(level))
             skip_channels += [ch(level)] * (cfg.num_res_blocks + (0 if last else 1))
             self.down_blocks.append(block)
         self.mid_block = nn.Module()
         self.mid_block.resnets = nn.ModuleList(ResBlockTwin(ch(levels - 1), ch(levels - 1), cfg) for _ in range(2))
-        self.mid_block.attentions = nn.ModuleList([TransformerBlockTwin(ch(levels - 1), cfg)] if cfg.mid_attention else [])
+        self.mid_block.attentions = nn.ModuleList(TransformerBlockTwin(ch(levels - 1), cfg)
+                                                  for _ in range(1) if cfg.mid_attention)
         self.up_blocks = nn.ModuleList()
         c_in = ch(levels - 1)
         for level in reversed(range(levels)):

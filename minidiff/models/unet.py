@@ -333,11 +333,12 @@ class TransformerBlock(_CachingModule):
         if context is not None and self.attn2 is None:
             raise ValueError("TransformerBlock: a context was given but this block has no cross-attention "
                              "(its config has context_dim=None)")
-        h = self.norm(x).reshape(B, C, H * W).transpose(0, 2, 1)   # (B, HW, C)
-        h = self.proj_in(h)
-        h = h + self.attn1(self.norm1(h))
+        # (B, C, H, W) -> (B, HW, C): one token per pixel
+        h = self.norm(x).reshape(B, C, H * W).transpose(0, 2, 1)
+        h = self.proj_in(h)                                        # (B, HW, C)
+        h = h + self.attn1(self.norm1(h))                          # pixels attend to pixels
         if context is not None:
-            h = h + self.attn2(self.norm2(h), context, mask)
+            h = h + self.attn2(self.norm2(h), context, mask)       # pixels attend to the S prompt tokens
         h = h + self.ff(self.norm3(h))
         h = self.proj_out(h)                                       # (B, HW, C)
         self._keep((x.shape, context is not None))
@@ -433,7 +434,7 @@ class MidBlock(Module):
     """The bottleneck at the lowest resolution: ResBlock -> [TransformerBlock] -> ResBlock."""
 
     def __init__(self, channels, config: UNetConfig, rng=None):
-        self.resnets = [ResBlock(channels, channels, config, rng=rng), ResBlock(channels, channels, config, rng=rng)]
+        self.resnets = [ResBlock(channels, channels, config, rng=rng) for _ in range(2)]
         self.attentions = [TransformerBlock(channels, config, rng=rng)] if config.mid_attention else []
 
     def forward(self, h, temb, context, mask):
@@ -458,7 +459,8 @@ class UpBlock(Module):
     forward pops one skip per ResBlock and concatenates it to h along channels;
     backward splits that concatenation's gradient and pushes the skip part onto ``dskips``."""
 
-    def __init__(self, in_channels, out_channels, skip_channels, config: UNetConfig, attention, upsample, rng=None):
+    def __init__(self, in_channels, out_channels, skip_channels, config: UNetConfig, attention, upsample,
+                 rng=None):
         self.skip_channels = list(skip_channels)                 # channels of the skip each ResBlock pops
         self.resnets = [ResBlock((in_channels if j == 0 else out_channels) + c_skip, out_channels, config, rng=rng)
                         for j, c_skip in enumerate(self.skip_channels)]
@@ -555,7 +557,8 @@ class UNet(Module):
             raise ValueError(f"UNet: x must be (B, C, H, W), got shape {getattr(x, 'shape', type(x))}")
         B, C, H, W = x.shape
         if C != cfg.in_channels:
-            raise ValueError(f"UNet: x has {C} channels (shape {tuple(x.shape)}), expected in_channels={cfg.in_channels}")
+            raise ValueError(f"UNet: x has {C} channels (shape {tuple(x.shape)}), "
+                             f"expected in_channels={cfg.in_channels}")
         f = cfg.downsampling_factor
         if H % f or W % f:
             raise ValueError(f"UNet: image size {H}x{W} is not divisible by the U-Net's total downsampling {f} "
@@ -568,7 +571,7 @@ class UNet(Module):
         xp = get_array_module(x)
         t = xp.asarray(t)
         if t.ndim == 0:
-            t = xp.full((B,), t, dtype=x.dtype)               # one timestep for the whole batch
+            t = xp.broadcast_to(t, (B,))                      # one timestep for the whole batch
         if t.shape != (B,):
             raise ValueError(f"UNet: t must be a scalar or have shape ({B},) to match the batch of x, "
                              f"got shape {tuple(t.shape)}")
