@@ -28,11 +28,12 @@ Fréchet distance (FD)
     computed without ever taking the square root of a non-symmetric matrix.)
 
 The classifier
-    conv stages (3x3 conv -> GroupNorm -> SiLU, stride 2 between stages) -> global average pool
-    -> Linear -> SiLU (the *features*) -> one Linear head per label. The input gets two extra
-    channels holding the pixel's x and y coordinates in [-1, 1] ("CoordConv", Liu et al. 2018),
-    so that after the global pool the network still knows *where* things were: position and
-    relation labels depend on it.
+    conv stages (3x3 conv -> GroupNorm -> SiLU, stride 2 between stages) -> average pool to a
+    coarse 4x4 grid -> Linear -> SiLU (the *features*) -> one Linear head per label. Position and
+    relation labels depend on *where* things are, which a global average pool would throw away:
+    the coarse grid keeps it, and two extra input channels holding each pixel's x and y in
+    [-1, 1] ("CoordConv", Liu et al. 2018) give it within each cell. (``pool_grid=1`` is the
+    global pool; position accuracy then stays near chance for many more steps.)
 
     Absent labels (-1: no position in a two-object scene, no second object in a one-object
     scene) take no part in the loss: every training batch is arranged as [one-object scenes |
@@ -78,6 +79,7 @@ class ClassifierConfig:
     channels: tuple = (32, 64, 128)
     convs_per_stage: int = 2
     num_groups: int = 8
+    pool_grid: int = 4          # average-pool the last feature map to pool_grid x pool_grid (1 = global pool)
     feature_dim: int = 128
 
     def __post_init__(self):
@@ -89,7 +91,7 @@ class ClassifierConfig:
     @classmethod
     def tiny(cls):
         """For tests: seconds on a CPU."""
-        return cls(image_size=16, channels=(8, 16), convs_per_stage=1, num_groups=4, feature_dim=16)
+        return cls(image_size=16, channels=(8, 16), convs_per_stage=1, num_groups=4, pool_grid=2, feature_dim=16)
 
 
 def coordinate_channels(batch, height, width, xp, dtype):
@@ -127,7 +129,7 @@ class AttributeClassifier(Module):
                    for i in range(len(config.channels)) for j in range(config.convs_per_stage)]
         self.blocks = [ConvNormAct(c_in, c_out, s, config.num_groups, rng)
                        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides)]
-        self.hidden = Linear(config.channels[-1], config.feature_dim, rng=rng)
+        self.hidden = Linear(config.channels[-1] * config.pool_grid ** 2, config.feature_dim, rng=rng)
         self.hidden_act = SiLU()
         self.heads = [Linear(config.feature_dim, classes, rng=rng) for _, classes, _ in HEADS]
 
@@ -140,8 +142,14 @@ class AttributeClassifier(Module):
         h = xp.concatenate([x, coordinate_channels(B, H, W, xp, x.dtype)], axis=1)   # (B, 5, H, W)
         for block in self.blocks:
             h = block(h)                                       # (B, C, H', W')
+        B, C, H, W = h.shape
+        g = self.config.pool_grid
+        if H % g or W % g:
+            raise ValueError(f"AttributeClassifier: a {H}x{W} feature map does not pool to {g}x{g}; "
+                             f"images must be multiples of {g * 2 ** (len(self.config.channels) - 1)} pixels")
         self._pooled_shape = h.shape
-        pooled = h.mean(axis=(2, 3))                           # (B, C): global average pool
+        # average over (H/g x W/g) windows: (B, C, H, W) -> (B, C, g, g) -> (B, C g g)
+        pooled = h.reshape(B, C, g, H // g, g, W // g).mean(axis=(3, 5)).reshape(B, C * g * g)
         return self.hidden_act(self.hidden(pooled))            # (B, feature_dim)
 
     def forward(self, x):
@@ -156,11 +164,13 @@ class AttributeClassifier(Module):
             if name in d_logits:
                 g = head.backward(d_logits[name])              # every head reads the same features
                 df = g if df is None else df + g
-        d_pooled = self.hidden.backward(self.hidden_act.backward(df))          # (B, C)
+        d_pooled = self.hidden.backward(self.hidden_act.backward(df))          # (B, C g g)
         B, C, H, W = self._pooled_shape
+        g = self.config.pool_grid
         xp = backend.get_array_module(d_pooled)
-        # forward was: pooled = mean over H, W  ->  each position receives d_pooled / (H W)
-        dh = xp.broadcast_to((d_pooled / (H * W))[:, :, None, None], (B, C, H, W)).copy()
+        # forward was: window means -> each of a window's (H/g)(W/g) positions receives d_pooled / its size
+        d_windows = (d_pooled / ((H // g) * (W // g))).reshape(B, C, g, 1, g, 1)
+        dh = xp.broadcast_to(d_windows, (B, C, g, H // g, g, W // g)).reshape(B, C, H, W)
         for block in reversed(self.blocks):
             dh = block.backward(dh)
         return dh[:, :3]                                       # drop the coordinate channels

@@ -679,6 +679,15 @@ def _label_matrix(labels: dict):
     return np.stack([np.asarray(labels[key], np.int64) for key in shapes.LABEL_KEYS], axis=1)
 
 
+def caption_positives(image_labels, caption_labels):
+    """(B, B) bool: [i, j] True when caption j describes image i, i.e. every attribute the caption
+    states (label >= 0) equals image i's. ``clip.caption_matches`` computed on the device from
+    label matrices (B, K) (see `_label_matrix`)."""
+    stated = caption_labels[None, :, :] == -1                                     # (1, B, K): not said = any
+    agrees = image_labels[:, None, :] == caption_labels[None, :, :]              # (B, B, K)
+    return (stated | agrees).all(axis=2)
+
+
 def _load_or_train_tokenizer(cfg: ClipJob, out):
     """The job's tokenizer: --tokenizer FILE, else DIR/tokenizer.json from an earlier run, else a new one."""
     saved = Path(out) / TOKENIZER_FILE if out is not None else None
@@ -712,10 +721,7 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
     def loss_fn(rng):
         x, ids_b, mask_b, have, wanted = gather(rng, images, ids, mask, image_labels, said,
                                                 batch_size=cfg.batch_size)
-        # positives[i, j]: caption j describes image i (every attribute it states agrees;
-        # clip.caption_matches on the device)
-        positives = ((wanted[None, :, :] == -1) | (have[:, None, :] == wanted[None, :, :])).all(axis=2)
-        loss, _ = clip_loss_and_backward(model, x, ids_b, mask_b, positives)
+        loss, _ = clip_loss_and_backward(model, x, ids_b, mask_b, caption_positives(have, wanted))
         return loss
 
     def finalize(clip):

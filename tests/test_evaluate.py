@@ -1,0 +1,223 @@
+"""Evaluation: the Fréchet distance, prompt accuracy and the attribute classifier."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minidiff import evaluate as E
+from minidiff.datasets import shapes
+from minidiff.nn.gradcheck import check_module
+from minidiff.nn.module import Module
+
+
+# -- Fréchet distance ------------------------------------------------------------------------------
+def test_frechet_distance_of_identical_sets_is_zero():
+    features = np.random.default_rng(0).standard_normal((300, 6)) @ np.diag([3.0, 1.0, 0.5, 0.1, 2.0, 1.0])
+    assert E.frechet_distance_from_features(features, features) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_of_shifted_set_is_the_squared_shift():
+    # same covariance (the second set is the first, moved), so FD = |mu_1 - mu_2|^2 exactly
+    features = np.random.default_rng(1).standard_normal((500, 4))
+    shift = np.array([0.5, -1.0, 2.0, 0.0])
+    assert E.frechet_distance_from_features(features, features + shift) == pytest.approx(5.25, rel=1e-9)
+
+
+def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
+    # diagonal covariances: FD = |dmu|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    expected = 5.0 + (1 + 1 + 0)
+    assert E.frechet_distance_from_statistics(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected)
+
+
+def _spd_2x2(draw):
+    m = np.array(draw(st.lists(st.floats(-2, 2), min_size=4, max_size=4))).reshape(2, 2)
+    return m @ m.T + 0.05 * np.eye(2)
+
+
+@st.composite
+def gaussian_pairs(draw):
+    return (np.array(draw(st.lists(st.floats(-3, 3), min_size=2, max_size=2))), _spd_2x2(draw),
+            np.array(draw(st.lists(st.floats(-3, 3), min_size=2, max_size=2))), _spd_2x2(draw))
+
+
+@settings(max_examples=25, deadline=None)
+@given(gaussian_pairs())
+def test_frechet_distance_matches_the_2x2_closed_form(pair):
+    # for 2x2 matrices with a PSD square root: tr(sqrt(S1 S2)) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2))
+    mu1, s1, mu2, s2 = pair
+    trace_sqrt = np.sqrt(np.trace(s1 @ s2) + 2 * np.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    assert E.frechet_distance_from_statistics(mu1, s1, mu2, s2) == pytest.approx(max(expected, 0), abs=1e-7)
+
+
+def test_frechet_distance_matches_scipy():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((200, 5)), rng.standard_normal((150, 5)) * 1.5 + 0.3
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
+    assert E.frechet_distance_from_features(a, b) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_in_classifier_features_grows_with_a_difference():
+    classifier = E.AttributeClassifier(E.ClassifierConfig.tiny(), seed=0)
+    images = shapes.sample(48, seed=3, size=16)["images"]
+    same = E.frechet_distance(images, images, classifier)
+    darker = E.frechet_distance(images, np.clip(images - 0.5, -1, 1), classifier)
+    assert same == pytest.approx(0.0, abs=1e-8)
+    assert darker > 1e-4
+
+
+def test_frechet_distance_rejects_too_few_features():
+    with pytest.raises(ValueError, match="N >= 2"):
+        E.frechet_distance_from_features(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+# -- prompt accuracy ------------------------------------------------------------------------------
+class FakeClassifier(Module):
+    """Predicts the labels of ``scenes[i]`` for an image whose first pixel holds i."""
+
+    def __init__(self, scenes):
+        self.targets = E.class_targets(shapes.labels_from_attributes(scenes))
+
+    def forward(self, x):
+        rows = np.asarray(x[:, 0, 0, 0]).round().astype(int)
+        logits = {}
+        for name, classes, _ in E.HEADS:
+            wanted = np.maximum(self.targets[name][rows], 0)
+            logits[name] = np.eye(classes, dtype=np.float32)[wanted] * 10
+        return logits
+
+
+def _scene(**attributes):
+    return shapes.validate_attributes(attributes)
+
+
+def test_prompt_accuracy_needs_every_stated_attribute_right():
+    cases = [  # (prompt, what the classifier sees)
+        ("a red circle on the left", _scene(num_objects=1, shape="circle", colour="red", size="large", position="left")),
+        ("a small red circle on the left", _scene(num_objects=1, shape="circle", colour="red", size="large",
+                                                  position="left")),
+        ("a blue square above a green triangle", _scene(num_objects=2, shape="square", colour="blue", size="small",
+                                                        shape2="triangle", colour2="green", size2="small",
+                                                        relation="above")),
+        ("a blue square above a green triangle", _scene(num_objects=1, shape="square", colour="blue", size="small",
+                                                        position="top")),
+        ("a yellow triangle", _scene(num_objects=1, shape="triangle", colour="yellow", size="small", position="top")),
+    ]
+    prompts, scenes = zip(*cases)
+    images = np.zeros((len(cases), 3, 4, 4), np.float32)
+    images[:, 0, 0, 0] = np.arange(len(cases))
+    accuracy, per_attribute = E.prompt_accuracy(images, prompts, FakeClassifier(scenes))
+    assert accuracy == pytest.approx(3 / 5)                       # the wrong size and the missing object fail
+    assert per_attribute["size"] == 0.0                           # stated once ("small"), predicted large
+    assert per_attribute["num_objects"] == pytest.approx(4 / 5)
+    assert per_attribute["relation"] == pytest.approx(1 / 2)
+    assert per_attribute["colour"] == 1.0
+    assert "position" in per_attribute and per_attribute["position"] == 1.0   # stated twice, both right
+
+
+def test_prompt_accuracy_rejects_a_count_mismatch():
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        E.prompt_accuracy(np.zeros((2, 3, 4, 4), np.float32), ["a red circle"], FakeClassifier([]))
+
+
+def test_prompt_accuracy_rejects_prompts_outside_the_grammar():
+    scenes = [_scene(num_objects=1, shape="circle", colour="red", size="small", position="left")]
+    with pytest.raises(ValueError, match="not in the shapes grammar"):
+        E.prompt_accuracy(np.zeros((1, 3, 4, 4), np.float32), ["a cat"], FakeClassifier(scenes))
+
+
+def test_fixed_prompts_parse_and_cover_the_vocabulary():
+    parsed = [shapes.parse_caption(p) for p in E.FIXED_PROMPTS]
+    assert 30 <= len(E.FIXED_PROMPTS) <= 60
+    for key, vocabulary in (("colour", shapes.COLOURS), ("shape", shapes.SHAPES), ("position", shapes.POSITIONS),
+                            ("relation", shapes.RELATIONS)):
+        assert {p[key] for p in parsed if p[key]} == set(vocabulary), key
+    assert {(p["colour"], p["shape"]) for p in parsed} >= {(c, s) for c in shapes.COLOURS for s in shapes.SHAPES}
+
+
+# -- the classifier -------------------------------------------------------------------------------
+class Tupled(Module):
+    """The classifier with a tuple of logits (HEAD_NAMES order), the form check_module expects."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def forward(self, x):
+        logits = self.classifier.forward(x)
+        return tuple(logits[name] for name in E.HEAD_NAMES)
+
+    def backward(self, d_logits):
+        return self.classifier.backward(dict(zip(E.HEAD_NAMES, d_logits)))
+
+
+def test_classifier_backward_matches_finite_differences():
+    classifier = E.AttributeClassifier(E.ClassifierConfig.tiny(), seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8))
+    report = check_module(Tupled(classifier), [x], max_coords=12)
+    assert report.max_error < 1e-6, report
+
+
+def test_arrange_batch_puts_one_object_scenes_first():
+    batch = shapes.sample(40, seed=4, size=16)
+    images, targets, num_single = E.arrange_batch(batch["images"], batch["labels"])
+    assert num_single == int((batch["labels"]["num_objects"] == 1).sum())
+    assert (targets["num_objects"][:num_single] == 0).all() and (targets["num_objects"][num_single:] == 1).all()
+    assert (targets["position"][:num_single] >= 0).all() and (targets["relation"][num_single:] >= 0).all()
+    first_single = int(np.flatnonzero(batch["labels"]["num_objects"] == 1)[0])
+    np.testing.assert_array_equal(images[0], batch["images"][first_single])
+
+
+def test_arrange_batch_refuses_a_missing_label():
+    batch = shapes.sample(8, seed=5, size=16)
+    labels = {k: v.copy() for k, v in batch["labels"].items()}
+    labels["colour"][0] = -1
+    with pytest.raises(ValueError, match="'colour' is absent"):
+        E.arrange_batch(batch["images"], labels)
+
+
+def test_classifier_loss_ignores_absent_labels():
+    # one-object scenes only: the object-2 and relation heads get no gradient at all
+    classifier = E.AttributeClassifier(E.ClassifierConfig.tiny(), seed=0)
+    batch = shapes.sample(16, seed=6, size=16, two_object_fraction=0.0)
+    images, targets, num_single = E.arrange_batch(batch["images"], batch["labels"])
+    loss = E.classifier_loss(classifier, images, targets, num_single)
+    assert np.isfinite(loss)
+    heads = dict(zip(E.HEAD_NAMES, classifier.heads))
+    assert not heads["relation"].weight.grad.any() and not heads["colour2"].weight.grad.any()
+    assert heads["position"].weight.grad.any()
+
+
+def test_adamw_steps_on_a_batch_lower_the_classifier_loss():
+    from minidiff.optim import AdamW
+    batch = shapes.sample(32, seed=8, size=16)
+    images, targets, num_single = E.arrange_batch(batch["images"], batch["labels"])
+    classifier = E.AttributeClassifier(E.ClassifierConfig.tiny(), seed=0)
+    optimizer = AdamW(classifier, lr=1e-2)
+    losses = []
+    for _ in range(8):
+        classifier.zero_grad()
+        losses.append(float(E.classifier_loss(classifier, images, targets, num_single)))
+        optimizer.step()
+    assert losses[0] == pytest.approx(sum(np.log(c) for _, c, _ in E.HEADS), abs=0.5)   # chance at the start
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_train_classifier_returns_an_eval_mode_model():
+    classifier = E.train_classifier(steps=2, batch_size=8, device="cpu", config=E.ClassifierConfig.tiny(),
+                                    dataset_size=32)
+    assert isinstance(classifier, E.AttributeClassifier) and not classifier.training
+    scores = E.classifier_accuracy(classifier, n=16)
+    assert set(scores) == set(E.HEAD_NAMES) and all(0 <= v <= 1 for v in scores.values())
+
+
+def test_match_size_average_pools_by_an_integer_factor():
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    pooled = E.match_size(images, 2)
+    assert pooled.shape == (2, 3, 2, 2)
+    assert pooled[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
+    with pytest.raises(ValueError, match="classifier takes 3x3"):
+        E.match_size(images, 3)
