@@ -64,7 +64,7 @@ Architecture (diffusers' AutoencoderKL, same layer order and padding)
     Encoder: conv_in -> [ResBlock x num_res_blocks, Down]_levels (no Down after the last level)
              -> mid (ResBlock, self-attention over H*W, ResBlock) -> GroupNorm-SiLU-conv_out
              -> 2 * latent_channels (mean, logvar) -> quant_conv (1x1)
-    Decoder: post_quant_conv (1x1) -> conv_in -> mid -> [ResBlock x (num_res_blocks + 1), Up]_levels
+    Decoder: post_quant_conv (1x1) -> conv_in -> mid -> [ResBlock x (num_res_blocks + 1), Upsample]_levels
              -> GroupNorm-SiLU-conv_out -> in_channels
 
 Read beside: ``minidiff/nn/layers.py`` and ``minidiff/nn/functional.py`` (the ops and their
@@ -78,11 +78,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_array_module
-from ..nn.layers import Conv2d, GroupNorm, MultiHeadAttention, SiLU, Upsample2x
+from ..nn.layers import Conv2d, GroupNorm, MultiHeadAttention, SiLU
 from ..nn.module import Module, no_grad
 from .discriminator import backward_input_only
+from .unet import Upsample       # nearest 2x, then a 3x3 conv (shared with the U-Net)
 
-__all__ = ["VAEConfig", "DiagonalGaussian", "ResBlock", "AttnBlock", "Down", "Up", "Encoder",
+__all__ = ["VAEConfig", "DiagonalGaussian", "ResBlock", "AttnBlock", "Down", "Encoder",
            "Decoder", "AutoencoderKL", "vae_loss", "frozen_features"]
 
 
@@ -144,7 +145,7 @@ class VAEConfig:
 
     @classmethod
     def tiny(cls):
-        """For gradient checks: 8x8x3 -> 4x4x4, a few thousand parameters."""
+        """For gradient checks and fast tests: 8x8x3 -> 4x4x4 (f = 2), 44k parameters."""
         return cls(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4, image_size=8)
 
     @classmethod
@@ -296,28 +297,14 @@ class Down(Module):
         return dpadded[:, :, :-1, :-1]
 
 
-class Up(Module):
-    """Double H and W: nearest-neighbour upsampling, then a 3x3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels, rng):
-        self.upsample = Upsample2x()
-        self.conv = Conv2d(channels, channels, 3, padding=1, rng=rng)
-
-    def forward(self, x):
-        return self.conv(self.upsample(x))
-
-    def backward(self, dout):
-        return self.upsample.backward(self.conv.backward(dout))
-
-
 class Level(Module):
-    """One resolution of the encoder or decoder: ResBlocks, then an optional Down or Up."""
+    """One resolution of the encoder or decoder: ResBlocks, then an optional Down or Upsample."""
 
     def __init__(self, in_channels, out_channels, num_res_blocks, resample, config, rng):
         channels = [in_channels] + [out_channels] * num_res_blocks
         self.resnets = [ResBlock(channels[i], channels[i + 1], config.norm_groups, config.norm_eps, rng)
                         for i in range(num_res_blocks)]
-        self.resample = resample                                  # Down, Up or None
+        self.resample = resample                                  # Down, Upsample or None
 
     def forward(self, x):
         for resnet in self.resnets:
@@ -400,7 +387,7 @@ class Decoder(Module):
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
             self.up_blocks.append(Level(previous, width, config.num_res_blocks + 1,
-                                        None if last else Up(width, rng), config, rng))
+                                        None if last else Upsample(width, rng), config, rng))
             previous = width
         self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps)
         self.act_out = SiLU()
@@ -591,8 +578,8 @@ def vae_loss(vae, images, rng, kl_weight=1e-6, recon="l1", perceptual_fn=None, p
         G     = -mean D(x_rec)                              the generator's hinge-GAN term
 
     ``perceptual_fn(x) -> (features, backward_fn)`` with ``backward_fn(d_features) -> dx`` (see
-    ``frozen_features``); ``disc`` a ``PatchDiscriminator`` whose parameters this leaves untouched
-    (train it separately with ``discriminator.discriminator_loss``).
+    ``frozen_features``); ``disc`` a ``PatchDiscriminator`` in training mode (so it caches) whose
+    parameters this leaves untouched (train it separately with ``disc.discriminator_loss``).
 
     Parameter grads are ADDED into vae's parameters (call vae.zero_grad() before). Returns
     (loss, stats): 0-d arrays, so nothing waits for the GPU; ``float(stats["recon"])`` when logging.
