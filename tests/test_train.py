@@ -1,0 +1,160 @@
+"""The training loop: checkpoints, resume, time limit, NaN guard, config checks (tiny models, a few steps)."""
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from minidiff import train
+from minidiff.checkpoint import load_checkpoint
+from minidiff.models.clip import caption_matches
+from minidiff.models.unet import UNetConfig
+from minidiff.models.vae import VAEConfig
+from minidiff.nn.layers import Linear
+from minidiff.datasets import shapes
+
+TINY_UNET = dataclasses.replace(UNetConfig.tiny(), context_dim=None, dropout=0.1)
+
+
+def tiny_pixel_job(**changes):
+    """A few-second pixel job: a tiny U-Net (with dropout, to check it resumes exactly) on 16x16 shapes."""
+    settings = dict(model=TINY_UNET, steps=4, batch_size=4, dataset_size=16, log_every=1, checkpoint_every=2,
+                    sample_every=100, warmup_steps=1, sample_steps=2, num_samples=2)
+    settings.update(changes)
+    return dataclasses.replace(train.PixelJob.quick(), **settings)
+
+
+def run(cfg, out, **kwargs):
+    return train.run_pixel(cfg, out=out, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """The tiny pixel job trained start to end in one go: (result, output folder, what it printed)."""
+    out = tmp_path_factory.mktemp("whole")
+    import contextlib
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run(tiny_pixel_job(), out)
+    return result, out, printed.getvalue()
+
+
+def test_pixel_job_writes_a_complete_checkpoint_that_rebuilds_the_model(whole_run):
+    result, out, printed = whole_run
+    ckpt = load_checkpoint(out / "pixel.npz")
+    assert result.complete and result.step == 4 and ckpt.step == 4
+    assert int(ckpt.extra["complete"]) == 1 and ckpt.optim_state is None       # final: EMA weights only
+    assert ckpt.config["job"] == "pixel" and ckpt.config["model"]["in_channels"] == 3
+    assert ckpt.config["diffusion"] == {"schedule": "linear", "num_steps": 1000, "prediction_type": "epsilon"}
+    assert ckpt.extra["loss_history"].shape == (4, 2)
+    assert (out / "samples" / "pixel_step000004.png").exists() and (out / "samples" / "pixel_loss.png").exists()
+    assert "4 steps (now at 4/4) in" in printed and "steps/s, final loss" in printed
+    model, _ = train.load_trained(out / "pixel.npz")
+    x, t = np.zeros((1, 3, 16, 16), np.float32), np.array([10])
+    np.testing.assert_array_equal(model.forward(x, t), result.model.forward(x, t))
+
+
+def test_resumed_run_equals_the_uninterrupted_one(whole_run, tmp_path):
+    whole, whole_out, _ = whole_run
+    cfg = tiny_pixel_job()
+    first = run(cfg, tmp_path / "pieces", stop_at=2)
+    assert first.step == 2 and not first.complete
+    assert load_checkpoint(tmp_path / "pieces" / "pixel.npz").step == 2
+    second = run(cfg, tmp_path / "pieces", resume=True)
+    assert second.step == 4 and second.steps_run == 2
+    a = load_checkpoint(whole_out / "pixel.npz").model_state
+    b = load_checkpoint(tmp_path / "pieces" / "pixel.npz").model_state
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert second.history == whole.history
+
+
+def test_time_limit_saves_and_stops_after_the_current_step(tmp_path, capsys):
+    result = run(tiny_pixel_job(), tmp_path, deadline=time.perf_counter())
+    assert result.step == 1 and not result.complete
+    assert load_checkpoint(tmp_path / "pixel.npz").step == 1
+    assert "time limit reached at step 1/4" in capsys.readouterr().out
+
+
+def test_resume_with_another_config_is_an_error(tmp_path):
+    run(tiny_pixel_job(), tmp_path, stop_at=1)
+    with pytest.raises(ValueError, match="train.lr=0.001.*this run has 0.5"):
+        run(tiny_pixel_job(lr=0.5), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="model.base_channels"):
+        run(tiny_pixel_job(model=dataclasses.replace(TINY_UNET, base_channels=4, norm_groups=2)), tmp_path,
+            resume=True)
+
+
+def test_existing_checkpoint_needs_resume(tmp_path):
+    run(tiny_pixel_job(), tmp_path, stop_at=1)
+    with pytest.raises(ValueError, match="already exists: pass --resume"):
+        run(tiny_pixel_job(), tmp_path)
+
+
+def test_resuming_a_complete_checkpoint_does_nothing(whole_run, capsys):
+    _, out, _ = whole_run
+    again = run(tiny_pixel_job(), out, resume=True)
+    assert again.complete and again.steps_run == 0 and "is complete (step 4); nothing to do" in capsys.readouterr().out
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model = Linear(3, 1, rng=np.random.default_rng(0))
+    model.config = dataclasses.make_dataclass("Config", [("width", int, 3)])()
+    x = np.ones((4, 3), np.float32)
+
+    def loss_fn(rng):
+        y = model.forward(x)
+        poisoned = model.weight.data.sum() * 0 + (np.nan if calls.append(1) or len(calls) > 5 else 0)
+        loss = (y ** 2).mean() + poisoned
+        model.backward(2 * y / y.size)
+        return np.asarray(loss, np.float32)
+
+    calls = []
+    cfg = train.TrainConfig(steps=10, log_every=1, checkpoint_every=2, warmup_steps=0)
+    config = {"job": "pixel", "model": {"width": 3}, "train": dataclasses.asdict(cfg)}
+    with pytest.raises(train.TrainingDiverged, match="became nan.*between steps 5 and 6.*step 4\\) is kept"):
+        train.fit("pixel", model, loss_fn, cfg, config, out=tmp_path, progress=False)
+    ckpt = load_checkpoint(tmp_path / "pixel.npz")
+    assert ckpt.step == 4 and all(np.isfinite(v).all() for v in ckpt.model_state.values())
+
+
+def test_make_config_applies_overrides_and_rejects_bad_values():
+    cfg = train.make_config("vae", "quick", {"steps": 20, "lr": 3e-4, "vae": None})
+    assert cfg.steps == 20 and cfg.lr == 3e-4 and cfg.warmup_steps <= 2
+    assert train.make_config("text2image", "full").model.context_dim == 128
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        train.make_config("pixel", "quick", {"steps": 0})
+    with pytest.raises(ValueError, match="unknown job"):
+        train.make_config("gan")
+
+
+def test_step_rng_depends_on_seed_and_step_only():
+    draw = lambda seed, step: train.step_rng(seed, step).standard_normal(3)     # noqa: E731
+    np.testing.assert_array_equal(draw(0, 5), draw(0, 5))
+    assert not np.allclose(draw(0, 5), draw(0, 6)) and not np.allclose(draw(0, 5), draw(1, 5))
+
+
+def test_caption_positives_equal_clip_caption_matches():
+    batch = shapes.sample(24, seed=3)
+    have = train._label_matrix(batch["labels"])
+    from minidiff.models.clip import caption_labels
+    wanted = train._label_matrix(caption_labels(batch["captions"]))
+    np.testing.assert_array_equal(train.caption_positives(have, wanted),
+                                  caption_matches(batch["labels"], batch["captions"]))
+
+
+def test_weight_decay_skips_biases_and_norms():
+    model = Linear(2, 2, rng=np.random.default_rng(0))
+    optimizer = train.AdamWGroups(model, lr=0.1, betas=(0.9, 0.999), weight_decay=0.5)
+    assert [n for n, _ in optimizer.groups["decay"].named] == ["weight"]
+    assert optimizer.groups["no_decay"].weight_decay == 0.0
+
+
+def test_vae_job_stores_the_latent_scale_factor(tmp_path):
+    cfg = dataclasses.replace(train.VAEJob.quick(), steps=2, batch_size=4, dataset_size=8, scale_images=8,
+                              warmup_steps=1, model=VAEConfig(base_channels=8, channel_mults=(1, 2), norm_groups=4,
+                                                              image_size=16))
+    train.run_vae(cfg, out=tmp_path, progress=False)
+    vae, ckpt = train.load_trained(tmp_path / "vae.npz")
+    assert vae.scale_factor == pytest.approx(float(ckpt.extra["scale_factor"])) and vae.scale_factor > 0
