@@ -143,28 +143,26 @@ def _im2col(x, kh, kw, stride, padding, Ho, Wo):
 
     x: (B, C, H, W)  ->  col: (C*kh*kw, B*Ho*Wo), C-contiguous, with
 
-        col[(c, i, j), (b, oy, ox)] = x_pad[b, c, stride*oy + i, stride*ox + j]
+        col[(c, i, j), (b, oy, ox)] = x_pad[c, b, stride*oy + i, stride*ox + j]
 
-    Row (c, i, j) holds, for every window, the pixel at kernel offset (i, j) of channel c; that
-    is a strided slice of x_pad, so the copy loops over the kh*kw offsets, never over pixels.
+    Row (c, i, j) holds, for every window, the pixel at kernel offset (i, j) of channel c; for
+    all windows at once that is one strided slice of x_pad, so the copy loops over the kh*kw
+    offsets, never over pixels. x_pad is laid out channels-first, (C, B, H+2p, W+2p), like the
+    rows of col, so each slice copies without reordering.
     """
     xp = get_array_module(x)
     B, C, H, W = x.shape
-    if padding:
-        x_pad = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
-        x_pad[:, :, padding:padding + H, padding:padding + W] = x
-    else:
-        x_pad = x
+    x_pad = xp.zeros((C, B, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+    x_pad[:, :, padding:padding + H, padding:padding + W] = x.transpose(1, 0, 2, 3)
     col = xp.empty((C, kh, kw, B, Ho, Wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            window_pixels = x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]  # (B, C, Ho, Wo)
-            col[:, i, j] = window_pixels.transpose(1, 0, 2, 3)                                  # (C, B, Ho, Wo)
+            col[:, i, j] = x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]   # (C, B, Ho, Wo)
     return col.reshape(C * kh * kw, B * Ho * Wo)
 
 
 def _col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
-    """The adjoint of _im2col: add every column back onto the pixels it was copied from.
+    """The adjoint of _im2col: add every column entry back onto the pixel it was copied from.
 
     col: (C*kh*kw, B*Ho*Wo)  ->  (B, C, H, W). Windows overlap, so a pixel gathers the sum of all
     the entries copied from it; again one strided ``+=`` per kernel offset.
@@ -172,13 +170,12 @@ def _col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
     xp = get_array_module(col)
     B, C, H, W = x_shape
     col = col.reshape(C, kh, kw, B, Ho, Wo)
-    x_pad = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=col.dtype)
+    x_pad = xp.zeros((C, B, H + 2 * padding, W + 2 * padding), dtype=col.dtype)
     for i in range(kh):
         for j in range(kw):
-            x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += col[:, i, j].transpose(1, 0, 2, 3)
-    if padding:
-        return xp.ascontiguousarray(x_pad[:, :, padding:padding + H, padding:padding + W])
-    return x_pad
+            x_pad[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += col[:, i, j]
+    x = x_pad[:, :, padding:padding + H, padding:padding + W]                       # (C, B, H, W)
+    return xp.ascontiguousarray(x.transpose(1, 0, 2, 3))                            # (B, C, H, W)
 
 
 def _conv_options(op, stride, padding):
@@ -370,15 +367,21 @@ def avg_pool2d_backward(dy, cache):
 # ================================================================================================
 # normalisation: GroupNorm and LayerNorm share "normalise over the last axis"
 # ================================================================================================
+def _rowdot(a, b):
+    """sum(a * b, axis=-1, keepdims=True) as a batched matrix product: one BLAS pass over the
+    data and no (a * b) temporary."""
+    return (a[..., None, :] @ b[..., :, None])[..., 0]
+
+
 def _normalize(x, eps):
-    """x_hat = (x - mu) / sqrt(var + eps) over the last axis (two-pass variance).
+    """x_hat = (x - mu) / sqrt(var + eps) over the last axis (N values; two-pass variance).
 
     Returns x_hat (a new array, x's shape) and inv_std = 1 / sqrt(var + eps) (last axis 1).
     """
     xp = get_array_module(x)
     mu = x.mean(axis=-1, keepdims=True)
     x_hat = x - mu                                            # x - mu
-    var = (x_hat * x_hat).mean(axis=-1, keepdims=True)        # var = mean((x - mu)^2)
+    var = _rowdot(x_hat, x_hat) * (1.0 / x.shape[-1])         # var = mean((x - mu)^2)
     inv_std = 1.0 / xp.sqrt(var + eps)                        # 1 / sqrt(var + eps)
     x_hat *= inv_std
     return x_hat, inv_std
@@ -394,10 +397,13 @@ def _normalize_backward(dx_hat, x_hat, inv_std):
     and summing against g = dL/dx_hat:
 
         dx = inv_std * (g - mean(g) - x_hat * mean(g * x_hat))
+
+    dx_hat (a fresh array from the caller) is overwritten and returned as dx.
     """
-    mean_g = dx_hat.mean(axis=-1, keepdims=True)                   # mean(g)
-    mean_g_xhat = (dx_hat * x_hat).mean(axis=-1, keepdims=True)    # mean(g * x_hat)
-    dx = dx_hat - mean_g
+    mean_g = dx_hat.mean(axis=-1, keepdims=True)                        # mean(g)
+    mean_g_xhat = _rowdot(dx_hat, x_hat) * (1.0 / x_hat.shape[-1])      # mean(g * x_hat)
+    dx = dx_hat
+    dx -= mean_g
     dx -= x_hat * mean_g_xhat
     dx *= inv_std
     return dx
@@ -441,11 +447,11 @@ def group_norm_backward(dy, cache):
     """
     x_hat, inv_std, gamma = cache
     B, C = dy.shape[:2]
-    reduce_axes = (0,) + tuple(range(2, dy.ndim))
     per_channel = (1, C) + (1,) * (dy.ndim - 2)
+    dy_c = dy.reshape(B, C, -1)                                             # (B, C, H*W)
     # forward was: y = gamma * x_hat + beta
-    dbeta = dy.sum(axis=reduce_axes)                                        # (C,)
-    dgamma = (dy * x_hat.reshape(dy.shape)).sum(axis=reduce_axes)           # (C,)
+    dbeta = dy_c.sum(axis=(0, 2))                                           # (C,)
+    dgamma = _rowdot(dy_c, x_hat.reshape(dy_c.shape))[..., 0].sum(axis=0)   # (C,)
     dx_hat = (dy * gamma.reshape(per_channel)).reshape(x_hat.shape)         # (B, G, N)
     # forward was: x_hat, inv_std = normalise(x.reshape(B, G, N))
     dx = _normalize_backward(dx_hat, x_hat, inv_std)                        # (B, G, N)
@@ -589,11 +595,12 @@ def gelu_backward(dy, cache):
 def _softmax_inplace(z, axis):
     """z <- softmax(z) along axis, in place (z is a buffer the caller owns).
 
-    Subtracting the row maximum first keeps exp from overflowing. A row whose entries are all
-    -inf (attention with every key masked) becomes all zeros instead of 0/0 = NaN.
+    Subtracting the row maximum first keeps exp from overflowing (nanmax is that maximum, via
+    NumPy's faster fmax reduction). A row whose entries are all -inf (attention with every key
+    masked) becomes all zeros instead of 0/0 = NaN.
     """
     xp = get_array_module(z)
-    m = z.max(axis=axis, keepdims=True)
+    m = xp.nanmax(z, axis=axis, keepdims=True)
     m = xp.where(m == -xp.inf, 0.0, m).astype(z.dtype, copy=False)
     z -= m                                                    # x - max(x)
     xp.exp(z, out=z)                                          # e = exp(x - max)
@@ -615,7 +622,10 @@ def softmax_backward(dy, cache):
     """dy_i/dx_j = y_i (delta_ij - y_j), so dx_j = sum_i dy_i y_i (delta_ij - y_j)
                                               = y_j (dy_j - sum_i dy_i y_i)."""
     y, axis = cache
-    dot = (dy * y).sum(axis=axis, keepdims=True)              # sum_i dy_i y_i
+    if axis in (-1, y.ndim - 1):
+        dot = _rowdot(dy, y)                                  # sum_i dy_i y_i (one BLAS pass)
+    else:
+        dot = (dy * y).sum(axis=axis, keepdims=True)          # sum_i dy_i y_i
     dx = dy - dot
     dx *= y
     return dx
@@ -634,7 +644,7 @@ def attention(q, k, v, mask=None):
     mask: bool, broadcastable to (B, heads, Lq, Lk); True = may attend. Masked scores are set to
     -inf, so their probability is exactly 0. A query row with every key masked gets P = 0 and
     output 0 (not NaN), and no gradient flows through it.
-    cache: (q, k, v, P, scale)
+    cache: (q_scaled = q / sqrt(d), k, v, P, scale)
     """
     _floats("attention", q=q, k=k, v=v)
     if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
@@ -649,38 +659,39 @@ def attention(q, k, v, mask=None):
     xp = get_array_module(q)
     scores_shape = q.shape[:-1] + (k.shape[-2],)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    # S = q k^T / sqrt(d)
-    scores = (q * scale) @ k.swapaxes(-1, -2)                 # (B, heads, Lq, Lk)
+    # S = q k^T / sqrt(d) = (q / sqrt(d)) k^T
+    q_scaled = q * scale                                      # (B, heads, Lq, d)
+    scores = q_scaled @ k.swapaxes(-1, -2)                    # (B, heads, Lq, Lk)
     if mask is not None:
         mask = xp.asarray(mask)
         if mask.dtype != bool or not _broadcasts_to(mask.shape, scores_shape):
             raise ValueError(f"attention: mask must be a bool array broadcastable to (B, heads, Lq, Lk) = "
                              f"{scores_shape}, got dtype {mask.dtype} and shape {tuple(mask.shape)}")
-        scores = xp.where(mask, scores, -xp.inf).astype(q.dtype, copy=False)
+        # S + (0 where the mask allows, -inf where it does not); built at the mask's own (small) shape
+        scores += xp.where(mask, 0.0, -xp.inf).astype(q.dtype, copy=False)
     # P = softmax(S)
     P = _softmax_inplace(scores, axis=-1)                     # (B, heads, Lq, Lk)
     # O = P v
     out = P @ v                                               # (B, heads, Lq, dv)
-    return out, (q, k, v, P, scale)
+    return out, (q_scaled, k, v, P, scale)
 
 
 def attention_backward(d_out, cache):
     """Undo the three forward steps in reverse:
 
-        O = P v:             dv = P^T dO,   dP = dO v^T
-        P = softmax(S):      dS = P * (dP - rowsum(dP * P))      (softmax_backward; masked: P = 0 -> dS = 0)
-        S = q k^T * scale:   dq = dS k * scale,   dk = dS^T q * scale
+        O = P v:                dv = P^T dO,   dP = dO v^T
+        P = softmax(S):         dS = P * (dP - rowsum(dP * P))   (softmax_backward; masked: P = 0 -> dS = 0)
+        S = (q scale) k^T:      dq = dS k * scale,   dk = dS^T (q scale)
     """
-    q, k, v, P, scale = cache
+    q_scaled, k, v, P, scale = cache
     # forward was: O = P v
     dv = P.swapaxes(-1, -2) @ d_out                           # (B, heads, Lk, dv)
     dP = d_out @ v.swapaxes(-1, -2)                           # (B, heads, Lq, Lk)
     # forward was: P = softmax(S)
     dS = softmax_backward(dP, (P, -1))                        # (B, heads, Lq, Lk)
-    # forward was: S = q k^T * scale
-    dS *= scale
-    dq = dS @ k                                               # (B, heads, Lq, d)
-    dk = dS.swapaxes(-1, -2) @ q                              # (B, heads, Lk, d)
+    # forward was: S = q_scaled k^T,  q_scaled = q * scale
+    dq = (dS @ k) * scale                                     # (B, heads, Lq, d)
+    dk = dS.swapaxes(-1, -2) @ q_scaled                       # (B, heads, Lk, d)
     return dq, dk, dv
 
 
