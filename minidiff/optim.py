@@ -170,9 +170,6 @@ class AdamW:
         stepped = [(n, p) for n, p in self.named if n in exp_avg]
         self.exp_avg = _load_arrays("AdamW", "exp_avg", stepped, exp_avg)
         self.exp_avg_sq = _load_arrays("AdamW", "exp_avg_sq", stepped, exp_avg_sq)
-        unknown = [k for k in exp_avg if k not in dict(self.named)]
-        if unknown:
-            raise ValueError(f"AdamW.load_state_dict: exp_avg has an entry {unknown[0]!r} for no parameter")
         self.step_count = int(np.asarray(state["step"]))
         self.lr = float(np.asarray(state["lr"]))
         self.betas = tuple(float(b) for b in np.asarray(state["betas"]))
