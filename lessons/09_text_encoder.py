@@ -1,0 +1,266 @@
+"""Lesson 09: from words to vectors -- a BPE tokenizer, a transformer text encoder, and mini-CLIP.
+
+Stable Diffusion never sees your prompt as text. Three steps turn it into numbers the U-Net's
+cross-attention can read:
+
+1. Tokenizer (byte-level BPE). Any text is a sequence of UTF-8 bytes, so 256 base tokens can
+   spell anything. Training repeats one rule: find the most frequent adjacent pair of tokens in
+   the corpus and merge it into a new token. On shapes captions, after 125 merges every word of
+   the grammar is a single token (vocabulary 3 specials + 256 bytes + 125 = 384), while an unseen
+   word still falls apart into known pieces. A prompt becomes <start> tokens <end> <pad>...
+
+2. Text encoder (a small transformer, like CLIP's text tower).
+       x_0 = E[ids] + P                          token + position embeddings      (B, L, W)
+       x   = x + Attn(LN(x), causal & pad mask)  pre-LN self-attention  } N blocks
+       x   = x + MLP(LN(x))                      pre-LN feed-forward    }
+       states = LN(x),  pooled = states[end token]
+   The causal mask lets token i see tokens 0..i only, so the end token's state has read the
+   whole prompt: it is the sentence vector. The U-Net later reads all the states.
+
+3. Contrastive pretraining (mini-CLIP). An image encoder and the text encoder map a batch of B
+   images and their captions to unit vectors u_i, v_j; the logits s u_i . v_j (s = 1/temperature,
+   learned) should be largest on the true pairs. The symmetric InfoNCE loss is a cross-entropy
+   along each row (image -> which caption?) and each column (caption -> which image?):
+       L = 1/2 [CE_rows + CE_cols],   L = log B when the embeddings carry no information.
+   Captions that leave attributes out ("a red circle") describe several images of a batch; we
+   count every image a caption describes as a positive (targets spread uniformly over them).
+
+We then measure text -> image retrieval on held-out batches of 64: for each caption, is the
+most similar image one that the caption describes? Chance is about 2%.
+
+Read beside: minidiff/models/tokenizer.py, minidiff/models/text_encoder.py,
+minidiff/models/clip.py, minidiff/datasets/shapes.py.
+"""
+import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+
+import math
+import time
+
+import numpy as np
+
+from minidiff import backend
+from minidiff.datasets import shapes
+from minidiff.datasets.captions import POSITION_PHRASES
+from minidiff.models.clip import CLIPConfig, MiniCLIP, caption_matches, train_clip
+from minidiff.models.text_encoder import TextEncoderConfig
+from minidiff.models.tokenizer import WORD_PATTERN, BPETokenizer, normalise
+from minidiff.nn.module import no_grad
+from minidiff.utils import output_dir, parse_lesson_args, pyplot, save_figure, to_uint8
+
+args = parse_lesson_args(__doc__)
+out = output_dir("09_text_encoder", args.out)
+plt = pyplot()
+
+if args.smoke:
+    CONFIG = CLIPConfig(text=TextEncoderConfig(width=32, num_layers=1, num_heads=2, mlp_ratio=2),
+                        image_size=16, channels=(8, 16, 16), norm_groups=4, embed_dim=16)
+    STEPS, LR, EVAL_BATCHES = 6, 3e-3, 1
+elif args.quick:
+    CONFIG, STEPS, LR, EVAL_BATCHES = CLIPConfig.quick(), 300, 2e-3, 8
+else:
+    CONFIG, STEPS, LR, EVAL_BATCHES = CLIPConfig.shipped(), 3000, 1e-3, 16
+BATCH = 64
+
+# %% 1. Train the tokenizer on shapes captions
+corpus = shapes.caption_corpus(20_000, seed=args.seed)
+tokenizer = BPETokenizer.train(corpus, CONFIG.text.vocab_size)
+print(f"tokenizer: {tokenizer.vocab_size} ids = 3 specials + 256 bytes + {len(tokenizer.merges)} merges")
+print("first merges (most frequent pairs first):")
+for rank, (a, b) in enumerate(tokenizer.merges[:10]):
+    new = tokenizer.vocab[259 + rank]
+    print(f"  {rank:2d}: {tokenizer.vocab[a]!r:8} + {tokenizer.vocab[b]!r:8} -> {new!r}")
+prompt = "A small red circle above a blue square"
+ids, mask = tokenizer.encode(prompt, max_length=CONFIG.text.max_length)
+print(f"prompt {prompt!r}\n  pieces {tokenizer.tokens(prompt)}\n  ids    {ids.tolist()}\n"
+      f"  mask   {mask.astype(int).tolist()}")
+unseen = "a violet hexagon"
+print(f"an unseen phrase {unseen!r} -> pieces {tokenizer.tokens(unseen)}")
+assert tokenizer.decode(ids) == normalise(prompt), "decode(encode(x)) gives back the normalised text"
+# words as the tokenizer splits them before merging (" red", ","): one token each?
+split = [c for c in corpus[:5000] if len(tokenizer.encode_text(c)) != len(WORD_PATTERN.findall(normalise(c)))]
+words = {w for caption in corpus for w in WORD_PATTERN.findall(normalise(caption))}
+print(f"{len(words)} distinct words in the corpus; captions with a word split in pieces: {len(split)} of 5000")
+assert not split, f"every caption word is one token after all merges, but not in {split[0]!r}"
+lengths = tokenizer.encode_batch(corpus[:5000])[1].sum(axis=1)
+print(f"caption length in tokens (with <start>, <end>): mean {lengths.mean():.1f}, max {lengths.max()} "
+      f"<= max_length {CONFIG.text.max_length}")
+assert lengths.max() <= CONFIG.text.max_length
+
+# %% 2. The text encoder: a causal transformer
+model = MiniCLIP(CONFIG, seed=args.seed)
+encoder = model.text_encoder
+print(f"text encoder: {CONFIG.text.num_layers} blocks of width {CONFIG.text.width}, "
+      f"{encoder.num_parameters():,} parameters; image encoder {model.image_encoder.num_parameters():,}")
+ids2, mask2 = tokenizer.encode_batch(["a red circle above a blue square", "a red circle above a blue triangle"],
+                                     max_length=CONFIG.text.max_length)
+encoder.eval()
+states, pooled = encoder(ids2, mask2)
+encoder.train()
+first_diff = int(np.argmax(ids2[0] != ids2[1]))
+before = float(np.abs(states[0, :first_diff] - states[1, :first_diff]).max())
+after = float(np.abs(states[0, first_diff] - states[1, first_diff]).max())
+print(f"states {states.shape}, pooled {pooled.shape}. The prompts differ first at token {first_diff}: "
+      f"max |state difference| before it {before:.1e}, at it {after:.2f}")
+assert before < 1e-5 < after, "the causal mask: a later word cannot change an earlier state"
+
+# %% 3. The contrastive loss before training is about log B
+batch = shapes.sample(BATCH, seed=(args.seed, 10 ** 6), size=CONFIG.image_size)
+ids_b, mask_b = tokenizer.encode_batch(batch["captions"], max_length=CONFIG.text.max_length)
+positives = caption_matches(batch["labels"], batch["captions"])
+with no_grad():
+    loss0, _ = model(batch["images"], ids_b, mask_b, positives)
+print(f"loss at initialisation {float(loss0):.3f} vs log B = log {BATCH} = {math.log(BATCH):.3f} "
+      f"(random embeddings: no better than a uniform guess, often a little worse since s = "
+      f"{1 / model.temperature:.1f} sharpens random logits); each caption describes "
+      f"{positives.sum(axis=0).mean():.2f} images of the batch on average")
+assert float(loss0) > 0.9 * math.log(BATCH), "an untrained model cannot beat chance by much"
+
+# %% 4. Pretrain mini-CLIP on shapes
+start = time.perf_counter()
+model, history = train_clip(CONFIG, steps=STEPS, batch_size=BATCH, lr=LR, seed=args.seed,
+                            tokenizer=tokenizer, progress=not args.smoke, log_every=max(1, STEPS // 20),
+                            eval_batches=EVAL_BATCHES, out_dir=out / "checkpoint")
+wall = time.perf_counter() - start
+print(f"{STEPS} steps of batch {BATCH} in {history['seconds']:.0f} s ({history['seconds'] / STEPS:.2f} s/step, "
+      f"device {backend.device()}); loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}, "
+      f"temperature {history['temperature'][0]:.3f} -> {history['temperature'][-1]:.3f}")
+print(f"saved {', '.join(history['files'].values())}")
+assert history["loss"][-1] < history["loss"][0]
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+axes[0].plot(history["step"], history["loss"])
+axes[0].axhline(math.log(BATCH), color="grey", ls="--", label=f"log {BATCH} (no information)")
+axes[0].set(xlabel="step", ylabel="symmetric InfoNCE loss", title="contrastive loss")
+axes[0].legend()
+axes[1].plot(history["step"], history["top1"])
+axes[1].set(xlabel="step", ylabel="fraction of captions", title="in-batch text -> image top-1", ylim=(0, 1))
+axes[2].plot(history["step"], history["temperature"])
+axes[2].set(xlabel="step", ylabel="1 / s", title="learned temperature")
+fig.tight_layout()
+save_figure(fig, out / "training_curves.png")
+
+# %% 5. Retrieval on held-out pairs
+result = history["eval"]
+print(f"held-out text -> image top-1 in batches of 64 ({EVAL_BATCHES} batches): {result['top1']:.1%} "
+      f"(own image: {result['strict_top1']:.1%}); chance {result['chance']:.1%}")
+if args.smoke:
+    assert 0.0 <= result["top1"] <= 1.0
+else:
+    assert result["top1"] > 0.5 and result["top1"] > 20 * result["chance"], result
+
+# a similarity matrix: 12 held-out images (columns) against their 12 captions (rows)
+show = shapes.sample(12, seed=(args.seed, 2 * 10 ** 6), size=CONFIG.image_size)
+ids_s, mask_s = tokenizer.encode_batch(show["captions"], max_length=CONFIG.text.max_length)
+similarity = backend.to_numpy(model.similarity(show["images"], ids_s, mask_s)).T     # (captions, images)
+fig, ax = plt.subplots(figsize=(10, 8.6))
+im = ax.imshow(similarity, cmap="viridis", vmin=-1, vmax=1)
+for i, image in enumerate(to_uint8(show["images"])):        # each image sits above its column
+    ax.imshow(image, extent=(i - 0.45, i + 0.45, -0.6, -1.5), interpolation="nearest")
+ax.set_xlim(-0.5, 11.5)
+ax.set_ylim(11.5, -1.6)
+ax.set_yticks(range(12), show["captions"], fontsize=8)
+ax.set_xticks(range(12), [f"image {i}" for i in range(12)], rotation=90, fontsize=8)
+ax.set(xlabel="image (drawn above its column)", ylabel="caption",
+       title="caption-image cosine similarity (red box: each caption's best image)")
+for j, i in enumerate(similarity.argmax(axis=1)):
+    ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+fig.colorbar(im, ax=ax, fraction=0.03, label="cosine similarity")
+save_figure(fig, out / "similarity_matrix.png")
+diagonal_is_best = float((similarity.argmax(axis=1) == np.arange(12)).mean())
+print(f"similarity figure: the caption's own image is its best match in {diagonal_is_best:.0%} of rows")
+
+# %% 6. Which words does the embedding separate?
+# "a <colour> <shape>" prompts: do prompts sharing a colour (or a shape) sit closer together?
+pairs = [(c, s) for c in shapes.COLOURS for s in shapes.SHAPES]
+ids_p, mask_p = tokenizer.encode_batch([f"a {c} {s}" for c, s in pairs], max_length=CONFIG.text.max_length)
+emb = backend.to_numpy(model.encode_text(ids_p, mask_p))                               # (18, D)
+cos = emb @ emb.T
+same_colour = np.array([[a[0] == b[0] for b in pairs] for a in pairs])
+same_shape = np.array([[a[1] == b[1] for b in pairs] for a in pairs])
+off = ~np.eye(len(pairs), dtype=bool)
+stats = {"same colour, other shape": cos[same_colour & ~same_shape].mean(),
+         "same shape, other colour": cos[same_shape & ~same_colour].mean(),
+         "nothing in common": cos[off & ~same_colour & ~same_shape].mean()}
+for name, value in stats.items():
+    print(f"  mean cosine, {name:26}: {value:+.3f}")
+index = {pair: i for i, pair in enumerate(pairs)}
+red_circle = index[("red", "circle")]
+print(f"  'a red circle' vs 'a red square' {cos[red_circle, index[('red', 'square')]]:+.3f}, "
+      f"vs 'a red triangle' {cos[red_circle, index[('red', 'triangle')]]:+.3f}, "
+      f"vs 'a blue circle' {cos[red_circle, index[('blue', 'circle')]]:+.3f}"
+      "  (colour is learnt first; circle vs square, which differ only in the corners of a "
+      "few-pixel shape, last)")
+# position prompts: "a red circle <position>"
+positions = list(shapes.POSITIONS)
+ids_q, mask_q = tokenizer.encode_batch([f"a red circle {POSITION_PHRASES[p][0]}" for p in positions],
+                                       max_length=CONFIG.text.max_length)
+emb_q = backend.to_numpy(model.encode_text(ids_q, mask_q))
+cos_q = emb_q @ emb_q.T
+
+centred = emb - emb.mean(axis=0)
+_, _, vt = np.linalg.svd(centred, full_matrices=False)
+xy = centred @ vt[:2].T                                                                 # 2-D PCA
+fig, axes = plt.subplots(1, 3, figsize=(19, 5.6), gridspec_kw={"width_ratios": [1.1, 1, 0.8]})
+markers = dict(zip(shapes.SHAPES, ("o", "s", "^")))
+label_offsets = dict(zip(shapes.SHAPES, ((7, 5), (7, -9), (7, 3))))
+for (c, s), (x, y) in zip(pairs, xy):
+    axes[0].scatter(x, y, s=120, marker=markers[s], color=shapes.RGB[shapes.COLOURS.index(c)], edgecolor="k")
+    axes[0].annotate(f"{c} {s}", (x, y), textcoords="offset points", xytext=label_offsets[s], fontsize=7)
+axes[0].set(xlabel="principal component 1", ylabel="principal component 2",
+            title='text embeddings of "a <colour> <shape>" (2-D PCA)')
+im = axes[1].imshow(cos, cmap="viridis", vmin=-1, vmax=1)
+axes[1].set_xticks(range(len(pairs)), [f"{c} {s}" for c, s in pairs], rotation=90, fontsize=7)
+axes[1].set_yticks(range(len(pairs)), [f"{c} {s}" for c, s in pairs], fontsize=7)
+axes[1].set(title='cosine similarity of "a <colour> <shape>" prompts')
+im = axes[2].imshow(cos_q, cmap="viridis", vmin=-1, vmax=1)
+axes[2].set_xticks(range(5), positions)
+axes[2].set_yticks(range(5), positions)
+axes[2].set(title='cosine similarity of "a red circle <position>"')
+for i in range(5):
+    for j in range(5):
+        axes[2].text(j, i, f"{cos_q[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+fig.colorbar(im, ax=axes[2], fraction=0.046, label="cosine similarity")
+save_figure(fig, out / "word_embeddings.png")
+off5 = ~np.eye(5, dtype=bool)
+print(f"position prompts: mean off-diagonal cosine {cos_q[off5].mean():+.3f} (1 would mean the position word is ignored)")
+if not args.smoke:
+    assert stats["same colour, other shape"] > stats["nothing in common"]
+    assert stats["same shape, other colour"] > stats["nothing in common"]
+    assert cos_q[off5].mean() < 0.9, "the embedding must tell positions apart"
+
+# %% 7. Retrieval examples: the best images for a few prompts out of 256 held-out images
+# (a two-object prompt names five attributes: few random scenes fit it, so the pool also gets
+# two renderings of each prompt, drawn with their own random sizes and jitter)
+queries = ["a red circle on the left", "a small blue square at the top", "a large green triangle",
+           "a yellow circle above a purple square", "an orange triangle to the left of a blue circle"]
+pool = shapes.sample(256, seed=(args.seed, 3 * 10 ** 6), size=CONFIG.image_size)
+extra = [shapes.render(shapes.parse_caption(q), size=CONFIG.image_size, rng=(args.seed, k, r))
+         for k, q in enumerate(queries) for r in range(2)]
+pool_images = np.concatenate([pool["images"], np.stack(extra)])                    # (266, 3, S, S)
+# the queries share no colour-shape pair, so a rendering fits its own query only
+match_r = np.concatenate([caption_matches(pool["labels"], queries),
+                          np.repeat(np.eye(len(queries), dtype=bool), 2, axis=0)])
+ids_r, mask_r = tokenizer.encode_batch(queries, max_length=CONFIG.text.max_length)
+scores = backend.to_numpy(model.similarity(pool_images, ids_r, mask_r))             # (266, queries)
+fig, axes = plt.subplots(len(queries), 6, figsize=(11, 1.4 * len(queries)))
+recall = []                      # fraction of the fitting images (at most 6) found in the top 6
+for q, query in enumerate(queries):
+    best = np.argsort(-scores[:, q])[:6]
+    for k, i in enumerate(best):
+        ax = axes[q, k]
+        ax.imshow(to_uint8(pool_images[i])[0], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set(color="green" if match_r[i, q] else "red", lw=3)
+    axes[q, 0].set_ylabel(query, rotation=0, ha="right", va="center", fontsize=9)
+    recall.append(match_r[best, q].sum() / min(6, match_r[:, q].sum()))
+    print(f"  {query!r}: {int(match_r[best, q].sum())}/6 of the top images fit "
+          f"({int(match_r[:, q].sum())} of {len(pool_images)} in the pool do)")
+fig.suptitle(f"top-6 of {len(pool_images)} held-out images per prompt (green frame: the prompt describes it)")
+fig.tight_layout(rect=(0, 0, 1, 0.97))
+save_figure(fig, out / "retrieval_examples.png")
+print(f"mean recall in the top 6: {np.mean(recall):.2f}")
+if not args.smoke:
+    assert np.mean(recall) > 0.6, recall
+print(f"lesson wall time {time.perf_counter() - start:.0f} s of training and evaluation")
