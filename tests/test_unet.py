@@ -27,16 +27,21 @@ UNCONDITIONAL_3_LEVELS = UNetConfig(in_channels=3, out_channels=1, base_channels
 
 # -- helpers ---------------------------------------------------------------------------------------
 _NORM_WEIGHT = re.compile(r"(norm\d?|norm_out)\.weight$")
+_QUERY_KEY_WEIGHT = re.compile(r"to_[qk]\.weight$")
 
 
 def randomize(model, seed=0):
     """Random float64 parameters at the scale of the default init: the zero-initialised output
-    layers would otherwise hide every upstream gradient, and gamma = 1, beta = 0 the norms' own."""
+    layers would otherwise hide every upstream gradient, and gamma = 1, beta = 0 the norms' own.
+    Query and key weights are 4x larger, so attention is not nearly uniform: then their gradients
+    stand well above the finite differences' rounding noise (~1e-10)."""
     rng = np.random.default_rng(seed)
     for name, p in model.named_parameters():
         if p.data.ndim >= 2:
             fan_in = int(np.prod(p.shape[1:]))
             value = rng.uniform(-1, 1, p.shape) / np.sqrt(fan_in)
+            if _QUERY_KEY_WEIGHT.search(name):
+                value *= 4.0
         else:
             value = 0.2 * rng.standard_normal(p.shape) + (1.0 if _NORM_WEIGHT.search(name) else 0.0)
         p.data = value.astype(np.float64)
