@@ -440,16 +440,20 @@ def sample_unconditional(model, schedule, n: int, shape, steps: int = 50, seed: 
 
 
 def match_size(images, size: int):
-    """Images (N, C, H, W) at the classifier's size: average-pooled by an integer factor if larger."""
+    """Square images (N, C, H, H) at the classifier's size: average-pooled by an integer factor
+    when larger, repeated (nearest neighbour) by an integer factor when smaller."""
     height = images.shape[2]
     if height == size:
         return images
-    if height % size or images.shape[3] != height:
-        raise ValueError(f"images are {height}x{images.shape[3]}; the classifier takes {size}x{size} "
-                         "(or square images an integer multiple of it)")
-    f = height // size
     n, c = images.shape[:2]
-    return images.reshape(n, c, size, f, size, f).mean(axis=(3, 5))
+    if images.shape[3] == height and height % size == 0:
+        f = height // size
+        return images.reshape(n, c, size, f, size, f).mean(axis=(3, 5))
+    if images.shape[3] == height and size % height == 0:
+        f = size // height
+        return images.repeat(f, axis=2).repeat(f, axis=3)
+    raise ValueError(f"images are {height}x{images.shape[3]}; the classifier takes {size}x{size} "
+                     "(or square images an integer multiple or fraction of it)")
 
 
 # ------------------------------------------------------------------------ evaluating a checkpoint

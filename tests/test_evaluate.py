@@ -214,10 +214,12 @@ def test_train_classifier_returns_an_eval_mode_model():
     assert set(scores) == set(E.HEAD_NAMES) and all(0 <= v <= 1 for v in scores.values())
 
 
-def test_match_size_average_pools_by_an_integer_factor():
+def test_match_size_pools_larger_and_repeats_smaller_images():
     images = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     pooled = E.match_size(images, 2)
     assert pooled.shape == (2, 3, 2, 2)
     assert pooled[0, 0, 0, 0] == pytest.approx(np.mean([0, 1, 4, 5]))
+    grown = E.match_size(images, 8)
+    assert grown.shape == (2, 3, 8, 8) and (grown[:, :, 2:4, 6:8] == images[:, :, 1:2, 3:4]).all()
     with pytest.raises(ValueError, match="classifier takes 3x3"):
         E.match_size(images, 3)
