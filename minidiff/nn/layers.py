@@ -179,33 +179,59 @@ class LayerNorm(_CachingModule):
 
 
 # -- parameter-free layers -----------------------------------------------------------------------
-class SiLU(_CachingModule):
-    """y = x * sigmoid(x)"""
+class _ParameterFree(_CachingModule):
+    """One functional pair and no parameters:  y, cache = op(x, **options);  dx = op_backward(dy, cache)."""
+
+    op = op_backward = None
+
+    def options(self):
+        return {}
 
     def forward(self, x):
-        y, cache = F.silu(x)
+        y, cache = self.op(x, **self.options())
         self._keep(cache)
         return y
 
     def backward(self, dy):
-        return F.silu_backward(dy, self._take_cache())
+        return self.op_backward(dy, self._take_cache())
 
 
-class GELU(_CachingModule):
+class SiLU(_ParameterFree):
+    """y = x * sigmoid(x)"""
+
+    op, op_backward = staticmethod(F.silu), staticmethod(F.silu_backward)
+
+
+class GELU(_ParameterFree):
     """y = x * Phi(x) (exact, erf) or its tanh approximation (``approximate="tanh"``)."""
+
+    op, op_backward = staticmethod(F.gelu), staticmethod(F.gelu_backward)
 
     def __init__(self, approximate="none"):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def forward(self, x):
-        y, cache = F.gelu(x, approximate=self.approximate)
-        self._keep(cache)
-        return y
+    def options(self):
+        return {"approximate": self.approximate}
 
-    def backward(self, dy):
-        return F.gelu_backward(dy, self._take_cache())
+
+class Upsample2x(_ParameterFree):
+    """Nearest-neighbour 2x upsampling: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    op, op_backward = staticmethod(F.upsample_nearest2x), staticmethod(F.upsample_nearest2x_backward)
+
+
+class AvgPool2d(_ParameterFree):
+    """Average over non-overlapping k x k windows: (B, C, H, W) -> (B, C, H/k, W/k)."""
+
+    op, op_backward = staticmethod(F.avg_pool2d), staticmethod(F.avg_pool2d_backward)
+
+    def __init__(self, kernel_size=2):
+        self.kernel_size = _positive_int("AvgPool2d", "kernel_size", kernel_size)
+
+    def options(self):
+        return {"kernel_size": self.kernel_size}
 
 
 class Dropout(_CachingModule):
@@ -227,33 +253,6 @@ class Dropout(_CachingModule):
     def backward(self, dy):
         (mask,) = self._take_cache()
         return F.dropout_backward(dy, mask)
-
-
-class Upsample2x(_CachingModule):
-    """Nearest-neighbour 2x upsampling: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def forward(self, x):
-        y, cache = F.upsample_nearest2x(x)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.upsample_nearest2x_backward(dy, self._take_cache())
-
-
-class AvgPool2d(_CachingModule):
-    """Average over non-overlapping k x k windows: (B, C, H, W) -> (B, C, H/k, W/k)."""
-
-    def __init__(self, kernel_size=2):
-        self.kernel_size = _positive_int("AvgPool2d", "kernel_size", kernel_size)
-
-    def forward(self, x):
-        y, cache = F.avg_pool2d(x, kernel_size=self.kernel_size)
-        self._keep(cache)
-        return y
-
-    def backward(self, dy):
-        return F.avg_pool2d_backward(dy, self._take_cache())
 
 
 # -- embeddings ----------------------------------------------------------------------------------
