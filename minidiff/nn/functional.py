@@ -438,23 +438,35 @@ def group_norm(x, gamma, beta, num_groups, eps=1e-5):
 
 
 def group_norm_backward(dy, cache):
-    """y = gamma x_hat + beta (per channel), x_hat = normalise(x) per (sample, group):
+    """y = gamma_c x_hat + beta_c per channel c, x_hat = normalise(x) per (sample, group):
 
-        dbeta  = sum over samples and positions of dy
-        dgamma = sum over samples and positions of dy * x_hat
-        dx_hat = gamma * dy
-        dx     = inv_std (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat))   (see _normalize_backward)
+        dbeta_c  = sum over samples and positions of dy
+        dgamma_c = sum over samples and positions of dy * x_hat
+        g = dx_hat = gamma_c dy,  then per group (see _normalize_backward)
+        dx = inv_std (g - mean(g) - x_hat mean(g x_hat))
+
+    The two group means need no pass of their own: a group's sum of g = gamma_c dy is the
+    gamma-weighted sum of its channels' sums of dy, and likewise for g x_hat with the sums of
+    dy x_hat, the very per-(sample, channel) sums that dbeta and dgamma are made of.
     """
-    x_hat, inv_std, gamma = cache
-    B, C = dy.shape[:2]
-    per_channel = (1, C) + (1,) * (dy.ndim - 2)
+    x_hat, inv_std, gamma = cache                                           # (B, G, N), (B, G, 1), (C,)
+    B, G, N = x_hat.shape
+    C = gamma.shape[0]
     dy_c = dy.reshape(B, C, -1)                                             # (B, C, H*W)
+    x_hat_c = x_hat.reshape(dy_c.shape)                                     # (B, C, H*W)
+    sum_dy = dy_c.sum(axis=-1)                                              # (B, C)
+    sum_dy_xhat = _rowdot(dy_c, x_hat_c)[..., 0]                            # (B, C)
     # forward was: y = gamma * x_hat + beta
-    dbeta = dy_c.sum(axis=(0, 2))                                           # (C,)
-    dgamma = _rowdot(dy_c, x_hat.reshape(dy_c.shape))[..., 0].sum(axis=0)   # (C,)
-    dx_hat = (dy * gamma.reshape(per_channel)).reshape(x_hat.shape)         # (B, G, N)
-    # forward was: x_hat, inv_std = normalise(x.reshape(B, G, N))
-    dx = _normalize_backward(dx_hat, x_hat, inv_std)                        # (B, G, N)
+    dbeta = sum_dy.sum(axis=0)                                              # (C,)
+    dgamma = sum_dy_xhat.sum(axis=0)                                        # (C,)
+    # forward was: x_hat, inv_std = normalise(x.reshape(B, G, N)), with g = gamma * dy
+    mean_g = (sum_dy * gamma).reshape(B, G, -1).sum(axis=-1, keepdims=True) * (1.0 / N)            # (B, G, 1)
+    mean_g_xhat = (sum_dy_xhat * gamma).reshape(B, G, -1).sum(axis=-1, keepdims=True) * (1.0 / N)  # (B, G, 1)
+    # dx = inv_std (gamma dy - mean(g) - x_hat mean(g x_hat)), in the (B, G, C/G, H*W) view
+    per_group = (B, G, C // G, -1)
+    dx = dy_c.reshape(per_group) * (gamma.reshape(1, G, -1, 1) * inv_std[..., None])
+    dx -= x_hat.reshape(per_group) * (inv_std * mean_g_xhat)[..., None]
+    dx -= (inv_std * mean_g)[..., None]
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
