@@ -102,18 +102,19 @@ def save_checkpoint(path, model=None, optimizer=None, ema=None, config=None, ste
     except TypeError as exc:
         raise ValueError(f"save_checkpoint: config is not JSON-serialisable ({exc})") from None
 
-    def store(state):                       # weights in the storage dtype, if one is asked for
+    def store(state, weights_prefix):       # weights in the storage dtype, if one is asked for
         if dtype is None:
             return state
-        return {k: (v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v) for k, v in state.items()}
+        return {k: (v.astype(dtype) if k.startswith(weights_prefix) and np.issubdtype(v.dtype, np.floating) else v)
+                for k, v in state.items()}
 
     arrays = {META_KEY: np.frombuffer(header.encode("utf-8"), dtype=np.uint8)}
     if model is not None:
-        arrays.update(store(_flatten(model.state_dict(), "model")))
+        arrays.update(store(_flatten(model.state_dict(), "model"), "model/"))
     if optimizer is not None:
         arrays.update(_flatten(optimizer.state_dict(), "optim"))
-    if ema is not None:
-        arrays.update(store(_flatten(ema.state_dict(), "ema")))
+    if ema is not None:                     # the averaged weights, not the decay, take the storage dtype
+        arrays.update(store(_flatten(ema.state_dict(), "ema"), "ema/shadow/"))
     if extra:
         arrays.update(_flatten(dict(extra), "extra"))
 

@@ -79,10 +79,14 @@ def test_use_ema_loads_the_averaged_weights(tmp_path):
 
 def test_float16_storage_halves_the_file_and_loads_back_as_float32(tmp_path):
     model = MLPDenoiser(MLPConfig.quick(), seed=0)
-    full = save_checkpoint(tmp_path / "full.npz", model=model)
-    half = save_checkpoint(tmp_path / "half.npz", model=model, dtype=np.float16)
+    ema = EMA(model, decay=0.999)
+    full = save_checkpoint(tmp_path / "full.npz", model=model, ema=ema)
+    half = save_checkpoint(tmp_path / "half.npz", model=model, ema=ema, dtype=np.float16)
     assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
-    assert load_checkpoint(half).model_state["in_proj.weight"].dtype == np.float16
+    stored = load_checkpoint(half)
+    assert stored.model_state["in_proj.weight"].dtype == np.float16
+    assert stored.ema_state["shadow"]["in_proj.weight"].dtype == np.float16
+    assert stored.ema_state["decay"] == 0.999                # hyperparameters keep their precision
     other = MLPDenoiser(MLPConfig.quick(), seed=1)
     load_into(other, half)
     w, w16 = model.state_dict()["in_proj.weight"], other.state_dict()["in_proj.weight"]
