@@ -854,3 +854,14 @@ def cross_entropy_backward(d_loss, cache):
     dlogits[xp.arange(p.shape[0]), targets] -= 1.0            # p - onehot
     dlogits *= _upstream(d_loss, p) * (1.0 / p.shape[0])
     return dlogits.reshape(logits_shape)
+
+
+if __name__ == "__main__":
+    image = np.arange(25.0).reshape(1, 1, 5, 5)
+    box = np.full((1, 1, 3, 3), 1 / 9)
+    y, (col, *_) = conv2d(image, box, padding=1)
+    print(f"3x3 box blur of a 5x5 ramp via im2col: col {col.shape} -> y {y.shape}\n{y[0, 0].round(2)}")
+    q = k = v = np.random.default_rng(0).standard_normal((1, 1, 4, 2))
+    out, cache = attention(q, k, v, mask=np.tril(np.ones((4, 4), bool)))
+    print(f"causal attention probabilities (rows sum to 1, zeros above the diagonal):\n"
+          f"{attention_probs(cache)[0, 0].round(3)}")

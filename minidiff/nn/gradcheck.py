@@ -223,3 +223,14 @@ def check_module(module, inputs, seed=0, *, eps=1e-6, max_coords=64):
             p.data, p.grad = data, grad
         if hasattr(module, "train"):
             module.train(was_training)
+
+
+if __name__ == "__main__":
+    from . import functional as F
+    rng = np.random.default_rng(0)
+    inputs = {"x": rng.standard_normal((2, 3, 6, 6)), "w": rng.standard_normal((4, 3, 3, 3)),
+              "b": rng.standard_normal(4)}
+    errors = gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), inputs, F.conv2d_backward)
+    print("conv2d (stride 2, padding 1) relative errors:", {k: f"{v:.1e}" for k, v in errors.items()})
+    wrong = gradcheck(F.conv2d, inputs, lambda dy, cache: tuple(2 * g for g in F.conv2d_backward(dy, cache)))
+    print("the same with every gradient doubled (a bug):", {k: f"{v:.2f}" for k, v in wrong.items()})
