@@ -151,3 +151,12 @@ def test_check_module_subsamples_big_parameters_and_handles_two_inputs():
     assert rows["w"].checked == 64 and rows["w"].shape == (20, 10)
     assert rows["x0"].checked == 64 and rows["x1"].checked == 64
     assert report.passed(1e-6), str(report)
+
+
+def test_gradcheck_takes_plain_functions_with_a_backward_closure_and_none_caches():
+    w = randn(0, 3, 3)
+    errors = gradcheck(lambda x: x @ w, [randn(1, 2, 3)], lambda dout: (dout @ w.T,))
+    assert errors["x0"] < 1e-8
+    # dropout in eval mode returns the cache None: still a functional pair
+    eval_errors = gradcheck(lambda x: F.dropout(x, 0.5, None, training=False), [randn(2, 4)], F.dropout_backward)
+    assert eval_errors["x0"] < 1e-8

@@ -113,17 +113,15 @@ def gradcheck(fn, inputs, backward, *, eps=1e-6, seed=0, max_coords=None, dout=N
     rng = np.random.default_rng(seed)
 
     def run():
+        """(out, cache) for a functional pair, (out,) for a plain function."""
         result = fn(*values)
-        return result if isinstance(result, tuple) else (result, None)
+        return result if isinstance(result, tuple) else (result,)
 
-    out, cache = run()
+    out, *cache = run()
     xp = get_array_module(out)
     if dout is None:
         dout = xp.asarray(rng.standard_normal(out.shape))
-    if callable(backward):
-        grads = _as_tuple(backward(dout, cache) if cache is not None else backward(dout))
-    else:
-        grads = _as_tuple(backward)
+    grads = _as_tuple(backward(dout, *cache) if callable(backward) else backward)
 
     def loss():
         return _contract([run()[0]], [dout])
