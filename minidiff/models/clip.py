@@ -304,7 +304,7 @@ class MiniCLIP(Module):
         return loss, logits
 
     def backward(self, d_loss=1.0):
-        """Backpropagate the last loss; returns None (images and ids are data, not parameters)."""
+        """Backpropagate the last loss into every parameter's grad; returns d loss / d images."""
         if self._cache is None:
             raise RuntimeError("MiniCLIP.backward called without a cached forward pass "
                                "(run forward in training mode with gradients enabled)")
@@ -314,8 +314,7 @@ class MiniCLIP(Module):
         # forward was: v = W_txt pooled  ->  pooled = states[b, end_b]
         self.text_encoder.backward(None, self.text_projection.backward(d_v))
         # forward was: u = W_img ImageEncoder(images)
-        self.image_encoder.backward(self.image_projection.backward(d_u))
-        return None
+        return self.image_encoder.backward(self.image_projection.backward(d_u))
 
     # -- inference helpers (nothing cached) --------------------------------------------------
     def encode_image(self, images):

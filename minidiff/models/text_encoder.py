@@ -184,14 +184,17 @@ class TextEncoder(Module):
             raise ValueError(f"TextEncoder: ids must hold at least one token per sequence, got shape {ids_shape}")
         if L > c.max_length:
             raise ValueError(f"TextEncoder: sequence length {L} exceeds max_length={c.max_length}")
-        # checked where the arrays live (host ids cost no device sync), then moved beside the weights
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= c.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"TextEncoder: token id {bad} is outside the vocabulary [0, {c.vocab_size})")
-        if not bool(mask[:, 0].all()):
-            raise ValueError("TextEncoder: every sequence needs a real first token (mask[:, 0] all True)")
-        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        # checked where the arrays live (host ids cost no device sync; device ids one sync for all
+        # checks together), then moved beside the weights
+        out_of_vocabulary = (ids < 0) | (ids >= c.vocab_size)
+        no_first_token = ~mask[:, 0]
+        real_after_pad = mask[:, 1:] & ~mask[:, :-1]
+        if bool(out_of_vocabulary.any() | no_first_token.any() | real_after_pad.any()):
+            if bool(out_of_vocabulary.any()):
+                bad = int(ids[out_of_vocabulary][0])
+                raise ValueError(f"TextEncoder: token id {bad} is outside the vocabulary [0, {c.vocab_size})")
+            if bool(no_first_token.any()):
+                raise ValueError("TextEncoder: every sequence needs a real first token (mask[:, 0] all True)")
             raise ValueError("TextEncoder: mask must be right-padded (True ... True False ... False); "
                              "found a real token after a pad")
         xp = get_array_module(self.position_embedding.data)
