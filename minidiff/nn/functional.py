@@ -178,7 +178,17 @@ def _col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
     return xp.ascontiguousarray(x.transpose(1, 0, 2, 3))                            # (B, C, H, W)
 
 
-def _conv_options(op, stride, padding):
+def _conv_arguments(op, x, w, b, stride, padding, transposed):
+    """The checks conv2d and conv_transpose2d share; returns (stride, padding) as ints."""
+    layout = "(C_in, C_out, kh, kw)" if transposed else "(C_out, C_in, kh, kw)"
+    _floats(op, x=x, w=w, b=b)
+    _ndim(op, "x", x, 4, "(B, C_in, H, W)")
+    _ndim(op, "w", w, 4, layout)
+    C_in, C_out = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
+    if x.shape[1] != C_in:
+        raise ValueError(f"{op}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {C_in} "
+                         f"(shape {tuple(w.shape)} = {layout})")
+    _vector(op, "b", b, C_out, "output channel")
     return _int_at_least(op, "stride", stride, 1), _int_at_least(op, "padding", padding, 0)
 
 
@@ -194,16 +204,9 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     ONE matrix product, Y2d = W2d @ col, with W2d = w.reshape(C_out, C_in*kh*kw).
     cache: (col, w, x_shape, stride, padding, has_bias)
     """
-    _floats("conv2d", x=x, w=w, b=b)
-    _ndim("conv2d", "x", x, 4, "(B, C_in, H, W)")
-    _ndim("conv2d", "w", w, 4, "(C_out, C_in, kh, kw)")
-    stride, padding = _conv_options("conv2d", stride, padding)
-    B, C, H, W = x.shape
-    C_out, C_in, kh, kw = w.shape
-    if C != C_in:
-        raise ValueError(f"conv2d: x has {C} channels (shape {tuple(x.shape)}) but w expects {C_in} "
-                         f"(shape {tuple(w.shape)} = (C_out, C_in, kh, kw))")
-    _vector("conv2d", "b", b, C_out, "output channel")
+    stride, padding = _conv_arguments("conv2d", x, w, b, stride, padding, transposed=False)
+    B, C_in, H, W = x.shape
+    C_out, _, kh, kw = w.shape
     Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d: a {kh}x{kw} kernel does not fit a {H}x{W} input with padding {padding}")
@@ -258,20 +261,13 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0):
     sizes that stride-s conv2d maps to the same H.
     cache: (x2d, w, x_shape, stride, padding, has_bias)
     """
-    _floats("conv_transpose2d", x=x, w=w, b=b)
-    _ndim("conv_transpose2d", "x", x, 4, "(B, C_in, H, W)")
-    _ndim("conv_transpose2d", "w", w, 4, "(C_in, C_out, kh, kw)")
-    stride, padding = _conv_options("conv_transpose2d", stride, padding)
+    stride, padding = _conv_arguments("conv_transpose2d", x, w, b, stride, padding, transposed=True)
     output_padding = _int_at_least("conv_transpose2d", "output_padding", output_padding, 0)
     if output_padding >= stride:
         raise ValueError(f"conv_transpose2d: output_padding must be smaller than stride={stride}, "
                          f"got {output_padding}")
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     C_in, C_out, kh, kw = w.shape
-    if C != C_in:
-        raise ValueError(f"conv_transpose2d: x has {C} channels (shape {tuple(x.shape)}) but w expects {C_in} "
-                         f"(shape {tuple(w.shape)} = (C_in, C_out, kh, kw))")
-    _vector("conv_transpose2d", "b", b, C_out, "output channel")
     Ho = (H - 1) * stride - 2 * padding + kh + output_padding
     Wo = (W - 1) * stride - 2 * padding + kw + output_padding
     if Ho < 1 or Wo < 1:
