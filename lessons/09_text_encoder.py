@@ -28,6 +28,9 @@ cross-attention can read:
 We then measure text -> image retrieval on held-out batches of 64: for each caption, is the
 most similar image one that the caption describes? Chance is about 2%.
 
+Settings: --smoke (seconds), --quick (the small CLIPConfig.quick, 300 steps: a few minutes on a
+2-core CPU), no flag (CLIPConfig.shipped, 3000 steps: meant for a GPU, --device gpu).
+
 Read beside: minidiff/models/tokenizer.py, minidiff/models/text_encoder.py,
 minidiff/models/clip.py, minidiff/datasets/shapes.py.
 """
@@ -120,7 +123,6 @@ start = time.perf_counter()
 model, history = train_clip(CONFIG, steps=STEPS, batch_size=BATCH, lr=LR, seed=args.seed,
                             tokenizer=tokenizer, progress=not args.smoke, log_every=max(1, STEPS // 20),
                             eval_batches=EVAL_BATCHES, out_dir=out / "checkpoint")
-wall = time.perf_counter() - start
 print(f"{STEPS} steps of batch {BATCH} in {history['seconds']:.0f} s ({history['seconds'] / STEPS:.2f} s/step, "
       f"device {backend.device()}); loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}, "
       f"temperature {history['temperature'][0]:.3f} -> {history['temperature'][-1]:.3f}")
