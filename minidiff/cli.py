@@ -210,6 +210,9 @@ def _dispatch(args) -> int:
         from . import evaluate
         return evaluate.main(args)
     if args.command == "bench":
+        import importlib.util
+        if importlib.util.find_spec("minidiff.bench") is None:
+            raise ValueError("this minidiff has no bench module (minidiff/bench.py)")
         from . import bench
         return bench.main(args.bench_args) or 0
     return run_image_command(args)

@@ -423,17 +423,16 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
     end = cfg.steps if stop_at is None else min(cfg.steps, max(stop_at, start))
     dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
 
-    def save(step, final=False):
+    def save(step, final_extra=None):
+        """A training checkpoint (model, optimizer, EMA), or with ``final_extra`` the final one."""
         if path is None:
             return
         extra = {"loss_history": np.asarray(history, np.float64).reshape(-1, 2)}
-        if final:
-            ema.copy_to(model)                  # the final checkpoint holds the averaged weights
-            extra.update(finalize(model) if finalize else {})
-            extra["complete"] = np.asarray(1)
-            save_checkpoint(path, model=model, config=config, step=step, extra=extra, dtype=ship_dtype)
-        else:
+        if final_extra is None:
             save_checkpoint(path, model=model, optimizer=optimizer, ema=ema, config=config, step=step, extra=extra)
+        else:
+            extra.update(final_extra, complete=np.asarray(1))
+            save_checkpoint(path, model=model, config=config, step=step, extra=extra, dtype=ship_dtype)
 
     def save_samples(step):
         if sample_fn is None or samples_dir is None:
@@ -494,16 +493,19 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
                 running_norm[...] = 0
                 window = 0
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if not progress:                # no bar (e.g. a log file): one line per log window
+                    print(f"{job}: step {step}/{cfg.steps} loss {mean_loss:.4f}", flush=True)
             if step % cfg.sample_every == 0 and step < cfg.steps:
                 save_samples(step)
-            if step == cfg.steps:
-                save(step, final=True)
+            if step == cfg.steps:                # done: the model takes the averaged weights for good
+                ema.copy_to(model)
+                save(step, final_extra=finalize(model) if finalize else {})
                 save_samples(step)
                 last_good = step
             elif checkpoint_due or out_of_time:
                 save(step)
                 last_good = step
-            if out_of_time:
+            if out_of_time and step < cfg.steps:
                 print(f"\n{job}: time limit reached at step {step}/{cfg.steps}; checkpoint saved, "
                       "continue with --resume")
                 break
