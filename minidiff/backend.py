@@ -134,6 +134,35 @@ def synchronize():
         _cupy.cuda.Stream.null.synchronize()
 
 
+# -- fused GPU kernels (minidiff/nn/kernels.py) ---------------------------------------------------
+# On by default; MINIDIFF_FUSED=0 in the environment (or set_fused(False)) makes every op take its
+# plain NumPy-style path on the GPU too, the readable reference the kernels are checked against.
+_fused = os.environ.get("MINIDIFF_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def fused_enabled() -> bool:
+    """Whether ops may use the fused CuPy kernels of minidiff/nn/kernels.py."""
+    return _fused
+
+
+def set_fused(enabled: bool) -> bool:
+    """Turn the fused CuPy kernels on or off; returns the previous setting."""
+    global _fused
+    previous, _fused = _fused, bool(enabled)
+    return previous
+
+
+def use_fused(x) -> bool:
+    """True when ``x`` is a CuPy array and fused kernels are on: the test every fused branch makes."""
+    return _fused and is_gpu_array(x)
+
+
+def cupy_module():
+    """The cupy module (None without a usable GPU): for minidiff/nn/kernels.py, which builds its
+    kernels with it, so that this file stays the only one that imports CuPy."""
+    return _try_cupy()
+
+
 def add_device_argument(parser):
     """Add the standard ``--device cpu|gpu|auto`` flag to an argparse parser."""
     parser.add_argument("--device", choices=_VALID, default=None,
