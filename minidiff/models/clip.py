@@ -511,3 +511,18 @@ def load_clip(directory, device: str | None = None):
     tokenizer = BPETokenizer.load(directory / CLIP_FILES["tokenizer"])
     tokenizer.check_vocab_size(model.config.text.vocab_size)
     return model, tokenizer
+
+
+if __name__ == "__main__":          # python -m minidiff.models.clip
+    from ..datasets import shapes
+    config = CLIPConfig.quick()
+    tokenizer = train_tokenizer(config.text.vocab_size, corpus_size=2000)
+    model = MiniCLIP(config, seed=0)
+    batch = shapes.sample(16, seed=0)
+    ids, mask = tokenizer.encode_batch(batch["captions"], max_length=config.text.max_length)
+    positives = caption_matches(batch["labels"], batch["captions"])
+    loss, logits = clip_loss_and_backward(model, batch["images"], ids, mask, positives)
+    print(f"MiniCLIP.quick: {model.num_parameters():,} parameters; a batch of 16 pairs, "
+          f"{int(positives.sum()) - 16} extra caption-image matches")
+    print(f"untrained loss {float(loss):.3f} (log 16 = {math.log(16):.3f}), logits {logits.shape}, "
+          f"temperature {model.temperature:.3f}, d loss / d logit_scale = {float(model.logit_scale.grad):+.4f}")
