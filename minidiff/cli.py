@@ -192,8 +192,7 @@ def build_parser():
 
     train.add_arguments(commands.add_parser("train", help="train a model (see minidiff/train.py)"))
     evaluate.add_arguments(commands.add_parser("evaluate", help="Frechet distance and prompt accuracy of a checkpoint"))
-    bench = commands.add_parser("bench", help="timing tables (minidiff/bench.py)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on to minidiff.bench")
+    commands.add_parser("bench", help="timing tables (minidiff/bench.py; its own --help)", add_help=False)
     return parser
 
 
@@ -209,13 +208,16 @@ def _dispatch(args) -> int:
     if args.command == "evaluate":
         from . import evaluate
         return evaluate.main(args)
-    if args.command == "bench":
-        import importlib.util
-        if importlib.util.find_spec("minidiff.bench") is None:
-            raise ValueError("this minidiff has no bench module (minidiff/bench.py)")
-        from . import bench
-        return bench.main(args.bench_args) or 0
     return run_image_command(args)
+
+
+def run_bench(argv) -> int:
+    """``bench`` hands all its arguments to minidiff/bench.py (which parses them itself)."""
+    import importlib.util
+    if importlib.util.find_spec("minidiff.bench") is None:
+        raise ValueError("this minidiff has no bench module (minidiff/bench.py)")
+    from . import bench
+    return bench.main(list(argv)) or 0
 
 
 def _one_line(exc) -> str:
@@ -228,9 +230,11 @@ def main(argv=None) -> int:
     Every expected failure goes through this one handler: one line on stderr, no traceback."""
     from .checkpoint import CheckpointError
     from .train import TrainingDiverged
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        args = build_parser().parse_args(argv)
-        return _dispatch(args)
+        if argv[:1] == ["bench"]:
+            return run_bench(argv[1:])
+        return _dispatch(build_parser().parse_args(argv))
     except UsageError as exc:
         print(f"{_one_line(exc)} (try --help)", file=sys.stderr)
         return EXIT_BAD_INPUT

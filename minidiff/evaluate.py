@@ -39,7 +39,8 @@ The classifier
     scene) take no part in the loss: every training batch is arranged as [one-object scenes |
     two-object scenes], and each head's cross-entropy runs over the rows where its label exists.
 
-Read beside: ``minidiff/datasets/shapes.py`` (labels, `parse_caption`), ``minidiff/nn/layers.py``,
+Read beside: ``minidiff/datasets/shapes.py`` (labels, `parse_caption`), ``minidiff/models/clip.py``
+(ConvNormAct and the coordinate planes, shared with the CLIP image tower),
 ``minidiff/train.py`` (the ``classifier`` job that trains and saves it).
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ import numpy as np
 from . import backend
 from .datasets import captions, shapes
 from .nn import functional as F
-from .nn.layers import Conv2d, GroupNorm, Linear, SiLU
+from .models.clip import ConvNormAct, coordinate_planes
+from .nn.layers import Linear, SiLU
 from .nn.module import Module, no_grad
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "classifier.npz"
@@ -94,30 +96,6 @@ class ClassifierConfig:
         return cls(image_size=16, channels=(8, 16), convs_per_stage=1, num_groups=4, pool_grid=2, feature_dim=16)
 
 
-def coordinate_channels(batch, height, width, xp, dtype):
-    """(B, 2, H, W): x and y of each pixel centre, in [-1, 1]."""
-    ys = xp.linspace(-1.0, 1.0, height, dtype=dtype)
-    xs = xp.linspace(-1.0, 1.0, width, dtype=dtype)
-    grid = xp.stack([xp.broadcast_to(xs[None, :], (height, width)),
-                     xp.broadcast_to(ys[:, None], (height, width))])      # (2, H, W)
-    return xp.broadcast_to(grid[None], (batch, 2, height, width))
-
-
-class ConvNormAct(Module):
-    """y = SiLU(GroupNorm(conv3x3(x)))"""
-
-    def __init__(self, in_channels, out_channels, stride, num_groups, rng):
-        self.conv = Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, rng=rng)
-        self.norm = GroupNorm(num_groups, out_channels)
-        self.act = SiLU()
-
-    def forward(self, x):
-        return self.act(self.norm(self.conv(x)))
-
-    def backward(self, dy):
-        return self.conv.backward(self.norm.backward(self.act.backward(dy)))
-
-
 class AttributeClassifier(Module):
     """Image (B, 3, S, S) in [-1, 1] -> {label key: logits (B, classes)} for every head in HEADS."""
 
@@ -127,7 +105,7 @@ class AttributeClassifier(Module):
         widths = [3 + 2] + [c for c in config.channels for _ in range(config.convs_per_stage)]
         strides = [2 if (i > 0 and j == 0) else 1
                    for i in range(len(config.channels)) for j in range(config.convs_per_stage)]
-        self.blocks = [ConvNormAct(c_in, c_out, s, config.num_groups, rng)
+        self.blocks = [ConvNormAct(c_in, c_out, s, config.num_groups, rng=rng)
                        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides)]
         self.hidden = Linear(config.channels[-1] * config.pool_grid ** 2, config.feature_dim, rng=rng)
         self.hidden_act = SiLU()
@@ -135,11 +113,11 @@ class AttributeClassifier(Module):
 
     def features(self, x):
         """(B, 3, S, S) -> (B, feature_dim): the penultimate activations (used for the FD)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"AttributeClassifier: expected images (B, 3, H, W), got shape {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
+            raise ValueError(f"AttributeClassifier: expected square images (B, 3, S, S), got shape {tuple(x.shape)}")
         xp = backend.get_array_module(x)
-        B, _, H, W = x.shape
-        h = xp.concatenate([x, coordinate_channels(B, H, W, xp, x.dtype)], axis=1)   # (B, 5, H, W)
+        B, _, S, _ = x.shape
+        h = xp.concatenate([x, coordinate_planes(B, S, xp, x.dtype)], axis=1)      # (B, 5, S, S): + x, y planes
         for block in self.blocks:
             h = block(h)                                       # (B, C, H', W')
         B, C, H, W = h.shape
