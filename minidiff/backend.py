@@ -153,8 +153,9 @@ def set_fused(enabled: bool) -> bool:
 
 
 def use_fused(x) -> bool:
-    """True when ``x`` is a CuPy array and fused kernels are on: the test every fused branch makes."""
-    return _fused and is_gpu_array(x)
+    """True when ``x`` is a float32/float64 CuPy array and fused kernels are on: the test every
+    fused branch makes."""
+    return _fused and is_gpu_array(x) and x.dtype.char in "fd"
 
 
 def cupy_module():
