@@ -29,7 +29,9 @@ import math
 
 import numpy as np
 
+from .. import backend
 from ..backend import get_array_module
+from . import kernels     # fused CuPy kernels: a branch of some ops below, taken when backend.use_fused(x)
 
 __all__ = [
     "linear", "linear_backward",
@@ -150,6 +152,8 @@ def _im2col(x, kh, kw, stride, padding, Ho, Wo):
     offsets, never over pixels. x_pad is laid out channels-first, (C, B, H+2p, W+2p), like the
     rows of col, so each slice copies without reordering.
     """
+    if backend.use_fused(x):
+        return kernels.im2col(x, kh, kw, stride, padding, Ho, Wo)       # one gather kernel
     xp = get_array_module(x)
     B, C, H, W = x.shape
     x_pad = xp.zeros((C, B, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
@@ -167,6 +171,8 @@ def _col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
     col: (C*kh*kw, B*Ho*Wo)  ->  (B, C, H, W). Windows overlap, so a pixel gathers the sum of all
     the entries copied from it; again one strided ``+=`` per kernel offset.
     """
+    if backend.use_fused(col):
+        return kernels.col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo)   # one gather kernel
     xp = get_array_module(col)
     B, C, H, W = x_shape
     col = col.reshape(C, kh, kw, B, Ho, Wo)
@@ -425,6 +431,8 @@ def group_norm(x, gamma, beta, num_groups, eps=1e-5):
         raise ValueError(f"group_norm: {C} channels do not divide into {G} groups (x shape {tuple(x.shape)})")
     _vector("group_norm", "gamma", gamma, C, "channel")
     _vector("group_norm", "beta", beta, C, "channel")
+    if backend.use_fused(x):
+        return kernels.group_norm(x, gamma, beta, G, eps)
     x_hat, inv_std = _normalize(x.reshape(B, G, -1), eps)     # (B, G, N), (B, G, 1)
     per_channel = (1, C) + (1,) * (x.ndim - 2)
     # y = gamma * x_hat + beta
@@ -445,6 +453,8 @@ def group_norm_backward(dy, cache):
     gamma-weighted sum of its channels' sums of dy, and likewise for g x_hat with the sums of
     dy x_hat, the very per-(sample, channel) sums that dbeta and dgamma are made of.
     """
+    if backend.use_fused(dy):
+        return kernels.group_norm_backward(dy, cache)
     x_hat, inv_std, gamma = cache                                           # (B, G, N), (B, G, 1), (C,)
     B, G, N = x_hat.shape
     C = gamma.shape[0]
@@ -480,6 +490,8 @@ def layer_norm(x, gamma, beta, eps=1e-5):
     D = x.shape[-1]
     _vector("layer_norm", "gamma", gamma, D, "feature of x's last axis")
     _vector("layer_norm", "beta", beta, D, "feature of x's last axis")
+    if backend.use_fused(x):
+        return kernels.layer_norm(x, gamma, beta, eps)
     x_hat, inv_std = _normalize(x, eps)                       # (..., D), (..., 1)
     # y = gamma * x_hat + beta
     y = x_hat * gamma
@@ -490,6 +502,8 @@ def layer_norm(x, gamma, beta, eps=1e-5):
 def layer_norm_backward(dy, cache):
     """As group_norm_backward with one group per row: dbeta = sum dy, dgamma = sum dy x_hat,
     dx_hat = gamma dy, dx = inv_std (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat))."""
+    if backend.use_fused(dy):
+        return kernels.layer_norm_backward(dy, cache)
     x_hat, inv_std, gamma = cache
     D = gamma.shape[0]
     # forward was: y = gamma * x_hat + beta
@@ -506,6 +520,8 @@ def layer_norm_backward(dy, cache):
 def silu(x):
     """y = x * sigmoid(x),  sigmoid(x) = 1 / (1 + exp(-x)).   cache: (x, s) with s = sigmoid(x)"""
     _floats("silu", x=x)
+    if backend.use_fused(x):
+        return kernels.silu(x)
     xp = get_array_module(x)
     s = xp.exp(-xp.maximum(x, -80.0))                         # exp(-x); the clip keeps it finite in float32
     s += 1.0
@@ -515,6 +531,8 @@ def silu(x):
 
 def silu_backward(dy, cache):
     """sigmoid' = s (1 - s), so dy/dx = s + x s (1 - s) = s (1 + x (1 - s))."""
+    if backend.use_fused(dy):
+        return kernels.silu_backward(dy, cache)
     x, s = cache
     return dy * s * (1.0 + x * (1.0 - s))
 
@@ -574,13 +592,15 @@ def gelu(x, approximate="none"):
     cache: (x, Phi or tanh(u), approximate)
     """
     _floats("gelu", x=x)
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if backend.use_fused(x):
+        return kernels.gelu(x, approximate)
     xp = get_array_module(x)
     if approximate == "none":
         phi_cdf = erf(x * (1.0 / math.sqrt(2.0)))
-    elif approximate == "tanh":
-        phi_cdf = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))   # tanh(u)
     else:
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        phi_cdf = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))   # tanh(u)
     phi_cdf += 1.0
     phi_cdf *= 0.5                                            # Phi(x), or (1 + tanh u) / 2
     return x * phi_cdf, (x, phi_cdf, approximate)
@@ -591,6 +611,8 @@ def gelu_backward(dy, cache):
     tanh:   with T = (1 + tanh u)/2 and tanh' = 1 - tanh^2 = 4 T (1 - T):
             d/dx [x T] = T + x * 2 T (1 - T) * du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     """
+    if backend.use_fused(dy):
+        return kernels.gelu_backward(dy, cache)
     x, phi_cdf, approximate = cache
     xp = get_array_module(x)
     if approximate == "none":
@@ -607,6 +629,8 @@ def _softmax_inplace(z, axis):
     NumPy's faster fmax reduction). A row whose entries are all -inf (attention with every key
     masked) becomes all zeros instead of 0/0 = NaN.
     """
+    if backend.use_fused(z) and axis in (-1, z.ndim - 1):
+        return kernels.softmax_(z)
     xp = get_array_module(z)
     m = xp.nanmax(z, axis=axis, keepdims=True)
     m = xp.where(m == -xp.inf, 0.0, m).astype(z.dtype, copy=False)
@@ -630,6 +654,8 @@ def softmax_backward(dy, cache):
     """dy_i/dx_j = y_i (delta_ij - y_j), so dx_j = sum_i dy_i y_i (delta_ij - y_j)
                                               = y_j (dy_j - sum_i dy_i y_i)."""
     y, axis = cache
+    if backend.use_fused(dy) and axis in (-1, y.ndim - 1):
+        return kernels.softmax_backward(dy, y)
     if axis in (-1, y.ndim - 1):
         dot = _rowdot(dy, y)                                  # sum_i dy_i y_i (one BLAS pass)
     else:
