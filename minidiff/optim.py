@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from . import backend
+from .nn import kernels
 from .nn.module import Module, Parameter
 
 
@@ -131,6 +132,10 @@ class AdamW:
                 self.exp_avg_sq[name] = xp.zeros_like(p.data)
             m = self.exp_avg[name] = _on_device_of(self.exp_avg[name], p.data)
             v = self.exp_avg_sq[name] = _on_device_of(self.exp_avg_sq[name], p.data)
+            if backend.use_fused(p.data):                        # the four lines below in one kernel
+                kernels.adamw_update(p.data, g, m, v, lr, self.weight_decay, self.betas, eps,
+                                     bias_correction1, bias_correction2)
+                continue
             # theta <- theta (1 - lr lambda)                         (decoupled weight decay)
             p.data *= 1.0 - lr * self.weight_decay
             # m <- beta1 m + (1 - beta1) g
