@@ -222,6 +222,7 @@ def traced(tally: Tally):
     """Count every functional op called inside (outermost calls only) and every AdamW update."""
     from . import optim  # noqa: PLC0415
     from .nn import functional as F  # noqa: PLC0415
+    from .nn import layers  # noqa: PLC0415
     originals = {name: getattr(F, name) for name in F.__all__ if name not in _NOT_OPS}
     depth = [0]
 
@@ -250,14 +251,24 @@ def traced(tally: Tally):
         tally.bytes += 7 * sum(p.data.nbytes for _, p in self.named if p.grad is not None)
         return original_step(self, *args, **kwargs)
 
-    for name, fn in originals.items():
-        setattr(F, name, wrap(name, fn))
+    wrapped = {name: wrap(name, fn) for name, fn in originals.items()}
+    # layers that hold a functional pair as class attributes (staticmethod(F.silu) ...) get it too
+    names = {id(fn): name for name, fn in originals.items()}
+    held = [(cls, attr, value) for cls in vars(layers).values() if isinstance(cls, type)
+            for attr, value in vars(cls).items()
+            if isinstance(value, staticmethod) and id(value.__func__) in names]
+    for name, fn in wrapped.items():
+        setattr(F, name, fn)
+    for cls, attr, value in held:
+        setattr(cls, attr, staticmethod(wrapped[names[id(value.__func__)]]))
     optim.AdamW.step = counted_step
     try:
         yield tally
     finally:
         for name, fn in originals.items():
             setattr(F, name, fn)
+        for cls, attr, value in held:
+            setattr(cls, attr, value)
         optim.AdamW.step = original_step
 
 
