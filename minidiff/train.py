@@ -909,14 +909,13 @@ def add_arguments(parser):
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="save a checkpoint and stop after this many minutes (continue with --resume)")
     parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop at this step")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--dataset-size", type=int, help="images rendered once and kept on the device")
-    parser.add_argument("--log-every", type=int)
-    parser.add_argument("--checkpoint-every", type=int)
-    parser.add_argument("--sample-every", type=int)
+    for flag, kind, what in (("--steps", int, "training steps"), ("--batch-size", int, "batch size"),
+                             ("--lr", float, "peak learning rate"), ("--seed", int, "seed of data, init and noise"),
+                             ("--dataset-size", int, "images rendered once and kept on the device"),
+                             ("--log-every", int, "steps between loss read-outs"),
+                             ("--checkpoint-every", int, "steps between checkpoints"),
+                             ("--sample-every", int, "steps between sample grids")):
+        parser.add_argument(flag, type=kind, help=f"{what} (default: the preset's)")
     parser.add_argument("--data", help="pixel job: shapes (default), folder:PATH or idx:PATH")
     parser.add_argument("--vae", help="latent, text2image: the VAE checkpoint (default data/pretrained/vae.npz)")
     parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")

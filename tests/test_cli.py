@@ -164,6 +164,19 @@ def test_img2img_writes_an_image_of_the_input_size(checkpoints, images, tmp_path
     assert code == 0 and Image.open(tmp_path / "edit.png").size == (16, 16)
 
 
+def test_evaluate_prints_frechet_distance_and_prompt_accuracy_per_guidance(checkpoints, tmp_path, capsys):
+    from minidiff import evaluate
+    config = evaluate.ClassifierConfig.tiny()
+    save_checkpoint(tmp_path / "classifier.npz", model=evaluate.AttributeClassifier(config),
+                    config={"job": "classifier", "model": dataclasses.asdict(config)})
+    code, printed, err = run_cli(capsys, "evaluate", checkpoints / "unet.npz", "--n", "4", "--steps", "1",
+                                 "--guidance", "1", "3", "--classifier", tmp_path / "classifier.npz", "--device", "cpu")
+    assert code == 0, err
+    assert "noise floor" in printed and "judge's ceiling" in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "3"] and all(float(row[1]) >= 0 for row in rows)
+
+
 def test_command_line_process_reports_bad_input_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "minidiff", "generate", "x", "--steps", "0",
                              "--out", str(tmp_path / "x.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
