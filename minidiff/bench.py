@@ -19,7 +19,9 @@ How to read a row
 -----------------
 * ``minidiff`` / ``torch``: the median of ``--repeats`` timed runs after warm-up runs; on the GPU
   every run ends with a device synchronisation, so the time is wall-clock work, host overhead
-  included. ``ratio`` = minidiff / torch (below 1: minidiff is faster). The torch column needs
+  included. ``ratio`` = minidiff / torch (below 1: minidiff is faster); ``cpu-time ratio`` is the
+  same for the CPU time the process used (all threads): on a shared, busy machine it is the
+  steadier figure, since waiting for other programs costs no CPU time. The torch column needs
   PyTorch (the U-Net and text-encoder twins come from the repository's ``tests/torch_twins.py``);
   without it the column stays empty. PyTorch convolutions use cuDNN; minidiff's are im2col + GEMM.
 * ``GFLOP`` and ``MB``: work and ideal memory traffic of one run, counted while the same work runs
@@ -123,17 +125,22 @@ def _torch_sync(torch, device: Device):
 # ================================================================================================
 # timing
 # ================================================================================================
-def median_seconds(fn, sync, repeats, warmup):
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronised."""
+def median_seconds(fn, sync, repeats, warmup, process_time=False):
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronised.
+    With ``process_time``, also the median CPU time of this process (all its threads): on a
+    shared machine that is what the work cost, however long other programs kept it waiting."""
     for _ in range(warmup):
         fn()
     sync()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    if process_time:
+        return statistics.median(times), statistics.median(cpu_times)
     return statistics.median(times)
 
 
@@ -603,10 +610,11 @@ def sample_works(tiny, device, batch=None):
 def run_work(work: Work, device: Device, torch, rates, repeats, warmup):
     """Time one row: minidiff, then PyTorch (when available); count its work and kernels."""
     run = work.make(device, work.batch)
-    seconds = median_seconds(run, device.sync, repeats, warmup)
+    seconds, cpu_seconds = median_seconds(run, device.sync, repeats, warmup, process_time=True)
     macs, nbytes, calls = count_work(work.make, work.batch)
     row = {"suite": work.suite, "work": work.name, "shape": work.shape, "batch": work.batch,
-           "minidiff_s": seconds, "torch_s": None, "ratio": None,
+           "minidiff_s": seconds, "torch_s": None, "ratio": None, "minidiff_cpu_s": cpu_seconds,
+           "torch_cpu_s": None, "cpu_ratio": None,
            "gflop": 2 * macs / 1e9, "mbytes": nbytes / 1e6, "calls": calls,
            "kernels": count_cuda_kernels(torch, device, run), "torch_kernels": None}
     kind, math_share, memory_share = limit_of(seconds, 2 * macs, nbytes, rates, device)
@@ -617,8 +625,9 @@ def run_work(work: Work, device: Device, torch, rates, repeats, warmup):
     if torch is not None and work.make_torch is not None:
         torch_run = work.make_torch(torch, device, work.batch)
         sync = (lambda: _torch_sync(torch, device))
-        row["torch_s"] = median_seconds(torch_run, sync, repeats, warmup)
+        row["torch_s"], row["torch_cpu_s"] = median_seconds(torch_run, sync, repeats, warmup, process_time=True)
         row["ratio"] = seconds / row["torch_s"]
+        row["cpu_ratio"] = cpu_seconds / row["torch_cpu_s"]
         row["torch_kernels"] = count_cuda_kernels(torch, device, torch_run)
         if work.images:
             row["torch_images_per_s"] = work.images / row["torch_s"]
@@ -633,15 +642,16 @@ def _format_seconds(s):
 
 
 def format_table(rows):
-    header = (f"{'work':<22} {'shape':<44} {'minidiff':>11} {'torch':>11} {'ratio':>6} "
+    header = (f"{'work':<22} {'shape':<44} {'minidiff':>11} {'torch':>11} {'ratio':>6} {'cpu-time ratio':>14} "
               f"{'GFLOP':>8} {'MB':>8} {'limit (math%/mem%)':>24} {'calls':>6} {'kernels md/torch':>17}")
     lines = [header, "-" * len(header)]
     for r in rows:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        cpu_ratio = "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}"
         limit = f"{r['limit']} ({100 * r['math_share']:.0f}%/{100 * r['memory_share']:.0f}%)"
         kernels = "-" if r["kernels"] is None else f"{r['kernels']}/{r['torch_kernels'] or '-'}"
         lines.append(f"{r['work']:<22} {r['shape']:<44} {_format_seconds(r['minidiff_s']):>11} "
-                     f"{_format_seconds(r['torch_s']):>11} {ratio:>6} {r['gflop']:8.2f} {r['mbytes']:8.1f} "
+                     f"{_format_seconds(r['torch_s']):>11} {ratio:>6} {cpu_ratio:>14} {r['gflop']:8.2f} {r['mbytes']:8.1f} "
                      f"{limit:>24} {r['calls']:>6} {kernels:>17}")
         if "s_per_image" in r:
             torch_rate = r.get("torch_images_per_s")
