@@ -364,8 +364,8 @@ def check_resumable(ckpt, config: dict):
     for section in ("model", "train"):
         mine, theirs = _json_normalised(config[section]), stored.get(section, {})
         for key in sorted(set(mine) | set(theirs)):
-            if section == "train" and key in RESUMABLE_CHANGES:
-                continue
+            if (section == "train" and key in RESUMABLE_CHANGES) or key not in theirs:
+                continue                        # (a setting newer than the checkpoint: nothing to compare)
             if mine.get(key) != theirs.get(key):
                 raise ValueError(f"cannot resume {ckpt.path}: it was trained with {section}.{key}="
                                  f"{theirs.get(key)!r}, this run has {mine.get(key)!r}. Resume with the same "
