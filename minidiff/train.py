@@ -27,9 +27,10 @@ The loop (`fit`), the same for every job:
         every sample_every steps:         save a sample grid and the loss curve under DIR/samples/
         when --max-minutes is up:         save and stop cleanly; `--resume` continues
 
-Nothing inside a step copies between host and device or reads a number back: the training data
-is rendered (or encoded) once and kept on the device, and batches are gathered there with
-indices drawn on the device.
+Nothing in the loop copies between host and device or reads a number back inside a step: the
+training data is rendered (or encoded) once and kept on the device, and batches are gathered
+there with indices drawn on the device. (One exception: mini-CLIP's forward validates its token
+ids and positives matrix, which reads a few numbers back each step.)
 
 Checkpoints
 -----------
