@@ -156,7 +156,11 @@ class AttributeClassifier(Module):
 
 # ------------------------------------------------------------------------------------ training
 def class_targets(labels: dict) -> dict:
-    """shapes labels -> class indices per head (num_objects 1, 2 -> classes 0, 1; -1 stays -1)."""
+    """shapes labels -> class indices per head (num_objects 1, 2 -> classes 0, 1; -1 stays -1).
+
+    Two-object scenes are put in canonical form first ("B below A" becomes "A above B"): the image
+    cannot tell which object its caption named first, so only the canonical labels are learnable."""
+    labels = shapes.canonical_labels(labels)
     targets = {name: np.asarray(labels[name], np.int64) for name in HEAD_NAMES}
     targets["num_objects"] = targets["num_objects"] - 1
     return targets
@@ -293,7 +297,7 @@ def prompt_accuracy(images, prompts, classifier, batch_size: int = 256):
         raise ValueError(f"prompt_accuracy: {len(images)} images but {len(prompts)} prompts")
     if not prompts:
         raise ValueError("prompt_accuracy: got no images")
-    parsed = [shapes.parse_caption(p) for p in prompts]
+    parsed = [shapes.canonical_attributes(shapes.parse_caption(p)) for p in prompts]   # as the classifier sees scenes
     predicted = predict_labels(classifier, images, batch_size)
     correct, stated = [], {}
     for i, prompt in enumerate(parsed):

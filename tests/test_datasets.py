@@ -287,3 +287,16 @@ def test_load_folder_errors_for_empty_folders_and_unreadable_files(tmp_path):
         folder.load_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         folder.load_folder(tmp_path / "missing")
+
+
+def test_canonical_form_swaps_below_and_right_of_and_keeps_the_scene():
+    batch = shapes.sample(400, seed=11)
+    canonical = shapes.canonical_labels(batch["labels"])
+    two = canonical["num_objects"] == 2
+    assert set(np.unique(canonical["relation"][two])) <= {shapes.RELATIONS.index("above"),
+                                                            shapes.RELATIONS.index("to the left of")}
+    for i, caption in enumerate(batch["captions"]):
+        prompt = shapes.canonical_attributes(shapes.parse_caption(caption))
+        assert shapes.matches_prompt(prompt, shapes.attributes_from_labels(canonical, i)), caption
+    swapped = shapes.canonical_attributes(shapes.parse_caption("a red circle below a blue square"))
+    assert (swapped["colour"], swapped["relation"], swapped["colour2"]) == ("blue", "above", "red")

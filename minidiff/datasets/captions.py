@@ -198,6 +198,37 @@ def labels_from_attributes(attributes_list) -> dict:
     return labels
 
 
+# "A above B" and "B below A" describe the same picture. An image alone cannot say which object
+# a caption named first, so whatever judges images (the attribute classifier) works with one
+# canonical form: the relation is "above" or "to the left of", the objects swapped when needed.
+_INVERSE = {"below": "above", "to the right of": "to the left of"}
+_OBJECT2 = (("shape", "shape2"), ("colour", "colour2"), ("size", "size2"))
+
+
+def canonical_attributes(attributes: dict) -> dict:
+    """The same scene with relation in {"above", "to the left of"} (subject and reference swapped
+    for "below" and "to the right of"). One-object scenes come back unchanged."""
+    relation = attributes.get("relation")
+    if relation not in _INVERSE:
+        return dict(attributes)
+    out = dict(attributes, relation=_INVERSE[relation])
+    for first, second in _OBJECT2:
+        out[first], out[second] = attributes.get(second), attributes.get(first)
+    return out
+
+
+def canonical_labels(labels: dict) -> dict:
+    """``canonical_attributes`` for a dict of label arrays (a copy; -1 stays -1)."""
+    out = {key: np.array(value, copy=True) for key, value in labels.items()}
+    relation = np.asarray(labels["relation"])
+    swap = (relation == RELATIONS.index("below")) | (relation == RELATIONS.index("to the right of"))
+    out["relation"][relation == RELATIONS.index("below")] = RELATIONS.index("above")
+    out["relation"][relation == RELATIONS.index("to the right of")] = RELATIONS.index("to the left of")
+    for first, second in _OBJECT2:
+        out[first][swap], out[second][swap] = labels[second][swap], labels[first][swap]
+    return out
+
+
 def prompt_agreement(prompt: dict, scene: dict) -> dict:
     """{attribute: bool} for every attribute the prompt names (``None`` in the prompt = any)."""
     agreement = {"num_objects": prompt["num_objects"] == scene["num_objects"]}

@@ -34,7 +34,8 @@ import numpy as np
 
 from .captions import (COLOURS, LABEL_KEYS, OMIT_POSITION_PROBABILITY,  # noqa: F401 (re-exported)
                        OMIT_SIZE_PROBABILITY, POSITIONS, RELATIONS, SHAPES, SIZES,
-                       attributes_from_labels, caption_for, labels_from_attributes, matches_prompt,
+                       attributes_from_labels, canonical_attributes, canonical_labels, caption_for,
+                       labels_from_attributes, matches_prompt,
                        parse_caption, prompt_agreement, validate_attributes)
 
 # sRGB in [0, 1]: saturated hues, far apart from each other and from the grey background.
