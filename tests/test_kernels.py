@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def test_fused_kernel_matches_plain_code_on_the_gpu(case):
 @pytest.mark.parametrize("value, enabled", [("0", False), ("off", False), ("1", True), ("", True)])
 def test_minidiff_fused_environment_variable_sets_the_switch(value, enabled):
     out = subprocess.run([sys.executable, "-c", "from minidiff import backend; print(backend.fused_enabled())"],
-                         env={"MINIDIFF_FUSED": value, "PATH": ""}, capture_output=True, text=True, check=True)
+                         env={"MINIDIFF_FUSED": value, "PATH": ""}, cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(enabled)
 
 
