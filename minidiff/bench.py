@@ -669,8 +669,8 @@ def environment(device: Device, torch, why_no_torch, rates):
         env["cupy"] = device.xp.__version__
         env["cupy_tf32"] = os.environ.get("CUPY_TF32", "0")
         if torch is not None:
-            env["torch_conv_tf32"] = bool(torch.backends.cudnn.allow_tf32)
-            env["torch_matmul_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+            env["torch_conv_tf32"] = getattr(torch.backends.cudnn, "allow_tf32", None)
+            env["torch_matmul_tf32"] = getattr(torch.backends.cuda.matmul, "allow_tf32", None)
     else:
         env["blas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
         if torch is not None:
