@@ -170,7 +170,7 @@ class VAEJob(TrainConfig):
 
     @classmethod
     def full(cls):
-        return cls(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, dataset_size=40000,
+        return cls(steps=1300, batch_size=64, lr=1e-3, warmup_steps=130, dataset_size=40000,
                    checkpoint_every=1000, sample_every=1000)
 
 
@@ -212,7 +212,7 @@ class ClipJob(TrainConfig):
 
     @classmethod
     def full(cls):
-        return cls(model=CLIPConfig.shipped(), steps=5000, batch_size=128, lr=1e-3, warmup_steps=250,
+        return cls(model=CLIPConfig.shipped(), steps=600, batch_size=128, lr=1e-3, warmup_steps=60,
                    dataset_size=50000, checkpoint_every=1000, sample_every=1000)
 
 
@@ -227,6 +227,8 @@ class Text2ImageJob(DiffusionTrainConfig):
     cond_dropout: float = 0.1
     schedule: str = "scaled_linear"
     guidance_scale: float = 4.0       # for the periodic sample grid
+    two_object_fraction: float = 0.3  # share of two-object scenes ("A above B") in the training images
+    init: str | None = None           # start from the weights of this finished unet.npz (fine-tuning)
 
     @classmethod
     def quick(cls):
@@ -234,8 +236,9 @@ class Text2ImageJob(DiffusionTrainConfig):
 
     @classmethod
     def full(cls):
-        return cls(model=UNetConfig.latent8(), steps=20000, batch_size=128, lr=2e-4, warmup_steps=500,
-                   dataset_size=60000, checkpoint_every=2000, sample_every=2000)
+        """The first stage of the shipped U-Net (data/pretrained/README.md has the second)."""
+        return cls(model=UNetConfig.latent8(), steps=4500, batch_size=256, lr=4e-4, warmup_steps=450,
+                   dataset_size=60000, checkpoint_every=500, sample_every=1500)
 
 
 @dataclass
@@ -777,7 +780,13 @@ def run_text2image(cfg: Text2ImageJob, out=None, resume=False, deadline=None, st
     tokenizer.check_vocab_size(text_encoder.config.vocab_size)
     model = UNet(_latent_model_config(cfg, vae, context_dim=text_encoder.config.width), seed=cfg.seed)
     model.to(backend.device())
-    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=vae.config.image_size)
+    if cfg.init is not None:                          # fine-tune: start from a finished model's weights
+        init = load_checkpoint(cfg.init, hint="--init takes a finished text2image unet.npz")
+        if checkpoint_job(init) != "text2image":
+            raise ValueError(f"--init {cfg.init} is a {checkpoint_job(init)} checkpoint, not a text2image one")
+        load_into(model, init)
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=vae.config.image_size,
+                          two_object_fraction=cfg.two_object_fraction)
     means, stds = encode_dataset(vae, batch["images"])
     # the text encoder is frozen, so every caption's states are computed once
     states, masks = text_states(text_encoder, tokenizer, batch["captions"])         # (N, L, W), (N, L)
@@ -883,7 +892,7 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
 # command line: python -m minidiff train JOB [options]
 # =================================================================================================
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
-             "sample_every", "data", "vae", "text_encoder", "tokenizer")
+             "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction")
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
@@ -921,6 +930,9 @@ def add_arguments(parser):
     parser.add_argument("--vae", help="latent, text2image: the VAE checkpoint (default data/pretrained/vae.npz)")
     parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")
     parser.add_argument("--tokenizer", help="clip (optional: else one is trained), text2image: tokenizer.json")
+    parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune)")
+    parser.add_argument("--two-object-fraction", type=float,
+                        help="text2image: share of two-object scenes in the training data (default 0.3)")
     parser.add_argument("--half", action="store_true",
                         help="store the final weights as float16 (half the file size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
