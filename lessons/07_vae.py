@@ -1,0 +1,319 @@
+r"""Lesson 07: the KL autoencoder that latent diffusion works in.
+
+Stable Diffusion does not run diffusion on pixels. It first trains an autoencoder that squeezes a
+512x512x3 image into a 64x64x4 latent (48x fewer numbers) and back, then trains the diffusion
+model on latents (lesson 08). This lesson opens the autoencoder: minidiff's AutoencoderKL with
+VAEConfig.f4_32, 32x32x3 shapes images -> 8x8x4 latents, shipped in data/pretrained/vae.npz.
+
+The model. The encoder outputs, at every latent position, a mean and a log-variance: the
+approximate posterior over latents is a diagonal Gaussian, and the decoder maps a latent back:
+
+    q(z | x) = N(z; mu(x), diag sigma^2(x)),          x_rec = Dec(z).
+
+The objective: the evidence lower bound. For any q, log p(x) is bounded below by
+
+    ELBO(x) = E_{z ~ q(z|x)} [log p(x | z)]  -  KL( q(z | x) || p(z) ),       p(z) = N(0, I).
+
+The first term asks the decoder to reconstruct x from a latent drawn from q; with a Laplace
+likelihood p(x | z) ~ exp(-|x - Dec(z)|) it is minus the L1 error (a Gaussian gives L2). The
+second pulls every posterior toward the prior.
+
+The reparameterisation trick. "Draw z from q" has no gradient, but the same draw can be written
+as a differentiable function of (mu, sigma) and noise that does not depend on them:
+
+    z = mu + sigma * eps,   eps ~ N(0, I),     dz/dmu = 1,   dz/dlogvar = eps * sigma / 2.
+
+The KL to N(0, I) has a closed form per latent dimension,
+
+    KL( N(mu, sigma^2) || N(0, 1) ) = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2),
+
+zero only at mu = 0, sigma = 1, the prior itself.
+
+Why Stable Diffusion keeps the KL weight tiny. It trains L = |x - x_rec|_1 + 1e-6 KL (plus a
+perceptual and a GAN term we leave out). A full-weight KL would push every sigma toward 1 and
+every mu toward 0: the decoder would then see mostly noise, and reconstructions blur (this lesson
+shows how much by decoding mu + 1 * eps). SD wants a sharp autoencoder, not a generative
+model: the diffusion model will be the generative model. The tiny KL is only a leash that stops
+the latents drifting to huge values; sigma ends up small (the encoder is nearly deterministic)
+and the latents' spread ends up far from 1.
+
+The latent scale factor. Diffusion's forward process x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+assumes data of about unit variance (then x_T is about N(0, I) and the signal-to-noise ratio of
+each t means what the schedule says). So SD multiplies latents by a constant before diffusion
+and divides after:
+
+    scale_factor = 1 / std(z over the training set)   (0.18215 for SD's VAE),
+    z_diffusion = scale_factor * z,      x = Dec(z_diffusion / scale_factor).
+
+Compression: f4_32 maps 3*32*32 = 3072 numbers to 4*8*8 = 256 (12x); f8_64 maps 64x64x3 to
+8x8x4, the 48x of SD's 512x512x3 -> 64x64x4.
+
+What you will see (outputs/07_vae/): a VAE trained from scratch for a few hundred steps with the
+`vae` job (loss falling); the shipped VAE's reconstructions and their PSNR on held-out images;
+the four latent channels of a few images; what reconstructions look like with the posterior's
+own noise and with the prior's sigma = 1; latent vs pixel interpolation; the latent histogram
+before and after scaling.
+
+Read beside: minidiff/models/vae.py (DiagonalGaussian: sample, kl and their backward; the
+Encoder/Decoder; vae_loss; compute_scale_factor, encode_latents, decode_latents) and
+minidiff/train.py (run_vae: the `vae` job, which stores the scale factor when it finishes).
+
+Run: python lessons/07_vae.py [--quick] [--smoke] [--device cpu|gpu]
+No flag: the `vae` job's whole quick preset (800 steps of batch 16), meant for a GPU. --quick: 600
+steps of batch 8 on a CPU (about two minutes). --smoke: a tiny VAE for 15 steps.
+"""
+import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+
+# %% settings
+import dataclasses
+import time
+
+import numpy as np
+
+from minidiff import backend, train
+from minidiff.datasets import shapes
+from minidiff.evaluate import HELDOUT_SEED
+from minidiff.models.vae import VAEConfig
+from minidiff.nn.module import no_grad
+from minidiff.utils import image_grid, output_dir, parse_lesson_args, pyplot, save_figure
+
+
+@dataclasses.dataclass
+class Settings:
+    scratch_model: VAEConfig      # the VAE trained from scratch in this lesson (the shipped one is f4_32)
+    scratch_steps: int
+    scratch_batch: int
+    scratch_dataset: int          # training images rendered once
+    num_eval: int                 # held-out images for PSNR and the scale factor
+    log_every: int
+    psnr_min: float = 28.0        # dB, shipped VAE on held-out images (measured: 31.2 on 256)
+    scratch_loss_ratio: float = 0.5   # the scratch VAE's last logged loss < this x its first
+
+
+FULL = Settings(VAEConfig.f4_32(), scratch_steps=800, scratch_batch=16, scratch_dataset=4000, num_eval=1024,
+                log_every=50)
+QUICK = Settings(VAEConfig.f4_32(), scratch_steps=600, scratch_batch=8, scratch_dataset=1000, num_eval=256,
+                 log_every=25)
+SMOKE = Settings(dataclasses.replace(VAEConfig.tiny(), image_size=16), scratch_steps=15, scratch_batch=4,
+                 scratch_dataset=64, num_eval=32, log_every=5, scratch_loss_ratio=1.0)
+
+args = parse_lesson_args(__doc__.splitlines()[0])
+settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+out = output_dir("07_vae", args.out)
+xp = backend.get_xp()
+plt = pyplot()
+lesson_start = time.perf_counter()
+
+
+def show(ax, images, nrow, title):
+    """Draw images in [-1, 1] (N, 3, H, W) as one grid on a matplotlib axis."""
+    ax.imshow(image_grid(np.clip(backend.to_numpy(images), -1, 1), nrow=nrow), interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+
+def psnr(x, y):
+    """Peak signal-to-noise ratio in dB over all pixels: 10 log10(range^2 / MSE), range = 2 for [-1, 1]."""
+    mse = float(np.mean((np.clip(backend.to_numpy(x), -1, 1) - backend.to_numpy(y)) ** 2))
+    return 10.0 * np.log10(4.0 / mse)
+
+
+# %% 1. Compression: how many numbers an image becomes
+shipped_config = VAEConfig.f4_32()
+sd_ratio = (512 * 512 * 3) / (64 * 64 * 4)
+for name, config in (("f4_32 (shipped)", shipped_config), ("f8_64", VAEConfig.f8_64())):
+    c, h, w = config.latent_shape
+    print(f"{name:16s}: image 3x{config.image_size}x{config.image_size} = {3 * config.image_size ** 2:5d} numbers "
+          f"-> latent {c}x{h}x{w} = {c * h * w} numbers: {config.compression_ratio:.0f}x fewer "
+          f"(downsampling factor f = {config.downsample_factor})")
+print(f"Stable Diffusion: 512x512x3 -> 64x64x4 = {sd_ratio:.0f}x fewer")
+assert shipped_config.compression_ratio == 3 * 32 * 32 / (4 * 8 * 8) == 12
+assert VAEConfig.f8_64().compression_ratio == sd_ratio == 48
+
+# %% 2. Train a small VAE from scratch with the `vae` job: L1 + 1e-6 KL, falling
+scratch_cfg = train.make_config("vae", "quick", {"steps": settings.scratch_steps, "batch_size": settings.scratch_batch,
+                                                 "dataset_size": settings.scratch_dataset, "seed": args.seed,
+                                                 "log_every": settings.log_every})
+scratch_cfg = dataclasses.replace(scratch_cfg, model=settings.scratch_model,
+                                  scale_images=min(512, settings.scratch_dataset))
+S_scratch = settings.scratch_model.image_size
+print(f"\nFROM SCRATCH: the `vae` job's quick preset cut to {scratch_cfg.steps} steps of batch "
+      f"{scratch_cfg.batch_size} (the preset runs 800 of 16), {S_scratch}x{S_scratch} images, "
+      f"kl_weight {scratch_cfg.kl_weight:g}, recon {scratch_cfg.recon}")
+scratch = train.run_vae(scratch_cfg, out=None, progress=False)
+steps_logged, losses = map(np.asarray, zip(*scratch.history))
+print(f"scratch VAE: {scratch.steps_run} steps in {scratch.seconds:.1f} s "
+      f"({1e3 * scratch.seconds / scratch.steps_run:.0f} ms/step); loss (mean |x - x_rec| + KL term, per pixel) "
+      f"{losses[0]:.4f} over the first {settings.log_every} steps -> {losses[-1]:.4f} over the last")
+assert losses[-1] < settings.scratch_loss_ratio * losses[0] or (args.smoke and losses[-1] < losses[0]), \
+    "the scratch VAE's loss did not fall"
+
+fig, ax = plt.subplots(figsize=(7, 4))
+ax.plot(steps_logged, losses, marker="o")
+ax.set(title=f"A VAE trained from scratch ({scratch.steps_run} steps, batch {scratch_cfg.batch_size}, "
+             f"{S_scratch}x{S_scratch})", xlabel="training step",
+       ylabel=f"loss: mean |x - x_rec| + KL term\n(mean over the last {settings.log_every} steps)", yscale="log")
+ax.grid(alpha=0.3)
+save_figure(fig, out / "scratch_loss.png")
+
+# %% 3. The shipped VAE: trained for longer, on a GPU
+vae, ckpt = train.load_trained(train.PRETRAINED_DIR / "vae.npz")
+trained = ckpt.config["train"]
+print(f"\nSHIPPED: {ckpt.path}: {vae.config.image_size}x{vae.config.image_size} -> {vae.config.latent_shape}, "
+      f"{vae.num_parameters():,} parameters, {ckpt.step} steps of batch {trained['batch_size']} "
+      f"(kl_weight {trained['kl_weight']:g}), stored scale factor {vae.scale_factor:.4f}")
+assert vae.config.latent_shape == (4, 8, 8) and vae.scale_factor is not None
+
+S = vae.config.image_size
+held_out_batch = shapes.sample(settings.num_eval, seed=(args.seed, HELDOUT_SEED), size=S)     # never trained on
+held_out = held_out_batch["images"]
+x = xp.asarray(held_out)
+with no_grad():
+    posterior = vae.encode(x)                                      # q(z | x): mean, std (N, 4, 8, 8)
+    mean = posterior.mean
+    reconstructed = vae.decode(mean)                               # Dec(mu): the usual reconstruction
+    eps = backend.rng(args.seed).standard_normal(mean.shape, dtype=np.float32)
+    sampled = vae.decode(mean + posterior.std * eps)               # Dec(z), z ~ q(z | x)
+    prior_sigma = vae.decode(mean + eps)                           # as if sigma were the prior's 1
+psnr_shipped = psnr(reconstructed, held_out)
+psnr_sampled = psnr(sampled, held_out)
+psnr_prior = psnr(prior_sigma, held_out)
+per_image = 10 * np.log10(4 / np.mean((np.clip(backend.to_numpy(reconstructed), -1, 1) - held_out) ** 2,
+                                     axis=(1, 2, 3)))
+print(f"reconstruction PSNR on {settings.num_eval} held-out images (10 log10(2^2 / MSE)):")
+print(f"  Dec(mu)                        {psnr_shipped:6.2f} dB   (per image: median {np.median(per_image):.1f}, "
+      f"worst {per_image.min():.1f})")
+print(f"  Dec(mu + sigma eps), z ~ q     {psnr_sampled:6.2f} dB   (the posterior's own noise barely matters)")
+print(f"  Dec(mu + 1 * eps), prior sigma {psnr_prior:6.2f} dB   (what a full-weight KL would push toward)")
+colour = held_out_batch["labels"]["colour"]                       # the first object's colour
+by_colour = {name: per_image[colour == k].mean() for k, name in enumerate(shapes.COLOURS) if (colour == k).any()}
+print("  mean PSNR per image by (first) object colour: " + ", ".join(f"{k} {v:.1f}" for k, v in by_colour.items())
+      + " dB (the errors sit on the edges; blue and green edges come back softest)")
+assert psnr_shipped > settings.psnr_min, f"shipped VAE PSNR {psnr_shipped:.2f} dB <= {settings.psnr_min}"
+assert psnr_sampled > psnr_shipped - 2.0 and psnr_prior < psnr_shipped - 5.0
+
+# the scratch VAE on the same kind of held-out images (at its own size)
+held_small = shapes.sample(settings.num_eval, seed=(args.seed, HELDOUT_SEED), size=S_scratch)["images"]
+scratch_vae = scratch.model.eval()
+with no_grad():
+    scratch_rec = scratch_vae.decode(scratch_vae.encode(xp.asarray(held_small)).mean)
+psnr_scratch = psnr(scratch_rec, held_small)
+print(f"  scratch VAE, Dec(mu)           {psnr_scratch:6.2f} dB   ({scratch.steps_run} CPU steps vs "
+      f"{ckpt.step} GPU steps of batch {trained['batch_size']})")
+
+n_show = 8
+error = np.abs(np.clip(backend.to_numpy(reconstructed[:n_show]), -1, 1) - held_out[:n_show])   # in [0, 2]
+rows = [(held_out[:n_show], "held-out originals x"),
+        (reconstructed[:n_show], f"shipped VAE: Dec(mu)  ({psnr_shipped:.1f} dB over {settings.num_eval} images)"),
+        (2 * error - 1, "|x - Dec(mu)|, 0 = black, 1 = white"),
+        (sampled[:n_show], f"Dec(mu + sigma eps), z ~ q(z|x)  ({psnr_sampled:.1f} dB)"),
+        (prior_sigma[:n_show], f"Dec(mu + 1 * eps), the prior's sigma  ({psnr_prior:.1f} dB)")]
+if S_scratch == S:
+    rows.append((scratch_rec[:n_show], f"VAE trained here from scratch, {scratch.steps_run} steps of batch "
+                                       f"{scratch_cfg.batch_size}  "
+                                       f"({psnr_scratch:.1f} dB)"))
+fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.55 * len(rows) + 0.6))
+for ax, (images, title) in zip(axes, rows):
+    show(ax, images, n_show, title)
+fig.suptitle(f"Reconstructions: {S}x{S}x3 -> latent 4x8x8 -> {S}x{S}x3")
+save_figure(fig, out / "reconstructions.png")
+
+# %% 4. The latent: four 8x8 channels per image, and how random q(z | x) is
+z = backend.to_numpy(mean).astype(np.float64)                      # (N, 4, 8, 8)
+sigma = backend.to_numpy(posterior.std).astype(np.float64)
+kl_per_image = float(posterior.kl())                                # sum over 256 latent dims, mean over images
+kl_term = trained["kl_weight"] * kl_per_image / held_out[0].size    # as vae_loss weighs it, per pixel value
+l1 = float(np.mean(np.abs(np.clip(backend.to_numpy(reconstructed), -1, 1) - held_out)))
+print(f"\nlatent statistics over {settings.num_eval} held-out images:")
+for channel in range(z.shape[1]):
+    print(f"  channel {channel}: mean {z[:, channel].mean():+6.3f}, std {z[:, channel].std():.3f}")
+print(f"  posterior sigma: mean {sigma.mean():.3f} vs std of the means {z.std():.3f}: q(z|x) is nearly a point")
+print(f"  KL(q || N(0, I)) = {kl_per_image:.0f} nats per image; x kl_weight / (3*{S}*{S}) = {kl_term:.2e} per "
+      f"pixel value vs the L1 term {l1:.4f}: the KL is {100 * kl_term / (kl_term + l1):.3f}% of the loss")
+assert sigma.mean() < 0.2 * z.std(), "the encoder should be close to deterministic"
+assert kl_term < 0.01 * l1, "with kl_weight = 1e-6 the KL is a leash, not a prior"
+
+n_rows = 4
+limit = float(np.abs(z[:n_rows]).max())
+fig, axes = plt.subplots(n_rows, 5, figsize=(11, 2.3 * n_rows), constrained_layout=True)
+for i in range(n_rows):
+    axes[i, 0].imshow(np.asarray(image_grid(held_out[i:i + 1], pad=0)), interpolation="nearest")
+    axes[i, 0].set(title="image x" if i == 0 else None, xticks=[], yticks=[])
+    axes[i, 0].set_ylabel(f"image {i}")
+    for channel in range(4):
+        ax = axes[i, channel + 1]
+        im = ax.imshow(z[i, channel], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set(xticks=range(0, 8, 2), yticks=range(0, 8, 2))
+        if i == 0:
+            ax.set_title(f"latent channel {channel} (8x8)")
+        if i == n_rows - 1:
+            ax.set_xlabel("latent column")
+        if channel == 0:
+            ax.set_ylabel("latent row")
+fig.colorbar(im, ax=axes[:, 1:], shrink=0.6, label="mu(x) (unscaled)")
+fig.suptitle("Each 32x32 image becomes four 8x8 maps: one latent pixel summarises a 4x4 patch")
+save_figure(fig, out / "latent_channels.png")
+
+# %% 5. Interpolation: a straight line in latent space vs a cross-fade in pixels
+endpoints = np.stack([shapes.render(shapes.parse_caption(caption), S, rng=args.seed)
+                      for caption in ("a large red circle on the left", "a large blue square on the right")])
+alphas = np.linspace(0.0, 1.0, 9, dtype=np.float32)
+with no_grad():
+    z1, z2 = vae.encode(xp.asarray(endpoints)).mean                 # (4, 8, 8) each
+    # z(a) = (1 - a) z1 + a z2, decoded
+    path = xp.stack([(1 - a) * z1 + a * z2 for a in alphas])
+    latent_path = np.clip(backend.to_numpy(vae.decode(path)), -1, 1)
+pixel_path = np.stack([(1 - a) * endpoints[0] + a * endpoints[1] for a in alphas])
+ends_match = psnr(latent_path[0], endpoints[0]), psnr(latent_path[-1], endpoints[1])
+middle = len(alphas) // 2
+background = np.median(endpoints)                                   # the grey
+
+
+def faint(images):
+    """Fraction of pixels that are neither background nor at least 60% of a shape's colour: ghosts."""
+    distance = np.abs(images - background).max(axis=1)              # (N, H, W) how far from the grey
+    full = np.abs(endpoints - background).max(axis=1).max()
+    return ((distance > 0.1) & (distance < 0.6 * full)).mean(axis=(1, 2))
+
+
+print(f"\ninterpolating 'a large red circle on the left' -> 'a large blue square on the right': "
+      f"the ends decode back to the two images ({ends_match[0]:.1f}, {ends_match[1]:.1f} dB PSNR against them)")
+print(f"  half-faded ('ghost') pixels at a = 0.5: pixel cross-fade {faint(pixel_path)[middle]:.3f}, "
+      f"latent path {faint(latent_path)[middle]:.3f} (fraction of the image)")
+assert min(ends_match) > settings.psnr_min - 5
+assert faint(latent_path)[middle] < faint(pixel_path)[middle], "the decoder should avoid see-through blends"
+fig, axes = plt.subplots(2, 1, figsize=(11, 3.6))
+show(axes[0], latent_path, len(alphas), "decoded latent interpolation Dec((1 - a) z1 + a z2), a = 0, 1/8, ..., 1")
+show(axes[1], pixel_path, len(alphas), "pixel cross-fade (1 - a) x1 + a x2")
+fig.suptitle("Between two images: a straight line in latent space vs in pixel space")
+save_figure(fig, out / "interpolation.png")
+
+# %% 6. The scale factor: 1 / std of the latents
+recomputed = vae.compute_scale_factor(x)                          # sets vae.scale_factor ...
+stored = float(np.asarray(ckpt.extra["scale_factor"]))
+vae.scale_factor = stored                                          # ... so put the stored one back
+scaled = backend.to_numpy(vae.encode_latents(x)).astype(np.float64)   # z * scale_factor
+print(f"\nscale factor: stored {stored:.4f} (1 / std of 2048 training latents), recomputed on {settings.num_eval} "
+      f"held-out images {recomputed:.4f} (ratio {recomputed / stored:.3f}); Stable Diffusion's is 0.18215")
+print(f"latents: std {z.std():.3f} -> scaled std {scaled.std():.3f}; scaled mean {scaled.mean():+.3f} "
+      "(only the spread is normalised: the channel means stay, as in Stable Diffusion)")
+assert abs(recomputed / stored - 1) < 0.1, "the stored scale factor should fit held-out images too"
+assert abs(scaled.std() - 1) < 0.1
+with no_grad():
+    round_trip = backend.to_numpy(vae.decode_latents(vae.encode_latents(x[:8])))   # Dec(s mu / s)
+round_trip_gap = float(np.abs(round_trip - backend.to_numpy(reconstructed[:8])).max())
+print(f"decode_latents(encode_latents(x)) == Dec(mu): max difference {round_trip_gap:.1e}")
+assert round_trip_gap < 1e-4
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+grid = np.linspace(-6, 6, 200)
+for ax, values, title in ((axes[0], z, f"latents mu(x): std {z.std():.2f}"),
+                          (axes[1], scaled, f"scaled: scale_factor x mu(x), std {scaled.std():.2f}")):
+    ax.hist(values.ravel(), bins=100, range=(-6, 6), density=True, alpha=0.7,
+            label=f"latent values ({np.mean(np.abs(values) > 6):.1%} beyond +-6)")
+    ax.plot(grid, np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
+    ax.set(title=title, xlabel="value", ylabel="density")
+    ax.legend(loc="upper left", fontsize=8)
+fig.suptitle(f"The scale factor {stored:.3f} = 1 / std(z) gives the diffusion model unit-spread data", y=1.03)
+save_figure(fig, out / "scale_factor.png")
+print(f"lesson 07 done in {time.perf_counter() - lesson_start:.0f} s")

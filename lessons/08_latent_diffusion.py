@@ -1,0 +1,320 @@
+r"""Lesson 08: latent diffusion — the diffusion model of lesson 05, run on the VAE's latents.
+
+Lesson 07's autoencoder turns a 32x32x3 image (3072 numbers) into a 4x8x8 latent (256 numbers)
+and back with little loss. Latent diffusion (Rombach et al. 2022, the "LDM" in Stable Diffusion)
+trains the diffusion model on latents instead of pixels:
+
+    z_0 = scale_factor * z,   z ~ q(z | x) = N(mu(x), sigma^2(x))     (the frozen VAE's encoder)
+    z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps,                   eps ~ N(0, I)
+    L   = E || eps - eps_theta(z_t, t) ||^2                           (L_simple, unchanged)
+
+and to generate, samples z_0 by DDIM from z_T ~ N(0, I) exactly as in lesson 05, then decodes
+once: x = Dec(z_0 / scale_factor). Nothing in the diffusion math changes; only the data does.
+(Training draws z from the posterior, not its mean, as Stable Diffusion does; the VAE's sigma is
+small, lesson 07.) The noise schedule is Stable Diffusion's "scaled_linear".
+
+Why bother? Cost. A U-Net's convolutions cost about (positions) x (channels)^2 and its
+self-attention (positions)^2 x channels. At 8x8 there are 16x fewer positions than at 32x32,
+and 256x fewer attention pairs. The decoder runs once per sample, not once per step. This lesson
+measures it: time per training step and per sample for
+  * the latent U-Net on 4x8x8 latents (256 numbers per image, output decoded to 32x32),
+  * the same-width pixel U-Net of lesson 05 on 3x16x16 images (768 numbers; lesson 05 --quick),
+  * that pixel U-Net on 3x32x32 images (3072 numbers, the latent model's output size; timed only).
+Then it trains the latent U-Net, and the 16x16 pixel U-Net for the same number of seconds, and
+compares their samples by the Fréchet distance of lesson 05 (classifier features; the floor is
+the FD between two sets of real images, the ceiling an untrained model's).
+
+The price: the latent model can never beat its VAE. Whatever the decoder cannot draw (lesson 07:
+soft edges, small squares coming back rounded) no latent sample will show.
+
+Read beside: minidiff/train.py (run_latent: the `latent` job, encode_dataset; run_pixel),
+minidiff/models/vae.py (encode_latents, decode_latents), minidiff/evaluate.py
+(sample_unconditional with decode=, frechet_distance_from_features), lessons 05 and 07.
+
+Run: python lessons/08_latent_diffusion.py [--quick] [--smoke] [--device cpu|gpu]
+No flag: the `latent` job's quick preset (1500 steps), meant for a GPU. --quick: 400 steps on a
+CPU (the whole lesson takes about five minutes on two cores). --smoke: tiny U-Nets, seconds.
+"""
+import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+
+# %% settings
+import dataclasses
+import time
+
+import numpy as np
+
+from minidiff import backend, evaluate, train
+from minidiff.datasets import shapes
+from minidiff.diffusion import samplers
+from minidiff.diffusion.loss import diffusion_loss, training_targets
+from minidiff.diffusion.schedule import NoiseSchedule
+from minidiff.models.unet import UNet, UNetConfig
+from minidiff.nn.module import no_grad
+from minidiff.utils import image_grid, output_dir, parse_lesson_args, pyplot, save_figure
+
+
+@dataclasses.dataclass
+class Settings:
+    latent_model: UNetConfig      # widths of the latent U-Net (in/out channels and size come from the VAE)
+    pixel_model: UNetConfig       # the pixel U-Net, trained at pixel_size
+    pixel_size: int
+    latent_steps: int
+    batch_size: int
+    lr: float
+    dataset_size: int             # images rendered (and encoded) once
+    num_eval: int                 # samples per set for the Fréchet distances
+    sample_steps: int             # DDIM steps
+    timing_steps: int = 3         # training steps timed per model (after one warm-up step)
+    timing_samples: int = 8       # samples drawn to time sampling
+    min_pixel_steps: int = 20
+    fd_ratio: float = 0.5         # latent FD must be below this fraction of the untrained model's
+    latent_beats_pixel: bool = True   # at equal CPU seconds (not asserted on a GPU, where both are launch-bound)
+
+
+QUICK_LATENT = train.LatentJob.quick().model
+QUICK_PIXEL = train.PixelJob.quick().model                     # UNetConfig.quick16: lesson 05 --quick
+FULL = Settings(QUICK_LATENT, QUICK_PIXEL, pixel_size=16, latent_steps=1500, batch_size=32, lr=1e-3,
+                dataset_size=4000, num_eval=512, sample_steps=25, latent_beats_pixel=False)
+QUICK = Settings(QUICK_LATENT, QUICK_PIXEL, pixel_size=16, latent_steps=400, batch_size=32, lr=2e-3,
+                 dataset_size=2000, num_eval=256, sample_steps=20)
+SMOKE_UNET = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                        num_heads=2, norm_groups=4, image_size=16)
+SMOKE = Settings(SMOKE_UNET, SMOKE_UNET, pixel_size=16, latent_steps=20, batch_size=8, lr=2e-3, dataset_size=64,
+                 num_eval=24, sample_steps=5, timing_steps=1, timing_samples=2, min_pixel_steps=5, fd_ratio=3.0,
+                 latent_beats_pixel=False)
+
+args = parse_lesson_args(__doc__.splitlines()[0])
+settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+out = output_dir("08_latent_diffusion", args.out)
+device = backend.device()
+xp = backend.get_xp()
+plt = pyplot()
+lesson_start = time.perf_counter()
+
+
+def show(ax, images, nrow, title):
+    """Draw images in [-1, 1] (N, 3, H, W) as one grid on a matplotlib axis."""
+    ax.imshow(image_grid(np.clip(backend.to_numpy(images), -1, 1), nrow=nrow), interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+
+# %% 1. The frozen VAE and what the diffusion model will see
+vae, vae_ckpt = train.load_trained(train.PRETRAINED_DIR / "vae.npz")
+S = vae.config.image_size
+latent_shape = vae.config.latent_shape                                 # (4, 8, 8)
+probe = shapes.sample(256, seed=(args.seed, train.SHAPES_DATA_SEED), size=S)["images"]
+z0 = backend.to_numpy(vae.encode_latents(xp.asarray(probe)))           # scale_factor * mu(x)
+print(f"VAE {pathlib.Path(vae_ckpt.path).name}: {S}x{S}x3 = {3 * S * S} numbers -> latent {latent_shape} = "
+      f"{int(np.prod(latent_shape))} numbers; scale factor {vae.scale_factor:.4f}")
+print(f"scaled latents of 256 training images: std {z0.std():.3f} (about 1, as the schedule expects), "
+      f"mean {z0.mean():+.3f}, range [{z0.min():.1f}, {z0.max():.1f}]")
+assert abs(z0.std() - 1) < 0.15
+
+# %% 2. Cost: a training step and a sample, in latent and in pixel space
+latent_config = dataclasses.replace(settings.latent_model, in_channels=latent_shape[0], out_channels=latent_shape[0],
+                                    image_size=latent_shape[1], context_dim=None)
+candidates = {
+    "latent 4x8x8": (latent_config, "scaled_linear", True),
+    f"pixel 3x{settings.pixel_size}x{settings.pixel_size}": (
+        dataclasses.replace(settings.pixel_model, image_size=settings.pixel_size), "linear", False),
+    f"pixel 3x{S}x{S}": (dataclasses.replace(settings.pixel_model, image_size=S), "linear", False),
+}
+
+
+def time_training_step(model, schedule, shape):
+    """Seconds per forward + backward of L_simple on a batch of ``shape`` (the mean of a few steps)."""
+    rng = backend.rng(args.seed)
+    x0 = rng.standard_normal(shape, dtype=np.float32)
+    model.train()
+    seconds = []
+    for step in range(settings.timing_steps + 1):                      # step 0 warms up (buffers, caches)
+        backend.synchronize()
+        start = time.perf_counter()
+        model.zero_grad()
+        x_t, t, noise, _ = training_targets(schedule, x0, rng)
+        loss, d_out = diffusion_loss(model(x_t, t), x0, noise, t, schedule)
+        model.backward(d_out)
+        backend.synchronize()
+        seconds.append(time.perf_counter() - start)
+    model.eval()
+    return float(np.mean(seconds[1:]))
+
+
+def decode(z):
+    """Scaled latents -> images in [-1, 1]: Dec(z / scale_factor)."""
+    return xp.clip(vae.decode_latents(z), -1, 1)
+
+
+costs = {}
+for name, (config, schedule_name, is_latent) in candidates.items():
+    model = UNet(config, seed=args.seed).to(device)
+    schedule = NoiseSchedule.make(schedule_name, 1000)
+    shape = (config.in_channels, config.image_size, config.image_size)
+    step_seconds = time_training_step(model, schedule, (settings.batch_size,) + shape)
+    start = time.perf_counter()
+    evaluate.sample_unconditional(model, schedule, settings.timing_samples, shape, steps=settings.sample_steps,
+                                  seed=args.seed, decode=decode if is_latent else None)
+    sample_seconds = (time.perf_counter() - start) / settings.timing_samples
+    costs[name] = {"numbers": int(np.prod(shape)), "parameters": model.num_parameters(),
+                   "step_ms": 1e3 * step_seconds, "sample_ms": 1e3 * sample_seconds}
+latent_name, pixel_name, pixel_full_name = costs
+print(f"\ncost on {device} (training step: batch {settings.batch_size}, forward + backward; sample: "
+      f"DDIM {settings.sample_steps} steps, batch {settings.timing_samples}, the latent one including Dec):")
+print(f"  {'':16s} {'numbers/image':>13s} {'parameters':>11s} {'ms/train step':>14s} {'ms/sample':>10s}")
+for name, cost in costs.items():
+    print(f"  {name:16s} {cost['numbers']:13d} {cost['parameters']:11,d} {cost['step_ms']:14.0f} "
+          f"{cost['sample_ms']:10.1f}")
+speedup_step = costs[pixel_full_name]["step_ms"] / costs[latent_name]["step_ms"]
+speedup_sample = costs[pixel_full_name]["sample_ms"] / costs[latent_name]["sample_ms"]
+print(f"  -> for {S}x{S} images the latent model trains {speedup_step:.1f}x and samples {speedup_sample:.1f}x "
+      f"faster per image than the pixel model ({costs[pixel_full_name]['numbers'] // costs[latent_name]['numbers']}"
+      "x fewer numbers)")
+if not args.smoke:
+    assert speedup_step > 2 and speedup_sample > 2, "latent diffusion should be much cheaper than 32x32 pixels"
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+names = [f"{n}\n({costs[n]['numbers']} numbers)" for n in costs]
+for ax, key, label in ((axes[0], "step_ms", f"ms per training step (batch {settings.batch_size})"),
+                       (axes[1], "sample_ms", f"ms per sample (DDIM {settings.sample_steps} steps)")):
+    values = [cost[key] for cost in costs.values()]
+    bars = ax.barh(names, values, color=["tab:blue", "tab:orange", "tab:red"])
+    ax.bar_label(bars, fmt="%.0f" if key == "step_ms" else "%.1f", padding=3)
+    ax.set(xlabel=label, xscale="log", title=label.split(" (")[0])
+    ax.set_xlim(min(values) / 2, max(values) * 4)
+    ax.tick_params(axis="x", which="minor", labelbottom=False)           # powers of ten only
+axes[0].set_ylabel("U-Net input")
+fig.suptitle(f"Cost on {device}: latent 4x8x8 (sampling includes the decoder) vs pixel U-Nets of the same widths",
+             y=1.03)
+save_figure(fig, out / "cost.png")
+
+# %% 3. Train the latent U-Net with the `latent` job
+latent_cfg = train.make_config("latent", "quick", {"steps": settings.latent_steps, "batch_size": settings.batch_size,
+                                                   "lr": settings.lr, "dataset_size": settings.dataset_size,
+                                                   "seed": args.seed,
+                                                   "log_every": max(1, settings.latent_steps // 20)})
+latent_cfg = dataclasses.replace(latent_cfg, model=settings.latent_model)
+print(f"\nLATENT: the `latent` job, {latent_cfg.steps} steps of batch {latent_cfg.batch_size}, lr {latent_cfg.lr:g}, "
+      f"{latent_cfg.dataset_size} images encoded once, schedule {latent_cfg.schedule}")
+latent = train.run_latent(latent_cfg, out=None, progress=False)
+latent_seconds = latent.seconds
+print(f"latent U-Net: {latent.steps_run} steps in {latent_seconds:.1f} s "
+      f"({1e3 * latent_seconds / latent.steps_run:.0f} ms/step)")
+
+# %% 4. Train the pixel U-Net (lesson 05's) for the same number of seconds
+pixel_steps = max(settings.min_pixel_steps, int(round(latent_seconds / (costs[pixel_name]["step_ms"] / 1e3))))
+pixel_cfg = train.make_config("pixel", "quick", {"steps": pixel_steps, "batch_size": settings.batch_size,
+                                                 "lr": settings.lr, "dataset_size": settings.dataset_size,
+                                                 "seed": args.seed, "log_every": max(1, pixel_steps // 20)})
+pixel_cfg = dataclasses.replace(pixel_cfg, model=settings.pixel_model, image_size=settings.pixel_size)
+print(f"\nPIXEL: the `pixel` job at {settings.pixel_size}x{settings.pixel_size}, {pixel_steps} steps "
+      f"= {latent_seconds:.0f} s / {costs[pixel_name]['step_ms']:.0f} ms per step (the latent model's budget)")
+pixel = train.run_pixel(pixel_cfg, out=None, progress=False)
+print(f"pixel U-Net: {pixel.steps_run} steps in {pixel.seconds:.1f} s ({1e3 * pixel.seconds / pixel.steps_run:.0f} "
+      f"ms/step); latent U-Net: {latent.steps_run} steps in {latent_seconds:.1f} s")
+
+fig, ax = plt.subplots(figsize=(7, 4))
+for result, label in ((latent, f"latent 4x8x8 ({latent.steps_run} steps)"),
+                      (pixel, f"pixel {settings.pixel_size}x{settings.pixel_size} ({pixel.steps_run} steps)")):
+    steps_logged, losses = map(np.asarray, zip(*result.history))
+    ax.plot(steps_logged * result.seconds / result.steps_run, losses, marker=".", label=label)
+ax.set(title="Training loss against CPU seconds (same budget for both)", xlabel="training time (s)",
+       ylabel="L_simple, mean over a log window", yscale="log")
+ax.legend()
+ax.grid(alpha=0.3)
+save_figure(fig, out / "loss.png")
+first, last = latent.history[0][1], latent.history[-1][1]
+print(f"L_simple over the first -> last log window: latent {first:.4f} -> {last:.4f}, pixel "
+      f"{pixel.history[0][1]:.4f} -> {pixel.history[-1][1]:.4f} (losses on different data do not compare: in "
+      "pixels most of a shapes image is flat grey, where the noise is easy to spot)")
+assert last < first
+
+# %% 5. Samples and Fréchet distances
+judge = evaluate.load_classifier()
+
+
+def features(images):
+    return evaluate.classifier_features(judge, evaluate.match_size(images, judge.config.image_size))
+
+
+latent_schedule = NoiseSchedule.make(latent_cfg.schedule, latent_cfg.num_train_timesteps)
+pixel_schedule = NoiseSchedule.make(pixel_cfg.schedule, pixel_cfg.num_train_timesteps)
+untrained = UNet(latent_config, seed=args.seed).to(device).eval()    # conv_out starts at zero: eps_theta = 0
+sample = dict(steps=settings.sample_steps, seed=args.seed + 100)
+start = time.perf_counter()
+latent_samples = evaluate.sample_unconditional(latent.model, latent_schedule, settings.num_eval, latent_shape,
+                                               decode=decode, **sample)
+latent_sample_seconds = time.perf_counter() - start
+start = time.perf_counter()
+pixel_samples = evaluate.sample_unconditional(pixel.model, pixel_schedule, settings.num_eval,
+                                              (3, settings.pixel_size, settings.pixel_size), **sample)
+pixel_sample_seconds = time.perf_counter() - start
+untrained_samples = evaluate.sample_unconditional(untrained, latent_schedule, settings.num_eval, latent_shape,
+                                                  decode=decode, **sample)
+real = shapes.sample(settings.num_eval, seed=(args.seed, evaluate.HELDOUT_SEED), size=S)["images"]
+real_again = shapes.sample(settings.num_eval, seed=(args.seed, evaluate.HELDOUT_SEED + 1), size=S)["images"]
+real_small = shapes.sample(settings.num_eval, seed=(args.seed, evaluate.HELDOUT_SEED + 1),
+                           size=settings.pixel_size)["images"]
+real_features = features(real)
+fd = {"real vs real (the floor)": features(real_again),
+      f"real {settings.pixel_size}x{settings.pixel_size}, upsampled": features(real_small),
+      "latent U-Net": features(latent_samples),
+      f"pixel U-Net {settings.pixel_size}x{settings.pixel_size}": features(pixel_samples),
+      "untrained latent U-Net": features(untrained_samples)}
+fd = {name: evaluate.frechet_distance_from_features(real_features, f) for name, f in fd.items()}
+pixel_label = f"pixel U-Net {settings.pixel_size}x{settings.pixel_size}"
+print(f"\nsampling {settings.num_eval} images, DDIM {settings.sample_steps} steps: latent "
+      f"{latent_sample_seconds:.1f} s (with decoding), pixel {pixel_sample_seconds:.1f} s")
+print(f"Fréchet distance to {settings.num_eval} held-out {S}x{S} images (classifier features; lower is better):")
+for name, value in fd.items():
+    print(f"  {name:30s} {value:10.1f}")
+ratio = fd["latent U-Net"] / fd["untrained latent U-Net"]
+print(f"latent / untrained FD = {ratio:.3f} (must be < {settings.fd_ratio}); latent / pixel FD at equal training "
+      f"seconds = {fd['latent U-Net'] / fd[pixel_label]:.3f}")
+assert np.isfinite(fd["latent U-Net"]) and ratio < settings.fd_ratio
+if settings.latent_beats_pixel:
+    assert fd["latent U-Net"] < fd[pixel_label], "at equal CPU time the latent model should be ahead"
+
+count = min(48, settings.num_eval)
+nrow = 8 if count >= 8 else count
+fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
+show(axes[0], real[:count], nrow, f"real {S}x{S} (held out)")
+show(axes[1], latent_samples[:count], nrow, f"latent diffusion: Dec(z_0), {latent.steps_run} steps "
+                                            f"({latent_seconds:.0f} s)\nFD {fd['latent U-Net']:.0f}")
+show(axes[2], pixel_samples[:count], nrow, f"pixel diffusion {settings.pixel_size}x{settings.pixel_size}, "
+                                           f"{pixel.steps_run} steps ({pixel.seconds:.0f} s)\nFD {fd[pixel_label]:.0f}")
+show(axes[3], untrained_samples[:count], nrow, f"untrained latent U-Net (eps_theta = 0), decoded\n"
+                                               f"FD {fd['untrained latent U-Net']:.0f}")
+fig.suptitle(f"Unconditional samples, DDIM {settings.sample_steps} steps, after the same CPU time "
+             f"(real-vs-real FD {fd['real vs real (the floor)']:.0f})")
+save_figure(fig, out / "samples.png")
+image_grid(latent_samples[:64], nrow=8, scale=4).save(out / "latent_samples_grid.png")
+
+# %% 6. One latent trajectory: z_t (three of its channels) and the decoded prediction Dec(z0_hat)
+z_T = backend.rng(args.seed + 7).standard_normal((1,) + latent_shape, dtype=np.float32)
+with no_grad():
+    _, zs, z0_preds = samplers.sample(lambda z, t: latent.model(z, t), latent_schedule, (1,) + latent_shape,
+                                      sampler="ddim", steps=settings.sample_steps, x_T=z_T,
+                                      return_intermediates=True, progress=False)
+ts = samplers.sampler_timesteps(latent_schedule, settings.sample_steps, "ddim")
+inputs = [z_T] + zs[:-1]                                               # z_t entering step i
+columns = np.linspace(0, settings.sample_steps - 1, min(7, settings.sample_steps)).round().astype(int)
+fig, axes = plt.subplots(2, len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 4.6))
+for j, i in enumerate(columns):
+    z_t = backend.to_numpy(inputs[i])[0, :3]                           # channels 0-2 as R, G, B
+    axes[0, j].imshow(np.clip((z_t.transpose(1, 2, 0) + 3) / 6, 0, 1), interpolation="nearest")
+    axes[0, j].set_title(f"z_t, t = {ts[i]}", fontsize=9)
+    axes[0, j].axis("off")
+    show(axes[1, j], decode(z0_preds[i]), 1, f"Dec(z0_hat), t = {ts[i]}")
+z_final = backend.to_numpy(zs[-1])[0, :3]
+axes[0, -1].imshow(np.clip((z_final.transpose(1, 2, 0) + 3) / 6, 0, 1), interpolation="nearest")
+axes[0, -1].set_title("z_0 (result)", fontsize=9)
+axes[0, -1].axis("off")
+show(axes[1, -1], decode(zs[-1]), 1, "Dec(z_0): the sample")
+axes[0, 0].text(-0.15, 0.5, "latent 8x8, ch. 0-2\nas RGB, [-3, 3] -> [0, 1]", transform=axes[0, 0].transAxes,
+                rotation=90, va="center", ha="right", fontsize=8)
+axes[1, 0].text(-0.15, 0.5, "decoded x0 prediction", transform=axes[1, 0].transAxes, rotation=90, va="center",
+                ha="right", fontsize=8)
+fig.suptitle("Denoising in latent space: the decoder turns each step's z0_hat into a 32x32 image")
+save_figure(fig, out / "latent_trajectory.png")
+print(f"lesson 08 done in {time.perf_counter() - lesson_start:.0f} s")
