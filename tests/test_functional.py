@@ -111,7 +111,8 @@ def test_group_norm_gradients_match_finite_differences(xp, groups, per_group, sp
 
 
 @FAST
-@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), dim=st.integers(1, 6), seed=st.integers(0, 2**16))
+# dim >= 2: over one element x_hat is 0 and dL/dx is exactly 0, so a relative error is only noise
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), dim=st.integers(2, 6), seed=st.integers(0, 2**16))
 def test_layer_norm_gradients_match_finite_differences(xp, lead, dim, seed):
     eps = 1e-5 if dim >= 3 else 0.5                          # as for group_norm: tiny rows need a larger eps
     assert_gradients(lambda x, g, b: F.layer_norm(x, g, b, eps), {"x": randn(seed, *lead, dim) * 2 - 1, "gamma": randn(seed + 1, dim),
