@@ -92,7 +92,7 @@ QUICK = Settings(steps=50, accuracy_steps=20, images_per_prompt=2, num_prompts=4
 SMOKE = Settings(steps=4, accuracy_steps=4, images_per_prompt=1, num_prompts=6, attention_images=2,
                  negative_images=4, attention_ratio=0.0, accuracy_gain=0.0, negative_drop=-1.0)
 SCALES = (0.0, 1.0, 2.0, 4.0, 7.0)
-GUIDANCE = 4.0                # the pipeline's default scale, used in cells 2 and 3's pictures
+GUIDANCE = 4.0                # the pipeline's default scale, used for the attention maps (cell 2)
 NEGATIVE_GUIDANCE = 7.0       # cell 5: the push away from a negative prompt grows as (s - 1)
 
 args = parse_lesson_args(__doc__.splitlines()[0])
