@@ -359,8 +359,9 @@ class Pipeline:
             raise ValueError(f"extend must be a positive multiple of {step // 2} pixels, got {extend!r}")
         pixels = load_image(image)                                              # (1, 3, H, W)
         height, width = pixels.shape[2:]
-        # the new border starts as the image's mean colour (it is replaced entirely)
-        fill = pixels.mean(axis=(2, 3), keepdims=True)
+        # the new border starts as the image's median colour, its background when that covers most of it: the
+        # border's latents are replaced, but the VAE encoder mixes the fill into the kept cells' latents too
+        fill = np.median(pixels, axis=(2, 3), keepdims=True)
         canvas = np.broadcast_to(fill, (1, 3, height + 2 * extend, width + 2 * extend)).copy()
         canvas[:, :, extend:extend + height, extend:extend + width] = pixels
         mask = np.ones(canvas.shape[2:], np.float32)

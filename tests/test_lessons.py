@@ -13,6 +13,7 @@ LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.py"))
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
 def test_lesson_runs_in_smoke_mode(lesson, tmp_path):
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")      # tiny matrices: threads only add contention
     result = subprocess.run(
         [sys.executable, str(lesson), "--smoke", "--device", "cpu", "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
