@@ -892,7 +892,7 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
 # command line: python -m minidiff train JOB [options]
 # =================================================================================================
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
-             "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction")
+             "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model")
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
@@ -902,8 +902,15 @@ def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
     if preset not in ("quick", "full"):
         raise ValueError(f"preset must be 'quick' or 'full', got {preset!r}")
     cfg = getattr(JOB_CONFIGS[job], preset)()
+    model_name = (overrides or {}).get("model")
+    if model_name is not None:                 # a named model config, e.g. --model f8_64 for the vae job
+        config_class = type(cfg.model)
+        named = sorted(n for n, v in vars(config_class).items() if isinstance(v, classmethod))
+        if model_name not in named:
+            raise ValueError(f"--model {model_name!r} is not a named {config_class.__name__}; choose one of {named}")
+        cfg = dataclasses.replace(cfg, model=getattr(config_class, model_name)())
     names = {f.name for f in dataclasses.fields(cfg)}
-    changes = {k: v for k, v in (overrides or {}).items() if v is not None and k in names}
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None and k in names and k != "model"}
     if changes.get("steps") is not None and "warmup_steps" not in changes:
         changes["warmup_steps"] = min(cfg.warmup_steps, changes["steps"] // 10)
     return dataclasses.replace(cfg, **changes)
@@ -930,6 +937,7 @@ def add_arguments(parser):
     parser.add_argument("--vae", help="latent, text2image: the VAE checkpoint (default data/pretrained/vae.npz)")
     parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")
     parser.add_argument("--tokenizer", help="clip (optional: else one is trained), text2image: tokenizer.json")
+    parser.add_argument("--model", help="a named model config of the job (e.g. vae: f4_32, f8_64; pixel: quick16, pixel32)")
     parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune)")
     parser.add_argument("--two-object-fraction", type=float,
                         help="text2image: share of two-object scenes in the training data (default 0.3)")
