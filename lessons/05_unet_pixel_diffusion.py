@@ -58,7 +58,8 @@ clip_grad_norm, warmup_cosine), minidiff/diffusion/samplers.py (sample), minidif
 python -m minidiff train pixel).
 
 Run: python lessons/05_unet_pixel_diffusion.py [--quick] [--smoke] [--device cpu|gpu]
-The default settings (no flag) are for a GPU: 32x32 images and UNetConfig.pixel32.
+--quick: 16x16 images, UNetConfig.quick16, 600 training steps: about 3 minutes on a 2-core CPU.
+The default settings (no flag) are for a GPU: 32x32 images, UNetConfig.pixel32, 10,000 steps.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
@@ -91,7 +92,7 @@ class Settings:
     dataset_size: int             # training images, rendered once and kept on the device
     num_eval: int                 # images per set for the Frechet distances
     sample_steps: int = 50        # DDPM steps for the samples (trailing spacing: the first is t = T-1)
-    classifier: evaluate.ClassifierConfig = None     # trained here only when no shipped one exists
+    classifier: evaluate.ClassifierConfig | None = None   # trained here only when none is shipped
     classifier_steps: int = 600
     classifier_dataset_size: int = 8000
     fd_ratio: float = 0.25        # trained FD - floor must be below this fraction of untrained FD - floor
@@ -201,13 +202,17 @@ ema.copy_to(model)                                   # from here on the model ho
 # %% the judge: an attribute classifier whose features define the Frechet distance
 shipped = evaluate.DEFAULT_CLASSIFIER
 trained_here = out / "classifier.npz"                # lesson 06 reuses it when nothing is shipped
+judge = None
 if shipped.exists():
     judge = evaluate.load_classifier(shipped)
     print(f"classifier: the shipped one, {shipped}")
-elif trained_here.exists() and load_checkpoint(trained_here).config["model"]["image_size"] == S:
+elif trained_here.exists():
     judge = evaluate.load_classifier(trained_here)
-    print(f"classifier: trained by an earlier run of this lesson, {trained_here}")
-else:
+    if judge.config == settings.classifier:
+        print(f"classifier: trained by an earlier run of this lesson, {trained_here}")
+    else:
+        judge = None                                 # another mode's classifier: train this mode's
+if judge is None:
     print(f"classifier: none shipped ({shipped} is missing); training a small one for "
           f"{settings.classifier_steps} steps ...")
     judge = evaluate.train_classifier(steps=settings.classifier_steps, config=settings.classifier, seed=args.seed,
