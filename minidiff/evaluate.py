@@ -377,9 +377,11 @@ FIXED_PROMPTS = _fixed_prompts()     # e.g. "a red circle on the left", "a green
 
 # ------------------------------------------------------------------------------ sampling helpers
 def generate(pipe, prompts, guidance_scale: float, steps: int = 50, seed: int = 0, sampler: str = "ddim",
-             batch_size: int = 64):
+             batch_size: int = 64, spacing: str = "leading"):
     """One image per prompt from a text-to-image ``pipeline.Pipeline``, a different prompt in every
-    row of a batch; classifier-free guidance against the empty prompt. Host images (N, 3, H, W)."""
+    row of a batch; classifier-free guidance against the empty prompt. Host images (N, 3, H, W).
+
+    ``spacing`` is ``samplers.sample``'s timestep spacing ("leading", "trailing" or "linspace")."""
     from .diffusion import samplers
     from .pipeline import guided_prediction
     prompts = list(prompts)
@@ -399,14 +401,20 @@ def generate(pipe, prompts, guidance_scale: float, steps: int = 50, seed: int = 
 
         latents = samplers.sample(model_fn, pipe.schedule, (len(chunk), pipe.latent_channels, size, size),
                                   sampler=sampler, steps=steps, rng=backend.rng(seed + start),
-                                  prediction_type=pipe.prediction_type, progress=False)
+                                  prediction_type=pipe.prediction_type, spacing=spacing, progress=False)
         images.append(backend.to_numpy(pipe.decode(latents)))
     return np.concatenate(images)
 
 
 def sample_unconditional(model, schedule, n: int, shape, steps: int = 50, seed: int = 0, sampler: str = "ddim",
-                         prediction_type: str = "epsilon", decode=None, batch_size: int = 64):
-    """n samples of an unconditional U-Net (decoded by ``decode`` for a latent model); host (N, C, H, W)."""
+                         prediction_type: str = "epsilon", decode=None, batch_size: int = 64,
+                         spacing: str = "leading", clip_x0: bool = False):
+    """n samples of an unconditional U-Net (decoded by ``decode`` for a latent model); host (N, C, H, W),
+    clipped to [-1, 1].
+
+    ``spacing`` and ``clip_x0`` are ``samplers.sample``'s, with its defaults: the timestep spacing
+    ("leading", "trailing" or "linspace"), and whether every x0 prediction is clipped to [-1, 1]
+    (for pixel models; a latent's x0 is not an image and must not be clipped)."""
     from .diffusion import samplers
     images = []
     for start in range(0, n, batch_size):
@@ -414,7 +422,8 @@ def sample_unconditional(model, schedule, n: int, shape, steps: int = 50, seed: 
         with no_grad():
             x = samplers.sample(lambda x_t, t: model.forward(x_t, t), schedule, (count,) + tuple(shape),
                                 sampler=sampler, steps=steps, rng=backend.rng(seed + start),
-                                prediction_type=prediction_type, progress=False)
+                                prediction_type=prediction_type, spacing=spacing, clip_x0=clip_x0,
+                                progress=False)
             if decode is not None:
                 x = decode(x)
         images.append(backend.to_numpy(x))
@@ -457,8 +466,12 @@ def _sibling_or_recorded(ckpt, file_name, recorded):
 
 def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: str = "ddim",
                         guidance_scales=(1.0, 2.0, 4.0, 7.5), seed: int = 0, classifier=DEFAULT_CLASSIFIER,
-                        device=None, batch_size: int = 64, verbose: bool = True) -> dict:
+                        device=None, batch_size: int = 64, verbose: bool = True, spacing: str = "leading",
+                        clip_x0: bool = False) -> dict:
     """Sample a pixel, latent or text-to-image checkpoint and score it against real shapes images.
+
+    ``spacing`` (every model) and ``clip_x0`` (pixel models only) go to ``samplers.sample``;
+    ``batch_size`` is the number of images sampled at once.
 
     Prints and returns {"reference_fd": FD between two independent real sets of the same size (the
     noise floor), "fd": ... (unconditional models) or, for text-to-image (prompts cycling through
@@ -474,12 +487,18 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
         raise ValueError(f"evaluate: steps must be >= 1, got {steps}")
     if any(not g >= 0 for g in guidance_scales):
         raise ValueError(f"evaluate: guidance scales must be >= 0, got {list(guidance_scales)}")
+    from .diffusion.samplers import SPACINGS
+    if spacing not in SPACINGS:
+        raise ValueError(f"evaluate: spacing must be one of {SPACINGS}, got {spacing!r}")
     if device is not None:
         backend.set_device(device)
     model, ckpt = train.load_trained(path)
     job = ckpt.config["job"]
     if job not in ("pixel", "latent", "text2image"):
         raise ValueError(f"evaluate: {path} is a {job!r} checkpoint; give a pixel, latent or text2image one")
+    if clip_x0 and job != "pixel":
+        raise ValueError(f"evaluate: clip_x0=True clips x0 predictions to [-1, 1], which only suits pixel "
+                         f"models; {path} is a {job!r} checkpoint (its x0 is a latent)")
     judge = load_classifier(classifier)
     size = judge.config.image_size
     recorded = ckpt.config.get("train", {})
@@ -498,7 +517,8 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
                "reference_fd": frechet_distance_from_features(real_features,
                                                               classifier_features(judge, match_size(other, size)))}
     say = print if verbose else (lambda *a, **k: None)
-    say(f"evaluate {path} ({job}, step {ckpt.step}): {num_images} images, {sampler} {steps} steps")
+    say(f"evaluate {path} ({job}, step {ckpt.step}): {num_images} images, {sampler} {steps} steps, "
+        f"{spacing} spacing" + (", x0 clipped" if clip_x0 else ""))
     say(f"  Fréchet distance between two real sets (noise floor): {results['reference_fd']:.3f}")
 
     if job in ("pixel", "latent"):
@@ -507,7 +527,7 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
         if vae is not None:
             decode = lambda z: backend.get_array_module(z).clip(vae.decode_latents(z), -1, 1)  # noqa: E731
         images = sample_unconditional(model, schedule, num_images, shape, steps, seed, sampler, prediction_type,
-                                      decode, batch_size)
+                                      decode, batch_size, spacing=spacing, clip_x0=clip_x0)
         if images.shape[1] != 3:
             raise ValueError(f"evaluate: the classifier judges RGB shapes images; this model makes "
                              f"{images.shape[1]}-channel images")
@@ -531,7 +551,7 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
     results["guidance"] = {}
     say(f"  {'guidance':>8}  {'FD':>8}  {'prompt acc':>10}  per attribute")
     for scale in guidance_scales:
-        images = np.clip(generate(pipe, prompts, scale, steps, seed, sampler, batch_size), -1.0, 1.0)
+        images = np.clip(generate(pipe, prompts, scale, steps, seed, sampler, batch_size, spacing), -1.0, 1.0)
         images = match_size(images, size)
         accuracy, per_attribute = prompt_accuracy(images, prompts, judge)
         fd = frechet_distance_from_features(real_features, classifier_features(judge, images))
@@ -547,10 +567,14 @@ def add_arguments(parser):
                         help="images to sample (per guidance scale); the FD's noise floor shrinks with more")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps")
     parser.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler, euler_ancestral or dpmpp_2m")
+    parser.add_argument("--spacing", default="leading",
+                        help="timestep spacing: leading (default), trailing (starts at t = T-1) or linspace")
+    parser.add_argument("--clip-x0", action="store_true",
+                        help="pixel models: clip every x0 prediction to [-1, 1] while sampling")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0, 7.5],
                         help="classifier-free guidance scales to compare (text-to-image)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images sampled at once")
     parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
                         help="classifier checkpoint (python -m minidiff train classifier)")
     backend.add_device_argument(parser)
@@ -558,11 +582,13 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    from .diffusion.samplers import SAMPLERS
+    from .diffusion.samplers import SAMPLERS, SPACINGS
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {SAMPLERS}, got {args.sampler!r}")
+    if args.spacing not in SPACINGS:
+        raise ValueError(f"--spacing must be one of {SPACINGS}, got {args.spacing!r}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     evaluate_checkpoint(args.checkpoint, args.n, args.steps, args.sampler, args.guidance, args.seed,
-                        args.classifier, args.device, args.batch_size)
+                        args.classifier, args.device, args.batch_size, spacing=args.spacing, clip_x0=args.clip_x0)
     return 0

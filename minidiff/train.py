@@ -533,7 +533,9 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
 # data, kept on the device
 # =================================================================================================
 def load_images(data: str, size: int, count: int, seed: int):
-    """(N, C, size, size) float32 in [-1, 1] on the host: "shapes", "folder:PATH" or "idx:PATH"."""
+    """(N, C, size, size) float32 in [-1, 1] on the host: "shapes", "folder:PATH" or "idx:PATH".
+
+    ``seed`` picks the rendered shapes scenes; a folder or idx file gives its first ``count`` images."""
     kind, _, location = data.partition(":")
     if kind == "shapes" and not location:
         return shapes.sample(count, seed=(seed, SHAPES_DATA_SEED), size=size)["images"]
@@ -864,8 +866,20 @@ def is_complete(path) -> bool:
 
 def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, ship_dtype=None) -> bool:
     """clip (+ tokenizer), vae, text2image, classifier into ``out``; each stage resumes its checkpoint
-    and a complete one is skipped. Returns True when every stage is complete."""
+    and a complete one is skipped. Returns True when every stage is complete.
+
+    ``overrides`` reach every stage that has the setting; one that no stage uses is a ValueError
+    (text2image always reads the VAE and text encoder trained into ``out``, so ``vae`` and
+    ``text_encoder`` are not accepted)."""
     out = Path(out)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    fields = {job: {f.name for f in dataclasses.fields(JOB_CONFIGS[job])} for job in ALL_STAGES}
+    used = set().union(*fields.values()) - {"vae", "text_encoder"}
+    unused = sorted(set(overrides) - used)
+    if unused:
+        k = unused[0]
+        raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: no stage of `train all` uses it "
+                         f"(stages: {', '.join(ALL_STAGES)}); train that job on its own")
     for job in ALL_STAGES:
         path = out / FILES[job]
         if is_complete(path):
@@ -874,7 +888,7 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
         if deadline is not None and time.perf_counter() > deadline:
             print(f"train all: --max-minutes is up before {job}; run the same command again to continue")
             return False
-        cfg = make_config(job, preset, overrides)
+        cfg = make_config(job, preset, {k: v for k, v in overrides.items() if k in fields[job]})
         if job == "text2image":
             cfg = dataclasses.replace(cfg, vae=str(out / FILES["vae"]), text_encoder=str(out / TEXT_ENCODER_FILE),
                                       tokenizer=str(out / TOKENIZER_FILE))
@@ -896,7 +910,9 @@ OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
-    """The job's ``quick()`` or ``full()`` config with command-line overrides (None = keep)."""
+    """The job's ``quick()`` or ``full()`` config with command-line overrides (None = keep).
+
+    An override the job has no setting for (e.g. ``data`` for the vae job) is a ValueError."""
     if job not in JOB_CONFIGS:
         raise ValueError(f"unknown job {job!r}; choose one of {JOBS}")
     if preset not in ("quick", "full"):
@@ -910,7 +926,11 @@ def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
             raise ValueError(f"--model {model_name!r} is not a named {config_class.__name__}; choose one of {named}")
         cfg = dataclasses.replace(cfg, model=getattr(config_class, model_name)())
     names = {f.name for f in dataclasses.fields(cfg)}
-    changes = {k: v for k, v in (overrides or {}).items() if v is not None and k in names and k != "model"}
+    unused = sorted(k for k, v in (overrides or {}).items() if v is not None and k not in names)
+    if unused:
+        k = unused[0]
+        raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: the {job} job has no {k!r} setting")
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None and k != "model"}
     if changes.get("steps") is not None and "warmup_steps" not in changes:
         changes["warmup_steps"] = min(cfg.warmup_steps, changes["steps"] // 10)
     return dataclasses.replace(cfg, **changes)
@@ -955,6 +975,9 @@ def main(args) -> int:
         raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.stop_at is not None and args.stop_at < 1:
         raise ValueError(f"--stop-at must be >= 1, got {args.stop_at}")
+    if args.stop_at is not None and args.job == "all":
+        raise ValueError(f"--stop-at {args.stop_at} names a step of one job; `train all` runs several "
+                         "(stop it with --max-minutes)")
     deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
     out = Path(args.out) if args.out else OUTPUT_DIR
     if out.exists() and not out.is_dir():

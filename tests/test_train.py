@@ -158,3 +158,58 @@ def test_vae_job_stores_the_latent_scale_factor(tmp_path):
     train.run_vae(cfg, out=tmp_path, progress=False)
     vae, ckpt = train.load_trained(tmp_path / "vae.npz")
     assert vae.scale_factor == pytest.approx(float(ckpt.extra["scale_factor"])) and vae.scale_factor > 0
+
+
+class RecordingEMA(train.EMA):
+    """train.EMA that remembers the last one made and the raw (not averaged) weights of its last update."""
+    last = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RecordingEMA.last = self
+
+    def update(self):
+        super().update()
+        self.raw = {name: np.array(p.data, copy=True) for name, p in self.named}
+
+
+@pytest.mark.parametrize("keep", ["in memory", "on disk"])
+def test_finished_run_returns_the_ema_weights_with_or_without_an_output_folder(keep, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "EMA", RecordingEMA)
+    out = None if keep == "in memory" else tmp_path
+    result = run(tiny_pixel_job(ema_decay=0.5), out)
+    ema = RecordingEMA.last
+    weights = dict(result.model.named_parameters())
+    assert result.complete and set(weights) == set(ema.shadow)
+    for name, p in weights.items():
+        np.testing.assert_array_equal(p.data, ema.shadow[name], err_msg=name)
+    # the average lags the trained weights: the model did not simply keep its own
+    assert any(not np.array_equal(ema.raw[name], ema.shadow[name]) for name in weights)
+    if out is not None:                      # the returned model is the shipped one
+        state = load_checkpoint(out / "pixel.npz").model_state
+        for name, p in weights.items():
+            np.testing.assert_array_equal(p.data, state[name], err_msg=name)
+
+
+def test_make_config_rejects_a_setting_the_job_does_not_have():
+    with pytest.raises(ValueError, match="--data 'folder:x': the vae job has no 'data' setting"):
+        train.make_config("vae", "quick", {"data": "folder:x"})
+    with pytest.raises(ValueError, match="--init 'unet.npz': the pixel job has no 'init' setting"):
+        train.make_config("pixel", "quick", {"init": "unet.npz", "steps": 5})
+
+
+def test_train_all_rejects_a_setting_no_stage_uses(tmp_path):
+    with pytest.raises(ValueError, match="--data 'folder:x': no stage of `train all` uses it"):
+        train.run_all(tmp_path, overrides={"data": "folder:x", "steps": 2}, progress=False)
+    with pytest.raises(ValueError, match="--vae 'mine.npz': no stage of `train all` uses it"):
+        train.run_all(tmp_path, overrides={"vae": "mine.npz"}, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_stop_at_with_train_all_is_an_error(tmp_path):
+    import argparse
+    args = train.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["all", "--stop-at", "3", "--out", str(tmp_path / "all"), "--device", "cpu"])
+    with pytest.raises(ValueError, match="--stop-at 3 names a step of one job"):
+        train.main(args)
+    assert not (tmp_path / "all").exists()
