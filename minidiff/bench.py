@@ -716,12 +716,17 @@ def fused_cases():
             return {"y": y, **{f"d{i}": g for i, g in enumerate(grads) if g is not None}}
         return run
 
-    def attention(xp, rng):
-        q, k, v, dy = inputs(xp, rng, (2, 3, 7, 8), (2, 3, 5, 8), (2, 3, 5, 4), (2, 3, 7, 4))
-        mask = xp.asarray(rng.random((2, 1, 7, 5)) < 0.7)
-        mask[0, 0, 0] = False                                     # one fully masked query row
-        y, cache = F.attention(q, k, v, mask)
-        return dict(zip(("y", "dq", "dk", "dv"), (y,) + tuple(F.attention_backward(dy, cache))))
+    def attention(masked, head_dim=8):
+        def run(xp, rng):
+            q, k, v, dy = inputs(xp, rng, (2, 3, 7, head_dim), (2, 3, 5, head_dim), (2, 3, 5, 4), (2, 3, 7, 4))
+            mask = None
+            if masked:
+                mask = xp.asarray(rng.random((2, 1, 7, 5)) < 0.7)
+                mask[0, 0, 0] = False                             # one fully masked query row
+            y, cache = F.attention(q, k, v, mask)
+            grads = F.attention_backward(dy, cache)
+            return dict(zip(("y", "P", "dq", "dk", "dv"), (y, F.attention_probs(cache)) + tuple(grads)))
+        return run
 
     def adamw(xp, rng):
         data, grad = inputs(xp, rng, (33, 17), (33, 17))
@@ -738,8 +743,13 @@ def fused_cases():
         ("gelu (erf)", pair(F.gelu, F.gelu_backward, x4, x4)),
         ("gelu (tanh)", pair(F.gelu, F.gelu_backward, x4, x4, approximate="tanh")),
         ("softmax", pair(F.softmax, F.softmax_backward, (4, 9, 33), (4, 9, 33))),
-        ("attention (masked softmax)", attention),
+        ("attention (masked)", attention(masked=True)),
+        ("attention (head dim 64)", attention(masked=False, head_dim=64)),
         ("group_norm", pair(F.group_norm, F.group_norm_backward, x4, (8,), (8,), x4, num_groups=4)),
+        ("group_norm + SiLU", pair(F.group_norm_silu, F.group_norm_silu_backward, x4, (8,), (8,), x4,
+                                   num_groups=2)),
+        ("group_norm, 64x64 groups", pair(F.group_norm, F.group_norm_backward, (2, 8, 64, 64), (8,), (8,),
+                                          (2, 8, 64, 64), num_groups=2)),
         ("layer_norm", pair(F.layer_norm, F.layer_norm_backward, (4, 7, 24), (24,), (24,), (4, 7, 24))),
         ("conv2d 3x3 pad 1 (im2col/col2im)", pair(F.conv2d, F.conv2d_backward, (2, 3, 9, 7), (5, 3, 3, 3),
                                                   (5,), (2, 5, 9, 7), padding=1)),

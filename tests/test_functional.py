@@ -111,6 +111,25 @@ def test_group_norm_gradients_match_finite_differences(xp, groups, per_group, sp
 
 
 @FAST
+@given(groups=st.integers(1, 3), per_group=st.integers(1, 3),
+       spatial=st.lists(st.integers(1, 4), min_size=0, max_size=2), seed=st.integers(0, 2**16))
+def test_group_norm_silu_gradients_match_finite_differences(xp, groups, per_group, spatial, seed):
+    C, N = groups * per_group, per_group * math.prod(spatial)
+    assume(N >= 2)
+    eps = 1e-5 if N >= 3 else 0.5                             # as for group_norm
+    assert_gradients(lambda x, g, b: F.group_norm_silu(x, g, b, groups, eps),
+                     {"x": randn(seed, 2, C, *spatial) * 3 + 1, "gamma": randn(seed + 1, C),
+                      "beta": randn(seed + 2, C)}, F.group_norm_silu_backward, xp)
+
+
+def test_group_norm_silu_is_silu_of_group_norm(xp):
+    x, gamma, beta = (on(xp, randn(i, *shape)) for i, shape in enumerate([(2, 6, 3, 4), (6,), (6,)]))
+    y, _ = F.group_norm_silu(x, gamma, beta, 3)
+    expected, _ = F.silu(F.group_norm(x, gamma, beta, 3)[0])
+    np.testing.assert_allclose(to_numpy(y), to_numpy(expected), rtol=1e-12, atol=1e-12)
+
+
+@FAST
 # dim >= 2: over one element x_hat is 0 and dL/dx is exactly 0, so a relative error is only noise
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), dim=st.integers(2, 6), seed=st.integers(0, 2**16))
 def test_layer_norm_gradients_match_finite_differences(xp, lead, dim, seed):
@@ -380,6 +399,8 @@ def float32_cases():
         "upsample_nearest2x": (F.upsample_nearest2x, F.upsample_nearest2x_backward, (f32(1, 2, 3, 3),)),
         "avg_pool2d": (F.avg_pool2d, F.avg_pool2d_backward, (f32(1, 2, 4, 4),)),
         "group_norm": (lambda x, g, b: F.group_norm(x, g, b, 2), F.group_norm_backward, (f32(2, 4, 3, 3), f32(4), f32(4))),
+        "group_norm_silu": (lambda x, g, b: F.group_norm_silu(x, g, b, 2), F.group_norm_silu_backward,
+                            (f32(2, 4, 3, 3), f32(4), f32(4))),
         "layer_norm": (F.layer_norm, F.layer_norm_backward, (f32(2, 5), f32(5), f32(5))),
         "silu": (F.silu, F.silu_backward, (f32(3, 4),)),
         "gelu": (F.gelu, F.gelu_backward, (f32(3, 4),)),
@@ -474,6 +495,9 @@ def torch_cases():
         "silu": ((randn(0, 3, 7) * 3,), F.silu, F.silu_backward, lambda t, x: t.nn.functional.silu(x)),
         "group_norm": ((randn(0, 2, 6, 3, 4), randn(1, 6), randn(2, 6)), lambda x, g, b: F.group_norm(x, g, b, 3),
                        F.group_norm_backward, lambda t, x, g, b: t.nn.functional.group_norm(x, 3, g, b)),
+        "group_norm_silu": ((randn(0, 2, 6, 3, 4), randn(1, 6), randn(2, 6)),
+                            lambda x, g, b: F.group_norm_silu(x, g, b, 3), F.group_norm_silu_backward,
+                            lambda t, x, g, b: t.nn.functional.silu(t.nn.functional.group_norm(x, 3, g, b))),
         "layer_norm": ((randn(0, 2, 3, 6), randn(1, 6), randn(2, 6)), F.layer_norm, F.layer_norm_backward,
                        lambda t, x, g, b: t.nn.functional.layer_norm(x, (6,), g, b)),
         "conv2d": ((randn(0, 2, 3, 7, 6), randn(1, 4, 3, 3, 3), randn(2, 4)), lambda x, w, b: F.conv2d(x, w, b, 2, 1),

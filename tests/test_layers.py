@@ -86,6 +86,20 @@ def test_group_norm_gradients_match_finite_differences(batch, groups, per_group,
 
 
 @GRADCHECK
+@given(groups=st.integers(1, 3), per_group=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_group_norm_with_silu_gradients_match_finite_differences(groups, per_group, seed):
+    rng = np.random.default_rng(seed)
+    layer = L.GroupNorm(groups, groups * per_group, activation="silu")
+    layer.bias.data[...] = rng.standard_normal(groups * per_group)     # beta moves a off zero, into SiLU's bend
+    assert_gradients_match(layer, (_normal(rng, 2, groups * per_group, 3, 2),), seed)
+
+
+def test_group_norm_rejects_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be None or 'silu', got 'relu'"):
+        L.GroupNorm(2, 4, activation="relu")
+
+
+@GRADCHECK
 @given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), dim=st.integers(4, 6), seed=st.integers(0, 2**16))
 def test_layer_norm_gradients_match_finite_differences(lead, dim, seed):
     rng = np.random.default_rng(seed)

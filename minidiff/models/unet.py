@@ -231,36 +231,35 @@ class ResBlock(Module):
         h = conv2(dropout(SiLU(norm2(h))))                         conv2 starts at zero
         y = skip(x) + h                                            skip: identity or 1x1 conv
 
+    Each norm applies its SiLU itself (``GroupNorm(..., activation="silu")``, one op).
     backward(dy) -> (dx, dtemb)."""
 
     def __init__(self, in_channels, out_channels, config: UNetConfig, rng=None):
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = GroupNorm(config.groups_for(in_channels), in_channels, eps=1e-5)
-        self.act1 = SiLU()
+        self.norm1 = GroupNorm(config.groups_for(in_channels), in_channels, eps=1e-5, activation="silu")
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rng=rng)
         self.time_act = SiLU()
         self.time_emb_proj = Linear(config.time_embed_dim, out_channels, rng=rng)
-        self.norm2 = GroupNorm(config.groups_for(out_channels), out_channels, eps=1e-5)
-        self.act2 = SiLU()
+        self.norm2 = GroupNorm(config.groups_for(out_channels), out_channels, eps=1e-5, activation="silu")
         self.dropout = Dropout(config.dropout, rng=rng)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
         _zero_init(self.conv2)
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1, rng=rng) if in_channels != out_channels else None
 
     def forward(self, x, temb):
-        h = self.conv1(self.act1(self.norm1(x)))                          # (B, C_out, H, W)
+        h = self.conv1(self.norm1(x))                                     # (B, C_out, H, W)
         h = h + self.time_emb_proj(self.time_act(temb))[:, :, None, None]  # + (B, C_out, 1, 1)
-        h = self.conv2(self.dropout(self.act2(self.norm2(h))))            # (B, C_out, H, W)
+        h = self.conv2(self.dropout(self.norm2(h)))                       # (B, C_out, H, W)
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
 
     def backward(self, dy):
         # y = skip + h: the same gradient flows into both branches
         dskip, dh = dy, dy
-        dh = self.norm2.backward(self.act2.backward(self.dropout.backward(self.conv2.backward(dh))))
+        dh = self.norm2.backward(self.dropout.backward(self.conv2.backward(dh)))
         # h = conv1(...) + proj(temb)[:, :, None, None]: broadcasting over H, W becomes a sum over H, W
         dtemb = self.time_act.backward(self.time_emb_proj.backward(dh.sum(axis=(2, 3))))  # (B, temb)
-        dx = self.norm1.backward(self.act1.backward(self.conv1.backward(dh)))
+        dx = self.norm1.backward(self.conv1.backward(dh))
         dx = dx + (dskip if self.conv_shortcut is None else self.conv_shortcut.backward(dskip))
         return dx, dtemb
 
@@ -537,8 +536,7 @@ class UNet(Module):
                                           upsample=level != 0, rng=rng))
             c_in = c_out
 
-        self.conv_norm_out = GroupNorm(config.groups_for(C0), C0, eps=1e-5)
-        self.conv_act = SiLU()
+        self.conv_norm_out = GroupNorm(config.groups_for(C0), C0, eps=1e-5, activation="silu")   # + SiLU
         self.conv_out = Conv2d(C0, config.out_channels, 3, padding=1, rng=rng)
         _zero_init(self.conv_out)
 
@@ -606,10 +604,10 @@ class UNet(Module):
         h = self.mid_block(h, temb, context, mask)                # (B, C_last, H/f, W/f)
         for block in self.up_blocks:
             h = block(h, temb, context, mask, skips)
-        return self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, out, H, W)
+        return self.conv_out(self.conv_norm_out(h))               # (B, out, H, W)
 
     def backward(self, d_out):
-        dh = self.conv_norm_out.backward(self.conv_act.backward(self.conv_out.backward(d_out)))
+        dh = self.conv_norm_out.backward(self.conv_out.backward(d_out))
         dtemb = dcontext = None                     # sums over every ResBlock / every cross-attention
         dskips = []                                 # the decoder pushes skip gradients, the encoder pops them
         for block in reversed(self.up_blocks):

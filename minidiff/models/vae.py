@@ -78,7 +78,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_array_module
-from ..nn.layers import Conv2d, GroupNorm, MultiHeadAttention, SiLU
+from ..nn.layers import Conv2d, GroupNorm, MultiHeadAttention
 from ..nn.module import Module, no_grad
 from .discriminator import backward_input_only
 from .unet import Upsample       # nearest 2x, then a 3x3 conv (shared with the U-Net)
@@ -223,28 +223,27 @@ class DiagonalGaussian:
 # -- building blocks -----------------------------------------------------------------------------
 class ResBlock(Module):
     """h = conv2(SiLU(GroupNorm(conv1(SiLU(GroupNorm(x))))));  out = skip(x) + h,
-    skip = identity, or a 1x1 conv when the channel count changes. No time embedding."""
+    skip = identity, or a 1x1 conv when the channel count changes. No time embedding. Each norm
+    applies its SiLU itself (``GroupNorm(..., activation="silu")``, one op)."""
 
     def __init__(self, in_channels, out_channels, norm_groups, norm_eps, rng):
-        self.norm1 = GroupNorm(norm_groups, in_channels, eps=norm_eps)
-        self.act1 = SiLU()
+        self.norm1 = GroupNorm(norm_groups, in_channels, eps=norm_eps, activation="silu")
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rng=rng)
-        self.norm2 = GroupNorm(norm_groups, out_channels, eps=norm_eps)
-        self.act2 = SiLU()
+        self.norm2 = GroupNorm(norm_groups, out_channels, eps=norm_eps, activation="silu")
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
         self.conv_shortcut = (Conv2d(in_channels, out_channels, 1, rng=rng)
                               if in_channels != out_channels else None)
 
     def forward(self, x):                                         # (B, C_in, H, W)
-        h = self.conv1(self.act1(self.norm1(x)))                  # (B, C_out, H, W)
-        h = self.conv2(self.act2(self.norm2(h)))
+        h = self.conv1(self.norm1(x))                             # (B, C_out, H, W)
+        h = self.conv2(self.norm2(h))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
 
     def backward(self, dout):
         # out = skip + h: the same gradient flows into both branches
-        dh = self.norm2.backward(self.act2.backward(self.conv2.backward(dout)))
-        dx = self.norm1.backward(self.act1.backward(self.conv1.backward(dh)))
+        dh = self.norm2.backward(self.conv2.backward(dout))
+        dx = self.norm1.backward(self.conv1.backward(dh))
         dskip = dout if self.conv_shortcut is None else self.conv_shortcut.backward(dout)
         # the skip connection's gradient rejoins the main path
         return dx + dskip
@@ -355,8 +354,7 @@ class Encoder(Module):
                                           None if last else Down(width, rng), config, rng))
             previous = width
         self.mid_block = MidBlock(widths[-1], config, rng)
-        self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps)
-        self.act_out = SiLU()
+        self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps, activation="silu")
         self.conv_out = Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1, rng=rng)
 
     def forward(self, x):
@@ -364,10 +362,10 @@ class Encoder(Module):
         for level in self.down_blocks:
             h = level(h)                                          # H, W halve at every level but the last
         h = self.mid_block(h)
-        return self.conv_out(self.act_out(self.norm_out(h)))      # (B, 2c, H/f, W/f)
+        return self.conv_out(self.norm_out(h))      # (B, 2c, H/f, W/f)
 
     def backward(self, dout):
-        dh = self.norm_out.backward(self.act_out.backward(self.conv_out.backward(dout)))
+        dh = self.norm_out.backward(self.conv_out.backward(dout))
         dh = self.mid_block.backward(dh)
         for level in reversed(self.down_blocks):
             dh = level.backward(dh)
@@ -389,18 +387,17 @@ class Decoder(Module):
             self.up_blocks.append(Level(previous, width, config.num_res_blocks + 1,
                                         None if last else Upsample(width, rng), config, rng))
             previous = width
-        self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps)
-        self.act_out = SiLU()
+        self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps, activation="silu")
         self.conv_out = Conv2d(widths[-1], config.in_channels, 3, padding=1, rng=rng)
 
     def forward(self, z):
         h = self.mid_block(self.conv_in(z))
         for level in self.up_blocks:
             h = level(h)                                          # H, W double at every level but the last
-        return self.conv_out(self.act_out(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
     def backward(self, dout):
-        dh = self.norm_out.backward(self.act_out.backward(self.conv_out.backward(dout)))
+        dh = self.norm_out.backward(self.conv_out.backward(dout))
         for level in reversed(self.up_blocks):
             dh = level.backward(dh)
         return self.conv_in.backward(self.mid_block.backward(dh))

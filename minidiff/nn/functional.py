@@ -20,7 +20,7 @@ against finite differences in float64 (``minidiff/nn/gradcheck.py``, ``tests/tes
 and the convolutions and attention against the loop versions in ``minidiff/nn/reference.py``.
 
 Contents: linear | conv2d, conv_transpose2d (im2col + one GEMM) | upsample_nearest2x, avg_pool2d |
-group_norm, layer_norm | silu, gelu (+ erf), softmax | attention | embedding,
+group_norm, group_norm_silu, layer_norm | silu, gelu (+ erf), softmax | attention | embedding,
 sinusoidal_embedding | dropout | mse_loss, cross_entropy.
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ __all__ = [
     "linear", "linear_backward",
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "conv_output_size",
     "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2d", "avg_pool2d_backward",
-    "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
+    "group_norm", "group_norm_backward", "group_norm_silu", "group_norm_silu_backward",
+    "layer_norm", "layer_norm_backward",
     "silu", "silu_backward", "gelu", "gelu_backward", "erf", "softmax", "softmax_backward",
     "attention", "attention_backward", "attention_probs",
     "embedding", "embedding_backward", "sinusoidal_embedding",
@@ -224,6 +225,8 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     col = _im2col(x, kh, kw, stride, padding, Ho, Wo)         # (C_in*kh*kw, B*Ho*Wo)
     # Y2d = W2d @ col
     y2d = w.reshape(C_out, -1) @ col                          # (C_out, B*Ho*Wo)
+    if backend.use_fused(x):                                  # the two lines below in one launch
+        return kernels.conv_output(y2d, b, (B, C_out, Ho, Wo)), (col, w, x.shape, stride, padding, b is not None)
     if b is not None:
         y2d += b[:, None]
     y = xp.ascontiguousarray(y2d.reshape(C_out, B, Ho, Wo).transpose(1, 0, 2, 3))  # (B, C_out, Ho, Wo)
@@ -480,6 +483,36 @@ def group_norm_backward(dy, cache):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
+def group_norm_silu(x, gamma, beta, num_groups, eps=1e-5):
+    """SiLU(GroupNorm(x)): the pair that opens every ResBlock branch, as one op.
+
+        a = gamma_c x_hat + beta_c     (group_norm above)
+        y = a * sigmoid(a)             (silu below)
+
+    On a GPU both run in one kernel launch; here they are the two ops in turn.
+    cache: (x_hat (B, G, N), inv_std (B, G, 1), gamma, beta): a is recomputed in backward, which
+    costs less than keeping it.
+    """
+    if backend.use_fused(x):
+        return kernels.group_norm_silu(x, gamma, beta, num_groups, eps)
+    a, (x_hat, inv_std, gamma) = group_norm(x, gamma, beta, num_groups, eps)
+    y, _ = silu(a)
+    return y, (x_hat, inv_std, gamma, beta)
+
+
+def group_norm_silu_backward(dy, cache):
+    """Chain rule through the two steps: da = silu_backward(dy) at a = gamma x_hat + beta, then
+    (dx, dgamma, dbeta) = group_norm_backward(da)."""
+    if backend.use_fused(dy):
+        return kernels.group_norm_silu_backward(dy, cache)
+    x_hat, inv_std, gamma, beta = cache
+    per_channel = (1, gamma.shape[0]) + (1,) * (dy.ndim - 2)
+    # forward was: a = gamma * x_hat + beta;  y = silu(a)
+    a = x_hat.reshape(dy.shape) * gamma.reshape(per_channel) + beta.reshape(per_channel)
+    da = silu_backward(dy, silu(a)[1])
+    return group_norm_backward(da, (x_hat, inv_std, gamma))
+
+
 def layer_norm(x, gamma, beta, eps=1e-5):
     """LayerNorm over the last axis (D features), then a per-feature scale and shift.
 
@@ -682,7 +715,7 @@ def attention(q, k, v, mask=None):
     mask: bool, broadcastable to (B, heads, Lq, Lk); True = may attend. Masked scores are set to
     -inf, so their probability is exactly 0. A query row with every key masked gets P = 0 and
     output 0 (not NaN), and no gradient flows through it.
-    cache: (q_scaled = q / sqrt(d), k, v, P, scale)
+    cache: (q, k, v, P, scale = 1 / sqrt(d))
     """
     _floats("attention", q=q, k=k, v=v)
     if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
@@ -697,21 +730,25 @@ def attention(q, k, v, mask=None):
     xp = get_array_module(q)
     scores_shape = q.shape[:-1] + (k.shape[-2],)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    # S = q k^T / sqrt(d) = (q / sqrt(d)) k^T
-    q_scaled = q * scale                                      # (B, heads, Lq, d)
-    scores = q_scaled @ k.swapaxes(-1, -2)                    # (B, heads, Lq, Lk)
     if mask is not None:
         mask = xp.asarray(mask)
         if mask.dtype != bool or not _broadcasts_to(mask.shape, scores_shape):
             raise ValueError(f"attention: mask must be a bool array broadcastable to (B, heads, Lq, Lk) = "
                              f"{scores_shape}, got dtype {mask.dtype} and shape {tuple(mask.shape)}")
+    if backend.use_fused(q) and q.ndim == 4 and max(q.shape[-1], v.shape[-1]) <= kernels.MAX_HEAD_DIM:
+        out, P = kernels.attention(q, k, v, mask, scale)      # all of the below in one launch
+        return out, (q, k, v, P, scale)
+    # S = q k^T / sqrt(d)
+    scores = q @ k.swapaxes(-1, -2)                           # (B, heads, Lq, Lk)
+    scores *= scale
+    if mask is not None:
         # S + (0 where the mask allows, -inf where it does not); built at the mask's own (small) shape
         scores += xp.where(mask, 0.0, -xp.inf).astype(q.dtype, copy=False)
     # P = softmax(S)
     P = _softmax_inplace(scores, axis=-1)                     # (B, heads, Lq, Lk)
     # O = P v
     out = P @ v                                               # (B, heads, Lq, dv)
-    return out, (q_scaled, k, v, P, scale)
+    return out, (q, k, v, P, scale)
 
 
 def attention_backward(d_out, cache):
@@ -719,17 +756,18 @@ def attention_backward(d_out, cache):
 
         O = P v:                dv = P^T dO,   dP = dO v^T
         P = softmax(S):         dS = P * (dP - rowsum(dP * P))   (softmax_backward; masked: P = 0 -> dS = 0)
-        S = (q scale) k^T:      dq = dS k * scale,   dk = dS^T (q scale)
+        S = q k^T scale:        dq = dS k * scale,   dk = dS^T q * scale
     """
-    q_scaled, k, v, P, scale = cache
+    q, k, v, P, scale = cache
     # forward was: O = P v
     dv = P.swapaxes(-1, -2) @ d_out                           # (B, heads, Lk, dv)
     dP = d_out @ v.swapaxes(-1, -2)                           # (B, heads, Lq, Lk)
     # forward was: P = softmax(S)
     dS = softmax_backward(dP, (P, -1))                        # (B, heads, Lq, Lk)
-    # forward was: S = q_scaled k^T,  q_scaled = q * scale
-    dq = (dS @ k) * scale                                     # (B, heads, Lq, d)
-    dk = dS.swapaxes(-1, -2) @ q_scaled                       # (B, heads, Lk, d)
+    # forward was: S = q k^T * scale
+    dS *= scale
+    dq = dS @ k                                               # (B, heads, Lq, d)
+    dk = dS.swapaxes(-1, -2) @ q                              # (B, heads, Lk, d)
     return dq, dk, dv
 
 

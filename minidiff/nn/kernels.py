@@ -22,15 +22,21 @@ backend.py remains the only file that imports CuPy.
     gelu / gelu_backward       gelu (erf polynomial, or tanh), gelu_backward   ~30 -> 1,  6 -> 1
     softmax_ (last axis)       _softmax_inplace                                 ~9 -> 3
     softmax_backward           softmax_backward                                 ~4 -> 2
-    layer_norm (+ backward)    layer_norm, layer_norm_backward                 ~8 -> 3,  ~11 -> 5
-    group_norm (+ backward)    group_norm, group_norm_backward                 ~9 -> 3,  ~13 -> 5
+    attention (head dim <= 64) attention's forward (both products, mask,      ~10 -> 1
+                               softmax, and the head split/merge copies)
+    layer_norm (+ backward)    layer_norm, layer_norm_backward                 ~8 -> 1,  ~11 -> 5
+    group_norm (+ backward)    group_norm, group_norm_backward                 ~9 -> 1,  ~13 -> 5
+    group_norm_silu (+ bwd)    group_norm_silu, group_norm_silu_backward      ~13 -> 1,  ~20 -> 6
     im2col / col2im            _im2col, _col2im (conv2d, conv_transpose2d)   ~12 -> 1, ~13 -> 1
+    conv_output                conv2d's "+ b, then (C_out, B, H, W) -> NCHW"    2 -> 1
     adamw_update               optim.AdamW.step, per parameter                 ~10 -> 1
 """
 from __future__ import annotations
 
 import functools
 import types
+
+import numpy as np
 
 from .. import backend
 
@@ -41,6 +47,54 @@ template <typename T> __device__ T minidiff_row_shift(T m) {
     return (isinf(m) && m < T(0)) ? T(0) : m;
 }
 """
+
+
+MAX_HEAD_DIM = 64      # the fused attention keeps a query row and its output row in registers
+
+# One warp per row of n numbers (rows = B*G for GroupNorm, tokens for LayerNorm):
+#   mu = mean(x);  inv_std = 1 / sqrt(mean((x - mu)^2) + eps)      (two passes over the row)
+#   x_hat = (x - mu) inv_std;  y = gamma_c x_hat + beta_c;  then y = SiLU(y) when silu != 0
+# Row r is group (r % groups) of its sample, so its element j is channel ((r % groups) n + j) / hw
+# (LayerNorm: groups = hw = 1, channel = j).
+_NORMALIZE_ROWS = r"""
+template <typename T> __device__ T minidiff_warp_sum(T v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;                                       // every lane now holds the sum of all 32
+}
+
+template <typename T>
+__global__ void minidiff_normalize_rows(const T* x, const T* gamma, const T* beta, T* y, T* x_hat, T* inv_std,
+                                        long long rows, int n, int groups, long long hw, T eps, int silu) {
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;                        // whole warps leave together
+    const T* x_row = x + row * n;
+    T total = T(0);
+    for (int j = lane; j < n; j += 32) total += x_row[j];
+    const T mu = minidiff_warp_sum(total) / T(n);
+    T squares = T(0);
+    for (int j = lane; j < n; j += 32) { const T centred = x_row[j] - mu; squares += centred * centred; }
+    const T inv = T(1) / sqrt(minidiff_warp_sum(squares) / T(n) + eps);
+    if (lane == 0) inv_std[row] = inv;
+    const long long first = (row % groups) * (long long)n;
+    for (int j = lane; j < n; j += 32) {
+        const T normalized = (x_row[j] - mu) * inv;
+        const long long c = (first + j) / hw;
+        T out = normalized * gamma[c] + beta[c];
+        if (silu) out = out * (T(1) / (T(1) + exp(-(out > T(-80) ? out : T(-80)))));
+        x_hat[row * n + j] = normalized;
+        y[row * n + j] = out;
+    }
+}
+"""
+_ROWS_PER_BLOCK = 8
+
+
+@functools.cache
+def _normalize_rows_kernel(dtype_char):
+    name = f"minidiff_normalize_rows<{'float' if dtype_char == 'f' else 'double'}>"
+    module = backend.cupy_module().RawModule(code=_NORMALIZE_ROWS, name_expressions=(name,))
+    return module.get_function(name)
 
 
 @functools.cache
@@ -89,14 +143,6 @@ def _kernels():
     k.softmax_backward = elementwise("T dy, T y, T dot", "T dx", "dx = (dy - dot) * y;",
                                      "minidiff_softmax_backward")
 
-    # inv_std = 1 / sqrt(mean((x - mu)^2) + eps) over the reduced axes (two-pass variance)
-    k.inv_std = reduction("T x, T mu, T eps", "T inv_std", "(x - mu) * (x - mu)", "a + b",
-                          "inv_std = T(1) / sqrt(a / T(_in_ind.size() / _out_ind.size()) + eps)", "0",
-                          "minidiff_inv_std")
-    # x_hat = (x - mu) * inv_std;  y = gamma * x_hat + beta
-    k.normalize_affine = elementwise("T x, T mu, T inv_std, T gamma, T beta", "T x_hat, T y", """
-        x_hat = (x - mu) * inv_std;
-        y = x_hat * gamma + beta;""", "minidiff_normalize_affine")
     # sum of u * v * w over the reduced axes (a scalar 1 stands for an absent factor)
     k.sum_of_products = reduction("T u, T v, T w", "T total", "u * v * w", "a + b", "total = a", "0",
                                   "minidiff_sum_of_products")
@@ -139,6 +185,63 @@ def _kernels():
             }
         }
         dx = total;""", "minidiff_col2im")
+
+    # y[b, o, p] = y2d[o, (b, p)] + bias[o]: conv2d's bias add and its (C_out, B, Ho*Wo) -> NCHW copy
+    k.conv_output = elementwise(
+        "raw T y2d, raw T bias, int32 channels, int32 batch, int32 positions, int32 has_bias", "T y", """
+        const ptrdiff_t p = i % positions, o = (i / positions) % channels;
+        const ptrdiff_t b = i / ((ptrdiff_t)positions * channels);
+        y = y2d[(o * batch + b) * positions + p] + (has_bias ? bias[o] : T(0));""", "minidiff_conv_output")
+
+    # GroupNorm + SiLU backward, first step: a = gamma x_hat + beta is recomputed, and
+    # da = dy * SiLU'(a) = dy * s (1 + a (1 - s)),  s = sigmoid(a)
+    k.silu_affine_backward = elementwise("T dy, T x_hat, T gamma, T beta", "T da", """
+        const T a = gamma * x_hat + beta;
+        const T s = T(1) / (T(1) + exp(-(a > T(-80) ? a : T(-80))));
+        da = dy * s * (T(1) + a * (T(1) - s));""", "minidiff_silu_affine_backward")
+
+    # Attention, one thread per query row i = (b, h, l). q, k, v and out are token-major,
+    # (B, L, heads, d) as the projections make them, so no head split or merge is ever copied;
+    # probs is (B, heads, Lq, Lk), the mask a bool view broadcast to that shape.
+    #   s_j = (q scale) . k_j  (masked: skipped);   P_j = exp(s_j - max) / sum_j exp(s_j - max)
+    #   out = sum_j P_j v_j, as an "online" softmax: one pass keeps the running maximum m and
+    #   rescales the running sums by exp(m_old - m_new) whenever m grows. A row whose keys are all
+    #   masked has total 0 and gets out = 0 and P = 0, as in the plain code.
+    k.attention = elementwise(
+        "raw T q, raw T k, raw T v, raw bool mask, int32 heads, int32 q_len, int32 k_len, int32 d, int32 dv, "
+        "T scale, int32 has_mask", "raw T out, raw T probs", """
+        const int l = i % q_len, h = (i / q_len) % heads;
+        const ptrdiff_t b = i / ((ptrdiff_t)q_len * heads);
+        T q_row[MINIDIFF_MAX_HEAD_DIM], acc[MINIDIFF_MAX_HEAD_DIM];
+        for (int e = 0; e < d; ++e) q_row[e] = q[((b * q_len + l) * heads + h) * d + e] * scale;
+        for (int e = 0; e < dv; ++e) acc[e] = T(0);
+        T m = -INFINITY, total = T(0);
+        for (int j = 0; j < k_len; ++j) {
+            if (has_mask && !mask[(ptrdiff_t)i * k_len + j]) continue;
+            const ptrdiff_t key = (b * k_len + j) * heads + h;
+            T s = T(0);
+            for (int e = 0; e < d; ++e) s += q_row[e] * k[key * d + e];
+            if (s > m) {                                  // a new maximum: rescale what is summed so far
+                const T c = exp(m - s);
+                total *= c;
+                for (int e = 0; e < dv; ++e) acc[e] *= c;
+                m = s;
+            }
+            const T p = exp(s - m);
+            total += p;
+            for (int e = 0; e < dv; ++e) acc[e] += p * v[key * dv + e];
+        }
+        for (int e = 0; e < dv; ++e) out[((b * q_len + l) * heads + h) * dv + e] = total > T(0) ? acc[e] / total : T(0);
+        for (int j = 0; j < k_len; ++j) {                 // the probabilities, for backward and pictures
+            T p = T(0);
+            if (total > T(0) && !(has_mask && !mask[(ptrdiff_t)i * k_len + j])) {
+                const ptrdiff_t key = (b * k_len + j) * heads + h;
+                T s = T(0);
+                for (int e = 0; e < d; ++e) s += q_row[e] * k[key * d + e];
+                p = exp(s - m) / total;
+            }
+            probs[(ptrdiff_t)i * k_len + j] = p;
+        }""", "minidiff_attention", preamble=f"#define MINIDIFF_MAX_HEAD_DIM {MAX_HEAD_DIM}")
 
     # AdamW for one parameter, in place (optim.AdamW.step):
     #   theta <- theta (1 - lr lambda);  m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
@@ -198,11 +301,19 @@ def softmax_backward(dy, y):
 
 
 # -- normalisation -------------------------------------------------------------------------------
-def _statistics(x, eps, axis):
-    """mu and inv_std = 1 / sqrt(var + eps) over ``axis`` (kept as length-1 axes)."""
-    mu = x.mean(axis=axis, keepdims=True)
-    inv_std = _kernels().inv_std(x, mu, _scalar(x, eps), axis=axis, keepdims=True)
-    return mu, inv_std
+def _normalize_rows(x, gamma, beta, rows, groups, hw, eps, silu=False):
+    """y, x_hat (rows, n) and inv_std (rows,) of the contiguous x seen as ``rows`` rows, in one launch."""
+    cp = backend.cupy_module()
+    kernel = _normalize_rows_kernel(x.dtype.char)
+    x = cp.ascontiguousarray(x).reshape(rows, -1)
+    y, x_hat = cp.empty_like(x), cp.empty_like(x)
+    inv_std = cp.empty(rows, dtype=x.dtype)
+    if rows and x.shape[1]:
+        blocks = (rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+        kernel((blocks,), (32 * _ROWS_PER_BLOCK,),
+               (x, cp.ascontiguousarray(gamma), cp.ascontiguousarray(beta), y, x_hat, inv_std, np.int64(rows),
+                np.int32(x.shape[1]), np.int32(groups), np.int64(hw), _scalar(x, eps), np.int32(silu)))
+    return y, x_hat, inv_std
 
 
 def _normalize_backward(dy, x_hat, inv_std, gamma, stat_axes, param_axes, count):
@@ -219,9 +330,9 @@ def _normalize_backward(dy, x_hat, inv_std, gamma, stat_axes, param_axes, count)
 
 
 def layer_norm(x, gamma, beta, eps=1e-5):
-    mu, inv_std = _statistics(x, eps, axis=-1)                                   # (..., 1)
-    x_hat, y = _kernels().normalize_affine(x, mu, inv_std, gamma, beta)
-    return y, (x_hat, inv_std, gamma)
+    rows = x.size // x.shape[-1]
+    y, x_hat, inv_std = _normalize_rows(x, gamma, beta, rows, groups=1, hw=1, eps=eps)
+    return y.reshape(x.shape), (x_hat.reshape(x.shape), inv_std.reshape(x.shape[:-1] + (1,)), gamma)
 
 
 def layer_norm_backward(dy, cache):
@@ -230,15 +341,14 @@ def layer_norm_backward(dy, cache):
                                param_axes=tuple(range(dy.ndim - 1)), count=dy.shape[-1])
 
 
-def group_norm(x, gamma, beta, num_groups, eps=1e-5):
-    """Statistics on the (B, G, N) view, the affine map on the (B, G, C/G, H*W) view, where
-    gamma and beta broadcast as (1, G, C/G, 1)."""
+def group_norm(x, gamma, beta, num_groups, eps=1e-5, silu=False):
+    """One row per (sample, group): its N = C/G * H*W numbers are contiguous in x. With ``silu``
+    the SiLU is applied too (group_norm_silu) and beta joins the cache."""
     B, C, G = x.shape[0], x.shape[1], num_groups
-    mu, inv_std = _statistics(x.reshape(B, G, -1), eps, axis=-1)                 # (B, G, 1)
-    per_channel = (1, G, C // G, 1)
-    x_hat, y = _kernels().normalize_affine(x.reshape(B, G, C // G, -1), mu[..., None], inv_std[..., None],
-                                           gamma.reshape(per_channel), beta.reshape(per_channel))
-    return y.reshape(x.shape), (x_hat.reshape(B, G, -1), inv_std, gamma)
+    hw = x.size // (B * C)                                                       # H*W
+    y, x_hat, inv_std = _normalize_rows(x, gamma, beta, B * G, groups=G, hw=hw, eps=eps, silu=silu)
+    cache = (x_hat.reshape(B, G, -1), inv_std.reshape(B, G, 1), gamma)
+    return y.reshape(x.shape), cache + ((beta,) if silu else ())
 
 
 def group_norm_backward(dy, cache):
@@ -252,6 +362,43 @@ def group_norm_backward(dy, cache):
     return dx.reshape(dy.shape), dgamma.reshape(C), dbeta.reshape(C)
 
 
+def group_norm_silu(x, gamma, beta, num_groups, eps=1e-5):
+    return group_norm(x, gamma, beta, num_groups, eps, silu=True)
+
+
+def group_norm_silu_backward(dy, cache):
+    """da = dy SiLU'(gamma x_hat + beta) in one kernel, then GroupNorm's backward."""
+    x_hat, inv_std, gamma, beta = cache
+    B, G, _ = x_hat.shape
+    per_group, per_channel = (B, G, gamma.shape[0] // G, -1), (1, G, -1, 1)
+    da = _kernels().silu_affine_backward(dy.reshape(per_group), x_hat.reshape(per_group),
+                                         gamma.reshape(per_channel), beta.reshape(per_channel))
+    return group_norm_backward(da.reshape(dy.shape), (x_hat, inv_std, gamma))
+
+
+# -- attention -----------------------------------------------------------------------------------
+@functools.cache
+def _no_mask():
+    """A one-element stand-in for the mask argument when there is none (made once, not per call)."""
+    return backend.cupy_module().ones(1, dtype=bool)
+
+
+def attention(q, k, v, mask, scale):
+    """out (B, heads, Lq, dv) and P (B, heads, Lq, Lk) in one launch; q, k, v (B, heads, L, d)."""
+    cp = backend.cupy_module()
+    B, heads, Lq, d = q.shape
+    Lk, dv = k.shape[2], v.shape[3]
+    # (B, heads, L, d) -> token-major (B, L, heads, d): free when the array is a split-heads view
+    q, k, v = (cp.ascontiguousarray(t.transpose(0, 2, 1, 3)) for t in (q, k, v))
+    out = cp.empty((B, Lq, heads, dv), dtype=q.dtype)
+    probs = cp.empty((B, heads, Lq, Lk), dtype=q.dtype)
+    has_mask = mask is not None
+    mask = cp.broadcast_to(mask, probs.shape) if has_mask else _no_mask()
+    _kernels().attention(q, k, v, mask, heads, Lq, Lk, d, dv, _scalar(q, scale), int(has_mask), out, probs,
+                         size=B * heads * Lq)
+    return out.transpose(0, 2, 1, 3), probs
+
+
 # -- convolution: unfold and fold ----------------------------------------------------------------
 def im2col(x, kh, kw, stride, padding, Ho, Wo):
     """x (B, C, H, W) -> col (C*kh*kw, B*Ho*Wo), one thread per col entry."""
@@ -259,6 +406,16 @@ def im2col(x, kh, kw, stride, padding, Ho, Wo):
     col = backend.cupy_module().empty((C * kh * kw, B * Ho * Wo), dtype=x.dtype)
     _kernels().im2col(backend.cupy_module().ascontiguousarray(x), B, C, H, W, Ho, Wo, kh, kw, stride, padding, col)
     return col
+
+
+def conv_output(y2d, bias, out_shape):
+    """y2d (C_out, B*Ho*Wo) (+ bias per row) -> y (B, C_out, Ho, Wo), one thread per output element."""
+    cp = backend.cupy_module()
+    B, C_out = out_shape[0], out_shape[1]
+    y = cp.empty(tuple(out_shape), dtype=y2d.dtype)
+    has_bias = bias is not None
+    _kernels().conv_output(y2d, bias if has_bias else y2d, C_out, B, y2d.shape[1] // B, int(has_bias), y)
+    return y
 
 
 def col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):

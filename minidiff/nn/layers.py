@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from . import functional as F
 from .module import Module, Parameter
 
@@ -129,26 +130,35 @@ class Conv2d(_CachingModule):
 # -- normalisation -------------------------------------------------------------------------------
 class GroupNorm(_CachingModule):
     """y = gamma * (x - mean_g) / sqrt(var_g + eps) + beta, statistics per sample and group of
-    C / num_groups channels (over those channels and all of H, W).  gamma, beta: (C,)."""
+    C / num_groups channels (over those channels and all of H, W).  gamma, beta: (C,).
 
-    def __init__(self, num_groups, num_channels, eps=1e-5):
+    ``activation="silu"`` applies SiLU to y as part of the same op (``F.group_norm_silu``): the
+    norm-then-SiLU pair that opens every ResBlock branch, one kernel launch on a GPU instead of two
+    ops. The parameters, and so the state dict, are the same either way."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, activation=None):
         self.num_groups = _positive_int("GroupNorm", "num_groups", num_groups)
         self.num_channels = _positive_int("GroupNorm", "num_channels", num_channels)
         if self.num_channels % self.num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels do not divide into {num_groups} groups")
+        if activation not in (None, "silu"):
+            raise ValueError(f"GroupNorm: activation must be None or 'silu', got {activation!r}")
         self.eps = float(eps)
+        self.activation = activation
         self.weight = Parameter(np.ones(self.num_channels, np.float32))    # gamma
         self.bias = Parameter(np.zeros(self.num_channels, np.float32))     # beta
+        self._op, self._op_backward = ((F.group_norm, F.group_norm_backward) if activation is None
+                                       else (F.group_norm_silu, F.group_norm_silu_backward))
 
     def forward(self, x):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"GroupNorm: expected input (B, {self.num_channels}, ...), got shape {tuple(x.shape)}")
-        y, cache = F.group_norm(x, self.weight.data, self.bias.data, self.num_groups, eps=self.eps)
+        y, cache = self._op(x, self.weight.data, self.bias.data, self.num_groups, eps=self.eps)
         self._keep(cache)
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = F.group_norm_backward(dy, self._take_cache())
+        dx, dgamma, dbeta = self._op_backward(dy, self._take_cache())
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
         return dx
@@ -237,16 +247,27 @@ class AvgPool2d(_ParameterFree):
 class Dropout(_CachingModule):
     """Training: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); eval: y = x.
 
-    ``rng`` draws the masks (None: a fresh ``np.random.default_rng()``)."""
+    ``rng`` (None: a fresh ``np.random.default_rng()``) draws the masks of host arrays. For arrays
+    on a GPU the masks are drawn there, by a device generator seeded once from ``rng``: no mask
+    is ever copied from the host inside a training step."""
 
     def __init__(self, p=0.5, rng=None):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = _generator(rng)
+        self._device_rng = None
+
+    def _rng_for(self, x):
+        if not backend.is_gpu_array(x):
+            return self.rng
+        if self._device_rng is None:
+            self._device_rng = backend.rng(int(self.rng.integers(2 ** 63)), "gpu")
+        return self._device_rng
 
     def forward(self, x):
-        y, mask = F.dropout(x, self.p, self.rng, self.training)
+        training = self.training and self.p > 0
+        y, mask = F.dropout(x, self.p, self._rng_for(x) if training else None, training)
         self._keep((mask,))                 # mask may be None (p = 0): wrap it so "no cache" stays None
         return y
 
