@@ -215,17 +215,19 @@ def _kernels():
         T q_row[MINIDIFF_MAX_HEAD_DIM], acc[MINIDIFF_MAX_HEAD_DIM];
         for (int e = 0; e < d; ++e) q_row[e] = q[((b * q_len + l) * heads + h) * d + e] * scale;
         for (int e = 0; e < dv; ++e) acc[e] = T(0);
-        T m = -INFINITY, total = T(0);
+        T m = T(0), total = T(0);
+        bool seen = false;                                // m is the maximum of the scores seen so far
         for (int j = 0; j < k_len; ++j) {
             if (has_mask && !mask[(ptrdiff_t)i * k_len + j]) continue;
             const ptrdiff_t key = (b * k_len + j) * heads + h;
             T s = T(0);
             for (int e = 0; e < d; ++e) s += q_row[e] * k[key * d + e];
-            if (s > m) {                                  // a new maximum: rescale what is summed so far
-                const T c = exp(m - s);
+            if (!seen || s > m) {                         // a new maximum: rescale what is summed so far
+                const T c = seen ? exp(m - s) : T(0);
                 total *= c;
                 for (int e = 0; e < dv; ++e) acc[e] *= c;
                 m = s;
+                seen = true;
             }
             const T p = exp(s - m);
             total += p;
