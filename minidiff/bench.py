@@ -729,13 +729,16 @@ def fused_cases():
         return run
 
     def adamw(xp, rng):
-        data, grad = inputs(xp, rng, (33, 17), (33, 17))
-        p = Parameter(data)
-        optimizer = AdamW([p], lr=1e-2, weight_decay=0.1)
-        for _ in range(3):
-            p.grad = grad
+        data, grad, bias, bias_grad = inputs(xp, rng, (33, 17), (33, 17), (17,), (17,))
+        params = [Parameter(data), Parameter(bias)]
+        optimizer = AdamW(params, lr=1e-2, weight_decay=0.1)
+        for step in range(4):                                     # fused: from step 2 on, one flat update
+            optimizer.zero_grad()
+            for p, g in zip(params, (grad, bias_grad)):
+                p.accumulate(g * (step + 1))
             optimizer.step()
-        return {"theta": p.data, "m": optimizer.exp_avg["0"], "v": optimizer.exp_avg_sq["0"]}
+        return {"theta": params[0].data, "bias": params[1].data, "m": optimizer.exp_avg["0"],
+                "v": optimizer.exp_avg_sq["1"]}
 
     x4 = (3, 8, 5, 6)
     return [
@@ -758,7 +761,7 @@ def fused_cases():
         ("conv2d 1x1", pair(F.conv2d, F.conv2d_backward, (2, 6, 5, 5), (4, 6, 1, 1), (4,), (2, 4, 5, 5))),
         ("conv_transpose2d", pair(F.conv_transpose2d, F.conv_transpose2d_backward, (2, 3, 4, 5),
                                   (3, 4, 3, 3), (4,), (2, 4, 8, 10), stride=2, padding=1, output_padding=1)),
-        ("AdamW (3 steps)", adamw),
+        ("AdamW (4 steps)", adamw),
     ]
 
 

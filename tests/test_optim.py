@@ -236,3 +236,54 @@ def test_warmup_cosine_rises_then_never_increases(warmup, extra, step):
 def test_warmup_cosine_rejects_warmup_longer_than_training():
     with pytest.raises(ValueError, match="warmup_steps=10, total_steps=5"):
         warmup_cosine(0, 1e-3, 10, 5)
+
+
+def _adamw_steps(fused, monkeypatch, steps=4):
+    """Two parameters trained by AdamW for a few steps, gradients added by backward's accumulate;
+    with ``fused``, NumPy arrays take the GPU branch and the fused update is NumPy arithmetic."""
+    from minidiff.nn import kernels
+    calls = []
+
+    def numpy_adamw(theta, g, m, v, lr, weight_decay, betas, eps, bias_correction1, bias_correction2):
+        calls.append(theta.size)
+        theta *= 1 - lr * weight_decay
+        m[...] = betas[0] * m + (1 - betas[0]) * g
+        v[...] = betas[1] * v + (1 - betas[1]) * g * g
+        theta -= lr / bias_correction1 * m / (np.sqrt(v) / math.sqrt(bias_correction2) + eps)
+    monkeypatch.setattr(kernels, "adamw_update", numpy_adamw)
+    monkeypatch.setattr(backend, "use_fused", lambda x: fused and isinstance(x, np.ndarray))
+    rng = np.random.default_rng(0)
+    params = [Parameter(rng.standard_normal((4, 3))), Parameter(rng.standard_normal(3))]
+    opt = AdamW(params, lr=0.05, weight_decay=0.1)
+    for step in range(steps):
+        opt.zero_grad()
+        for p in params:
+            p.accumulate(rng.standard_normal(p.shape))
+            p.accumulate(np.ones(p.shape))                       # a second use adds up
+        opt.step()
+    return params, opt, calls
+
+
+def test_flat_adamw_updates_every_parameter_in_one_call_with_the_same_result(monkeypatch):
+    params, opt, calls = _adamw_steps(True, monkeypatch)
+    # step 1 finds the gradients outside the flat buffer (per parameter: 2 calls); then one call a step
+    assert calls == [12, 3, 15, 15, 15]
+    flat = params[0].data.base
+    assert flat is not None and params[1].data.base is flat and opt.exp_avg["1"].base is not None
+    reference, reference_opt, _ = _adamw_steps(False, monkeypatch)
+    for p, q in zip(params, reference):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-12, atol=1e-12)
+    for name in ("0", "1"):
+        np.testing.assert_allclose(opt.exp_avg_sq[name], reference_opt.exp_avg_sq[name], rtol=1e-12)
+
+
+def test_flat_adamw_takes_back_a_parameter_replaced_from_outside(monkeypatch):
+    params, opt, calls = _adamw_steps(True, monkeypatch, steps=2)
+    params[1].data = np.full(3, 7.0)                              # e.g. load_state_dict
+    opt.zero_grad()
+    for p in params:
+        p.accumulate(np.zeros(p.shape))
+    opt.step()
+    assert calls[-1] == 15 and params[1].data.base is params[0].data.base
+    np.testing.assert_allclose(params[1].data, 7.0 * (1 - 0.05 * 0.1) - 0.05 * opt.exp_avg["1"] / (1 - 0.9 ** 3)
+                               / (np.sqrt(opt.exp_avg_sq["1"] / (1 - 0.999 ** 3)) + 1e-8), rtol=1e-12)

@@ -24,9 +24,9 @@ backend.py remains the only file that imports CuPy.
     softmax_backward           softmax_backward                                 ~4 -> 2
     attention (head dim <= 64) attention's forward (both products, mask,      ~10 -> 1
                                softmax, and the head split/merge copies)
-    layer_norm (+ backward)    layer_norm, layer_norm_backward                 ~8 -> 1,  ~11 -> 5
-    group_norm (+ backward)    group_norm, group_norm_backward                 ~9 -> 1,  ~13 -> 5
-    group_norm_silu (+ bwd)    group_norm_silu, group_norm_silu_backward      ~13 -> 1,  ~20 -> 6
+    layer_norm (+ backward)    layer_norm, layer_norm_backward                 ~8 -> 1,  ~11 -> 3
+    group_norm (+ backward)    group_norm, group_norm_backward                 ~9 -> 1,  ~13 -> 3
+    group_norm_silu (+ bwd)    group_norm_silu, group_norm_silu_backward      ~13 -> 1,  ~20 -> 3
     im2col / col2im            _im2col, _col2im (conv2d, conv_transpose2d)   ~12 -> 1, ~13 -> 1
     conv_output                conv2d's "+ b, then (C_out, B, H, W) -> NCHW"    2 -> 1
     adamw_update               optim.AdamW.step, per parameter                 ~10 -> 1
@@ -86,13 +86,51 @@ __global__ void minidiff_normalize_rows(const T* x, const T* gamma, const T* bet
         y[row * n + j] = out;
     }
 }
+
+// Its backward, one warp per row again. With g = gamma_c da (da = dy, or with silu
+// da = dy SiLU'(gamma_c x_hat + beta_c), also written out for dgamma and dbeta):
+//   dx = inv_std (g - mean(g) - x_hat mean(g x_hat))          (the two means over the row)
+template <typename T> __device__ T minidiff_row_grad(const T* dy, const T* x_hat, const T* gamma, const T* beta,
+                                                     long long at, long long c, int silu) {
+    if (!silu) return dy[at];
+    const T a = gamma[c] * x_hat[at] + beta[c];
+    const T s = T(1) / (T(1) + exp(-(a > T(-80) ? a : T(-80))));
+    return dy[at] * s * (T(1) + a * (T(1) - s));
+}
+
+template <typename T>
+__global__ void minidiff_normalize_rows_backward(const T* dy, const T* x_hat, const T* inv_std, const T* gamma,
+                                                 const T* beta, T* dx, T* da, long long rows, int n, int groups,
+                                                 long long hw, int silu) {
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const long long first = (row % groups) * (long long)n;
+    T sum_g = T(0), sum_g_xhat = T(0);
+    for (int j = lane; j < n; j += 32) {
+        const long long at = row * n + j, c = (first + j) / hw;
+        const T grad = minidiff_row_grad(dy, x_hat, gamma, beta, at, c, silu);
+        if (silu) da[at] = grad;
+        sum_g += gamma[c] * grad;
+        sum_g_xhat += gamma[c] * grad * x_hat[at];
+    }
+    sum_g = minidiff_warp_sum(sum_g);
+    sum_g_xhat = minidiff_warp_sum(sum_g_xhat);
+    const T inv = inv_std[row];
+    for (int j = lane; j < n; j += 32) {
+        const long long at = row * n + j, c = (first + j) / hw;
+        const T g = gamma[c] * (silu ? da[at] : dy[at]);
+        dx[at] = inv * (g - (sum_g + x_hat[at] * sum_g_xhat) / T(n));
+    }
+}
 """
 _ROWS_PER_BLOCK = 8
 
 
 @functools.cache
-def _normalize_rows_kernel(dtype_char):
-    name = f"minidiff_normalize_rows<{'float' if dtype_char == 'f' else 'double'}>"
+def _normalize_rows_kernel(dtype_char, backward=False):
+    name = (f"minidiff_normalize_rows{'_backward' if backward else ''}"
+            f"<{'float' if dtype_char == 'f' else 'double'}>")
     module = backend.cupy_module().RawModule(code=_NORMALIZE_ROWS, name_expressions=(name,))
     return module.get_function(name)
 
@@ -146,11 +184,6 @@ def _kernels():
     # sum of u * v * w over the reduced axes (a scalar 1 stands for an absent factor)
     k.sum_of_products = reduction("T u, T v, T w", "T total", "u * v * w", "a + b", "total = a", "0",
                                   "minidiff_sum_of_products")
-    # dx = inv_std (g - mean(g) - x_hat mean(g x_hat)),  g = gamma dy,  mean = sum / N
-    k.normalize_backward = elementwise("T dy, T gamma, T x_hat, T inv_std, T sum_g, T sum_g_xhat, T inv_n",
-                                       "T dx", """
-        dx = inv_std * (gamma * dy - (sum_g + x_hat * sum_g_xhat) * inv_n);""", "minidiff_normalize_backward")
-
     # col[(c, ki, kj), (b, oy, ox)] = x_pad[b, c, stride*oy + ki, stride*ox + kj]  (0 in the padding)
     k.im2col = elementwise(
         "raw T x, int32 batch, int32 channels, int32 height, int32 width, int32 out_height, int32 out_width, "
@@ -192,13 +225,6 @@ def _kernels():
         const ptrdiff_t p = i % positions, o = (i / positions) % channels;
         const ptrdiff_t b = i / ((ptrdiff_t)positions * channels);
         y = y2d[(o * batch + b) * positions + p] + (has_bias ? bias[o] : T(0));""", "minidiff_conv_output")
-
-    # GroupNorm + SiLU backward, first step: a = gamma x_hat + beta is recomputed, and
-    # da = dy * SiLU'(a) = dy * s (1 + a (1 - s)),  s = sigmoid(a)
-    k.silu_affine_backward = elementwise("T dy, T x_hat, T gamma, T beta", "T da", """
-        const T a = gamma * x_hat + beta;
-        const T s = T(1) / (T(1) + exp(-(a > T(-80) ? a : T(-80))));
-        da = dy * s * (T(1) + a * (T(1) - s));""", "minidiff_silu_affine_backward")
 
     # Attention, one thread per query row i = (b, h, l). q, k, v and out are token-major,
     # (B, L, heads, d) as the projections make them, so no head split or merge is ever copied;
@@ -318,17 +344,21 @@ def _normalize_rows(x, gamma, beta, rows, groups, hw, eps, silu=False):
     return y, x_hat, inv_std
 
 
-def _normalize_backward(dy, x_hat, inv_std, gamma, stat_axes, param_axes, count):
-    """(dx, dgamma, dbeta) of y = gamma x_hat + beta with x_hat normalised over ``stat_axes``
-    (``count`` numbers each) and gamma, beta shared along ``param_axes``."""
-    k = _kernels()
-    one = _scalar(dy, 1)
-    dbeta = dy.sum(axis=param_axes)                                              # sum dy
-    dgamma = k.sum_of_products(dy, x_hat, one, axis=param_axes)                  # sum dy x_hat
-    sum_g = k.sum_of_products(dy, gamma, one, axis=stat_axes, keepdims=True)     # sum g,  g = gamma dy
-    sum_g_xhat = k.sum_of_products(dy, gamma, x_hat, axis=stat_axes, keepdims=True)   # sum g x_hat
-    dx = k.normalize_backward(dy, gamma, x_hat, inv_std, sum_g, sum_g_xhat, _scalar(dy, 1.0 / count))
-    return dx, dgamma, dbeta
+def _normalize_rows_backward(dy, x_hat, inv_std, gamma, beta, rows, groups, hw, silu=False):
+    """dx and the gradient at the affine output, da (dy itself without SiLU), as (rows, n) arrays,
+    in one launch: the mirror of _normalize_rows."""
+    cp = backend.cupy_module()
+    kernel = _normalize_rows_kernel(dy.dtype.char, backward=True)
+    dy = cp.ascontiguousarray(dy).reshape(rows, -1)
+    dx = cp.empty_like(dy)
+    da = cp.empty_like(dy) if silu else dy
+    if rows and dy.shape[1]:
+        blocks = (rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+        kernel((blocks,), (32 * _ROWS_PER_BLOCK,),
+               (dy, cp.ascontiguousarray(x_hat), inv_std, cp.ascontiguousarray(gamma),
+                cp.ascontiguousarray(gamma if beta is None else beta), dx, da, np.int64(rows), np.int32(dy.shape[1]),
+                np.int32(groups), np.int64(hw), np.int32(silu)))
+    return dx, da
 
 
 def layer_norm(x, gamma, beta, eps=1e-5):
@@ -339,8 +369,12 @@ def layer_norm(x, gamma, beta, eps=1e-5):
 
 def layer_norm_backward(dy, cache):
     x_hat, inv_std, gamma = cache
-    return _normalize_backward(dy, x_hat, inv_std, gamma, stat_axes=-1,
-                               param_axes=tuple(range(dy.ndim - 1)), count=dy.shape[-1])
+    D = gamma.shape[0]
+    rows = dy.size // D
+    dx, da = _normalize_rows_backward(dy, x_hat, inv_std, gamma, None, rows, groups=1, hw=1)
+    # dbeta = sum dy,  dgamma = sum dy x_hat  (over every row)
+    dgamma = _kernels().sum_of_products(da, x_hat.reshape(rows, D), _scalar(dy, 1), axis=0)
+    return dx.reshape(dy.shape), dgamma, da.sum(axis=0)
 
 
 def group_norm(x, gamma, beta, num_groups, eps=1e-5, silu=False):
@@ -353,15 +387,19 @@ def group_norm(x, gamma, beta, num_groups, eps=1e-5, silu=False):
     return y.reshape(x.shape), cache + ((beta,) if silu else ())
 
 
-def group_norm_backward(dy, cache):
+def group_norm_backward(dy, cache, beta=None):
+    """One row kernel for dx (with ``beta``: through the SiLU too), then dgamma and dbeta as sums
+    over samples and positions of the (B, C, H*W) view."""
     x_hat, inv_std, gamma = cache                                                # (B, G, N), (B, G, 1), (C,)
     B, G, N = x_hat.shape
     C = gamma.shape[0]
-    per_group = (B, G, C // G, -1)
-    dx, dgamma, dbeta = _normalize_backward(
-        dy.reshape(per_group), x_hat.reshape(per_group), inv_std[..., None], gamma.reshape(1, G, C // G, 1),
-        stat_axes=(2, 3), param_axes=(0, 3), count=N)
-    return dx.reshape(dy.shape), dgamma.reshape(C), dbeta.reshape(C)
+    silu = beta is not None
+    dx, da = _normalize_rows_backward(dy, x_hat, inv_std, gamma, beta, B * G, groups=G, hw=N * G // C, silu=silu)
+    per_channel = (B, C, -1)
+    da = da.reshape(per_channel)
+    # dbeta_c = sum da,  dgamma_c = sum da x_hat  (over samples b and positions)
+    dgamma = _kernels().sum_of_products(da, x_hat.reshape(per_channel), _scalar(dy, 1), axis=(0, 2))
+    return dx.reshape(dy.shape), dgamma, da.sum(axis=(0, 2))
 
 
 def group_norm_silu(x, gamma, beta, num_groups, eps=1e-5):
@@ -369,13 +407,8 @@ def group_norm_silu(x, gamma, beta, num_groups, eps=1e-5):
 
 
 def group_norm_silu_backward(dy, cache):
-    """da = dy SiLU'(gamma x_hat + beta) in one kernel, then GroupNorm's backward."""
     x_hat, inv_std, gamma, beta = cache
-    B, G, _ = x_hat.shape
-    per_group, per_channel = (B, G, gamma.shape[0] // G, -1), (1, G, -1, 1)
-    da = _kernels().silu_affine_backward(dy.reshape(per_group), x_hat.reshape(per_group),
-                                         gamma.reshape(per_channel), beta.reshape(per_channel))
-    return group_norm_backward(da.reshape(dy.shape), (x_hat, inv_std, gamma))
+    return group_norm_backward(dy, (x_hat, inv_std, gamma), beta=beta)
 
 
 # -- attention -----------------------------------------------------------------------------------

@@ -42,11 +42,12 @@ def no_grad():
 class Parameter:
     """A learnable array ``data`` and its gradient ``grad`` (None until a backward pass adds one)."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "grad_buffer")
 
     def __init__(self, data):
         self.data = data
         self.grad = None
+        self.grad_buffer = None     # optional home for grad, set by an optimiser (see optim.AdamW)
 
     @property
     def shape(self):
@@ -59,7 +60,12 @@ class Parameter:
         if g.shape != self.data.shape:
             raise ValueError(f"gradient of shape {g.shape} for a parameter of shape {self.data.shape}")
         if self.grad is None:
-            self.grad = g.astype(self.data.dtype, copy=True)
+            buffer = self.grad_buffer
+            if buffer is not None and buffer.shape == g.shape and type(buffer) is type(g):
+                buffer[...] = g                       # into the optimiser's flat gradient buffer
+                self.grad = buffer
+            else:
+                self.grad = g.astype(self.data.dtype, copy=True)
         else:
             self.grad += g
 
