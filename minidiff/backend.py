@@ -128,6 +128,11 @@ def rng(seed=None, dev: str | None = None):
     return np.random.default_rng(seed)
 
 
+def address(x) -> int:
+    """The memory address of x's first element (host or device): where a view sits in its buffer."""
+    return x.data.ptr if is_gpu_array(x) else x.ctypes.data
+
+
 def synchronize():
     """Wait for the GPU to finish queued work (no-op on the CPU); for timing only."""
     if _cupy is not None and _device == "gpu":

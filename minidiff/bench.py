@@ -759,6 +759,8 @@ def fused_cases():
         ("conv2d 3x3 stride 2", pair(F.conv2d, F.conv2d_backward, (2, 4, 8, 8), (6, 4, 3, 3), (6,),
                                      (2, 6, 4, 4), stride=2, padding=1)),
         ("conv2d 1x1", pair(F.conv2d, F.conv2d_backward, (2, 6, 5, 5), (4, 6, 1, 1), (4,), (2, 4, 5, 5))),
+        ("conv2d 3x3 on 17x17 (batch-first columns)", pair(F.conv2d, F.conv2d_backward, (2, 3, 17, 17),
+                                                           (4, 3, 3, 3), (4,), (2, 4, 17, 17), padding=1)),
         ("conv_transpose2d", pair(F.conv_transpose2d, F.conv_transpose2d_backward, (2, 3, 4, 5),
                                   (3, 4, 3, 3), (4,), (2, 4, 8, 10), stride=2, padding=1, output_padding=1)),
         ("AdamW (4 steps)", adamw),

@@ -73,6 +73,19 @@ def _load_arrays(owner, what, named, stored):
     return out
 
 
+def _covered_buffers(arrays):
+    """[(buffer, [(i, view)])] for every 1-D buffer that the given arrays, all views of it, cover
+    completely (as AdamW's flat buffers are covered by the parameters and gradients laid in them);
+    one operation on such a buffer then stands for one per array. Arrays that are not such views
+    are left out (the caller handles them one by one)."""
+    groups = {}
+    for i, a in enumerate(arrays):
+        base = getattr(a, "base", None)
+        if base is not None and base.ndim == 1 and base.dtype == a.dtype:
+            groups.setdefault(id(base), (base, []))[1].append((i, a))
+    return [(base, views) for base, views in groups.values() if sum(v.size for _, v in views) == base.size]
+
+
 class AdamW:
     """Adam with decoupled weight decay (Loshchilov & Hutter), the same update as torch.optim.AdamW.
 
@@ -266,6 +279,7 @@ class EMA:
         self.warmup = bool(warmup)
         self.num_updates = 0
         self.shadow = {name: _like(p.data, p.data) for name, p in self.named}
+        self._flat, self._flat_names, self._flat_bases = None, set(), []
 
     def current_decay(self):
         """decay_n for the next update (a host float)."""
@@ -274,11 +288,41 @@ class EMA:
 
     def update(self):
         decay = self.current_decay()
+        for shadow, theta in self._flat_pairs():          # whole flat buffers (see AdamW), one update each
+            shadow -= (1.0 - decay) * (shadow - theta)
+        done = self._flat_names
         for name, p in self.named:
+            if name in done:
+                continue
             s = self.shadow[name] = _on_device_of(self.shadow[name], p.data)
             # shadow <- decay shadow + (1 - decay) theta  =  shadow - (1 - decay)(shadow - theta)
             s -= (1.0 - decay) * (s - p.data)
         self.num_updates += 1
+
+    def _flat_pairs(self):
+        """[(flat shadow, flat parameters)] for the parameter buffers AdamW laid out (on a GPU): the
+        shadow gets the same layout, its entries becoming views of it, so one update covers a whole
+        buffer. Rebuilt whenever the parameters move to other buffers."""
+        params = [p.data for _, p in self.named]
+        if self._flat is not None and all(p.base is theta for p, theta in zip(params, self._flat_bases)):
+            return self._flat
+        self._flat, self._flat_names = [], set()
+        self._flat_bases = [None] * len(params)
+        for theta, views in _covered_buffers(params):
+            if not backend.use_fused(theta):
+                continue
+            xp = backend.get_array_module(theta)
+            flat_shadow = xp.empty_like(theta)
+            for i, view in views:
+                name = self.named[i][0]
+                offset = (backend.address(view) - backend.address(theta)) // theta.itemsize
+                entry = flat_shadow[offset:offset + view.size].reshape(view.shape)
+                entry[...] = _on_device_of(self.shadow[name], view)
+                self.shadow[name] = entry
+                self._flat_names.add(name)
+                self._flat_bases[i] = theta
+            self._flat.append((flat_shadow, theta))
+        return self._flat
 
     def _targets(self, model):
         """The (name, Parameter) pairs to write into: ``model``'s, or the tracked ones."""
@@ -312,6 +356,7 @@ class EMA:
             if key not in state:
                 raise ValueError(f"EMA.load_state_dict: the state has no {key!r} entry")
         self.shadow = _load_arrays("EMA", "shadow", self.named, state["shadow"])
+        self._flat, self._flat_names = None, set()
         self.decay = float(np.asarray(state["decay"]))
         self.warmup = bool(np.asarray(state.get("warmup", self.warmup)))
         self.num_updates = int(np.asarray(state["num_updates"]))
@@ -335,12 +380,16 @@ def clip_grad_norm(params, max_norm):
         return np.zeros((), np.float32)
     xp = backend.get_array_module(grads[0])
     dtype = grads[0].dtype
+    # gradients that fill one of AdamW's flat buffers are handled as that one buffer
+    flat = [buffer for buffer, _ in _covered_buffers(grads) if backend.use_fused(buffer)]
+    in_flat = {id(buffer) for buffer in flat}
+    pieces = flat + [g for g in grads if id(getattr(g, "base", None)) not in in_flat]
     # ||g||^2 = sum over parameters of sum over entries of g^2
-    total_norm = xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads)).astype(dtype)
+    total_norm = xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in pieces)).astype(dtype)
     # factor = min(1, max_norm / (||g|| + 1e-6))
     # (Python floats are "weak" under NEP 50: they keep the gradients' dtype)
     factor = xp.minimum(float(max_norm) / (total_norm + 1e-6), 1.0)
-    for g in grads:
+    for g in pieces:
         g *= factor
     return total_norm
 

@@ -59,9 +59,20 @@ conv_geometry = dict(batch=st.integers(1, 2), c_in=st.integers(1, 3), c_out=st.i
                      bias=st.booleans(), seed=st.integers(0, 2**16))
 
 
+@pytest.fixture(params=["batch-first", "batch-last"])
+def columns(request):
+    """Run a convolution test with im2col's columns in each order (functional.batch_last picks
+    one by image size; the math must not depend on it)."""
+    chosen = request.param == "batch-last"
+    original = F.batch_last
+    F.batch_last = lambda Ho, Wo: chosen
+    yield request.param
+    F.batch_last = original
+
+
 @FAST
 @given(**conv_geometry)
-def test_conv2d_gradients_match_finite_differences(xp, batch, c_in, c_out, kernel, stride, padding,
+def test_conv2d_gradients_match_finite_differences(xp, columns, batch, c_in, c_out, kernel, stride, padding,
                                                    height, width, bias, seed):
     height, width = max(height, kernel - 2 * padding), max(width, kernel - 2 * padding)
     assert_gradients(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding),
@@ -71,7 +82,7 @@ def test_conv2d_gradients_match_finite_differences(xp, batch, c_in, c_out, kerne
 
 @FAST
 @given(output_padding=st.integers(0, 1), **conv_geometry)
-def test_conv_transpose2d_gradients_match_finite_differences(xp, batch, c_in, c_out, kernel, stride, padding,
+def test_conv_transpose2d_gradients_match_finite_differences(xp, columns, batch, c_in, c_out, kernel, stride, padding,
                                                              height, width, bias, seed, output_padding):
     output_padding = min(output_padding, stride - 1)
     height, width = min(height, 4), min(width, 4)
@@ -201,7 +212,7 @@ def test_dropout_gradient_uses_the_same_mask(xp):
 # ------------------------------------------------------------------------------------------------
 @FAST
 @given(**conv_geometry)
-def test_conv2d_matches_naive_loops(xp, batch, c_in, c_out, kernel, stride, padding, height, width, bias, seed):
+def test_conv2d_matches_naive_loops(xp, columns, batch, c_in, c_out, kernel, stride, padding, height, width, bias, seed):
     height, width = max(height, kernel - 2 * padding), max(width, kernel - 2 * padding)
     x, w = randn(seed, batch, c_in, height, width), randn(seed + 1, c_out, c_in, kernel, kernel)
     b = randn(seed + 2, c_out) if bias else None
@@ -211,7 +222,7 @@ def test_conv2d_matches_naive_loops(xp, batch, c_in, c_out, kernel, stride, padd
 
 @FAST
 @given(output_padding=st.integers(0, 1), **conv_geometry)
-def test_conv_transpose2d_matches_naive_loops(xp, batch, c_in, c_out, kernel, stride, padding, height, width,
+def test_conv_transpose2d_matches_naive_loops(xp, columns, batch, c_in, c_out, kernel, stride, padding, height, width,
                                               bias, seed, output_padding):
     output_padding = min(output_padding, stride - 1)
     if min(height, width) - 1 + kernel + output_padding - 2 * padding < 1:
@@ -294,6 +305,18 @@ def test_erf_matches_math_erf(xp):
     got32 = F.erf(on(xp, x.astype(np.float32)))
     assert got32.dtype == np.float32
     np.testing.assert_allclose(to_numpy(got32), expected, rtol=0, atol=3e-7)
+
+
+def test_normal_cdf_matches_math_erfc_in_both_precisions(xp):
+    x = np.concatenate([np.linspace(-12, 9, 4001), [0.0, -1e-30, 1e-30]])
+    expected = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+    np.testing.assert_allclose(to_numpy(F.normal_cdf(on(xp, x))), expected, rtol=1e-13, atol=1e-15)
+    got32 = F.normal_cdf(on(xp, x.astype(np.float32)))
+    assert got32.dtype == np.float32
+    # float32: 3e-7 absolute everywhere, and relative accuracy kept deep in the lower tail
+    np.testing.assert_allclose(to_numpy(got32), expected, rtol=0, atol=3e-7)
+    tail = x < -4
+    np.testing.assert_allclose(to_numpy(got32)[tail], expected[tail], rtol=1e-4)
 
 
 def test_gelu_matches_its_definition(xp):

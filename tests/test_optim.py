@@ -287,3 +287,31 @@ def test_flat_adamw_takes_back_a_parameter_replaced_from_outside(monkeypatch):
     assert calls[-1] == 15 and params[1].data.base is params[0].data.base
     np.testing.assert_allclose(params[1].data, 7.0 * (1 - 0.05 * 0.1) - 0.05 * opt.exp_avg["1"] / (1 - 0.9 ** 3)
                                / (np.sqrt(opt.exp_avg_sq["1"] / (1 - 0.999 ** 3)) + 1e-8), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_ema_and_clipping_give_the_same_numbers_on_flat_buffers(fused, monkeypatch):
+    # after a fused AdamW step the parameters and gradients are views of flat buffers, which EMA
+    # and clip_grad_norm then treat as one array each; the results must not change
+    params, opt, _ = _adamw_steps(fused, monkeypatch, steps=3)
+    ema = EMA(params, decay=0.9)
+    ema.update()
+    for p in params:
+        p.data += 1.0
+    ema.update()
+    norm = clip_grad_norm(params, max_norm=0.5)
+    if fused:
+        assert ema.shadow["0"].base is not None and ema.shadow["0"].base is ema.shadow["1"].base
+        assert params[0].grad.base is params[1].grad.base
+    reference, _, _ = _adamw_steps(False, monkeypatch, steps=3)
+    reference_ema = EMA(reference, decay=0.9)
+    reference_ema.update()
+    for p in reference:
+        p.data += 1.0
+    reference_ema.update()
+    reference_norm = clip_grad_norm(reference, max_norm=0.5)
+    assert float(norm) == pytest.approx(float(reference_norm), rel=1e-12)
+    for name, p, q in zip(("0", "1"), params, reference):
+        np.testing.assert_allclose(ema.shadow[name], reference_ema.shadow[name], rtol=1e-12)
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12)
+    assert np.sqrt(sum(float(np.sum(p.grad ** 2)) for p in params)) == pytest.approx(0.5, rel=1e-5)
