@@ -247,9 +247,10 @@ class AvgPool2d(_ParameterFree):
 class Dropout(_CachingModule):
     """Training: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); eval: y = x.
 
-    ``rng`` (None: a fresh ``np.random.default_rng()``) draws the masks of host arrays. For arrays
-    on a GPU the masks are drawn there, by a device generator seeded once from ``rng``: no mask
-    is ever copied from the host inside a training step."""
+    ``rng`` (None: a fresh ``np.random.default_rng()``) draws the masks: a NumPy generator for host
+    arrays, and a CuPy one (``backend.rng(seed, "gpu")``, as the training loop sets each step) for
+    GPU arrays. A NumPy generator meeting a GPU array seeds a device generator once, so masks are
+    always drawn where the data is, never copied from the host inside a training step."""
 
     def __init__(self, p=0.5, rng=None):
         if not 0.0 <= p < 1.0:
@@ -259,11 +260,11 @@ class Dropout(_CachingModule):
         self._device_rng = None
 
     def _rng_for(self, x):
-        if not backend.is_gpu_array(x):
-            return self.rng
-        if self._device_rng is None:
-            self._device_rng = backend.rng(int(self.rng.integers(2 ** 63)), "gpu")
-        return self._device_rng
+        if backend.is_gpu_array(x) and isinstance(self.rng, np.random.Generator):
+            if self._device_rng is None:
+                self._device_rng = backend.rng(int(self.rng.integers(2 ** 63)), "gpu")
+            return self._device_rng
+        return self.rng
 
     def forward(self, x):
         training = self.training and self.p > 0
