@@ -141,17 +141,20 @@ def conv_output_size(size, kernel_size, stride=1, padding=0):
     return (size + 2 * padding - kernel_size) // stride + 1
 
 
-def batch_last(Ho, Wo) -> bool:
-    """The order of an im2col matrix's columns: (Ho, Wo, B) for images of at most 256 positions,
-    (B, Ho, Wo) for larger ones. Either way one column is one window; only their order differs.
+def batch_last(x, Ho, Wo) -> bool:
+    """The order of an im2col matrix's columns for data like ``x``: (Ho, Wo, B) for host images of
+    at most 256 positions, (B, Ho, Wo) otherwise. Either way one column is one window; only their
+    order differs.
 
-    The copies in im2col and col2im move runs of numbers that are contiguous in memory. With the
-    batch first a run is one output row, Wo numbers; with the batch last it is Wo * B numbers.
+    The NumPy copies in im2col and col2im move runs of numbers that are contiguous in memory. With
+    the batch first a run is one output row, Wo numbers; with the batch last it is Wo * B numbers.
     At 8x8 and 4x4 (the latent U-Net) Wo-long runs are so short that NumPy spends most of its
     time stepping from one run to the next (col2im 6.5 -> 2.4 ms for B=128, 48 channels, 8x8 on
-    one core), while at 32x32 the batch-last layout's transposes cost more than they save.
+    one core), while at 32x32 the batch-last layout's transposes cost more than they save. On a
+    GPU one thread gathers each entry and the batch-first order keeps neighbouring threads on
+    neighbouring pixels, so GPU arrays (and the fused kernels) always use it.
     """
-    return Ho * Wo <= 256
+    return not (backend.is_gpu_array(x) or backend.use_fused(x)) and Ho * Wo <= 256
 
 
 def _window(a, rows, cols, last):
@@ -181,15 +184,15 @@ def _im2col(x, kh, kw, stride, padding, Ho, Wo):
 
         col[(c, i, j), (b, oy, ox)] = x_pad[c, b, stride*oy + i, stride*ox + j]
 
-    the columns in (b, oy, ox) order, or (oy, ox, b) order when ``batch_last(Ho, Wo)``.
+    the columns in (b, oy, ox) order, or (oy, ox, b) order when ``batch_last(x, Ho, Wo)``.
     Row (c, i, j) holds, for every window, the pixel at kernel offset (i, j) of channel c; for
     all windows at once that is one strided slice of x_pad, so the copy loops over the kh*kw
     offsets, never over pixels. x_pad is laid out channels-first, (C, B, H+2p, W+2p) (or
     (C, H+2p, W+2p, B)), like the rows and columns of col, so each slice copies without reordering.
     """
-    last = batch_last(Ho, Wo)
     if backend.use_fused(x):
-        return kernels.im2col(x, kh, kw, stride, padding, Ho, Wo, last)    # one gather kernel
+        return kernels.im2col(x, kh, kw, stride, padding, Ho, Wo)       # one gather kernel
+    last = batch_last(x, Ho, Wo)
     xp = get_array_module(x)
     B, C, H, W = x.shape
     if kh == kw == 1 and stride == 1 and padding == 0:       # a 1x1 window is the pixel itself:
@@ -211,9 +214,9 @@ def _col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
     col: (C*kh*kw, B*Ho*Wo)  ->  (B, C, H, W). Windows overlap, so a pixel gathers the sum of all
     the entries copied from it; again one strided ``+=`` per kernel offset.
     """
-    last = batch_last(Ho, Wo)
     if backend.use_fused(col):
-        return kernels.col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo, last)   # one gather kernel
+        return kernels.col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo)   # one gather kernel
+    last = batch_last(col, Ho, Wo)
     xp = get_array_module(col)
     B, C, H, W = x_shape
     if kh == kw == 1 and stride == 1 and padding == 0:       # 1x1 windows do not overlap: nothing to add
@@ -266,10 +269,10 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     y2d = w.reshape(C_out, -1) @ col                          # (C_out, B*Ho*Wo)
     cache = (col, w, x.shape, stride, padding, b is not None)
     if backend.use_fused(x):                                  # the two lines below in one launch
-        return kernels.conv_output(y2d, b, (B, C_out, Ho, Wo), batch_last(Ho, Wo)), cache
+        return kernels.conv_output(y2d, b, (B, C_out, Ho, Wo)), cache
     if b is not None:
         y2d += b[:, None]
-    return _from_columns(y2d, (B, C_out, Ho, Wo), batch_last(Ho, Wo)), cache       # (B, C_out, Ho, Wo)
+    return _from_columns(y2d, (B, C_out, Ho, Wo), batch_last(x, Ho, Wo)), cache       # (B, C_out, Ho, Wo)
 
 
 def conv2d_backward(dy, cache):
@@ -286,7 +289,7 @@ def conv2d_backward(dy, cache):
     C_out, C_in, kh, kw = w.shape
     B, _, Ho, Wo = dy.shape
     # forward was: y = Y2d laid out as (B, C_out, Ho, Wo)
-    dy2d = _to_columns(dy, batch_last(Ho, Wo))                    # (C_out, B*Ho*Wo), a copy
+    dy2d = _to_columns(dy, batch_last(dy, Ho, Wo))                    # (C_out, B*Ho*Wo), a copy
     # forward was: Y2d += b
     db = dy2d.sum(axis=1) if has_bias else None                   # (C_out,)
     # forward was: Y2d = W2d @ col
@@ -325,7 +328,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d: padding {padding} removes the whole {Ho + 2 * padding}x"
                          f"{Wo + 2 * padding} output of a {kh}x{kw} kernel on a {H}x{W} input")
-    x2d = _to_columns(x, batch_last(H, W))                    # (C_in, B*H*W), columns as col2im's
+    x2d = _to_columns(x, batch_last(x, H, W))                    # (C_in, B*H*W), columns as col2im's
     # col = W2d^T @ X2d
     col = w.reshape(C_in, -1).T @ x2d                         # (C_out*kh*kw, B*H*W)
     # y = col2im(col) + b   (the conv2d that maps y's shape back to x's shape has Ho' = H, Wo' = W)
@@ -354,7 +357,7 @@ def conv_transpose2d_backward(dy, cache):
     dx2d = w.reshape(C_in, -1) @ dcol                             # (C_in, B*H*W)
     dw = (x2d @ dcol.T).reshape(w.shape)                          # (C_in, C_out, kh, kw)
     # forward was: X2d = x as columns
-    dx = _from_columns(dx2d, x_shape, batch_last(H, W))           # (B, C_in, H, W)
+    dx = _from_columns(dx2d, x_shape, batch_last(dy, H, W))           # (B, C_in, H, W)
     return dx, dw, db
 
 

@@ -184,18 +184,17 @@ def _kernels():
     # sum of u * v * w over the reduced axes (a scalar 1 stands for an absent factor)
     k.sum_of_products = reduction("T u, T v, T w", "T total", "u * v * w", "a + b", "total = a", "0",
                                   "minidiff_sum_of_products")
-    # col[(c, ki, kj), (b, oy, ox)] = x_pad[b, c, stride*oy + ki, stride*ox + kj]  (0 in the padding),
-    # the columns in (b, oy, ox) order, or (oy, ox, b) with batch_last (functional.batch_last)
+    # col[(c, ki, kj), (b, oy, ox)] = x_pad[b, c, stride*oy + ki, stride*ox + kj]  (0 in the padding)
+    # (columns batch-first: functional.batch_last is False for GPU arrays)
     k.im2col = elementwise(
         "raw T x, int32 batch, int32 channels, int32 height, int32 width, int32 out_height, int32 out_width, "
-        "int32 kernel_h, int32 kernel_w, int32 stride, int32 padding, int32 batch_last", "T col", """
+        "int32 kernel_h, int32 kernel_w, int32 stride, int32 padding", "T col", """
         const ptrdiff_t columns = (ptrdiff_t)batch * out_height * out_width;
         const ptrdiff_t row = i / columns, column = i - row * columns;
         const int kj = row % kernel_w, ki = (row / kernel_w) % kernel_h;
         const ptrdiff_t c = row / (kernel_w * kernel_h);
-        const ptrdiff_t position = batch_last ? column / batch : column % ((ptrdiff_t)out_width * out_height);
-        const ptrdiff_t b = batch_last ? column % batch : column / ((ptrdiff_t)out_width * out_height);
-        const int ox = position % out_width, oy = position / out_width;
+        const int ox = column % out_width, oy = (column / out_width) % out_height;
+        const ptrdiff_t b = column / ((ptrdiff_t)out_width * out_height);
         const int y = oy * stride + ki - padding, x_ = ox * stride + kj - padding;
         col = (0 <= y && y < height && 0 <= x_ && x_ < width)
               ? x[((b * channels + c) * height + y) * width + x_] : T(0);""", "minidiff_im2col")
@@ -203,7 +202,7 @@ def _kernels():
     # deterministic), adding the kernel offsets (ki, kj) in the same order as the plain _col2im
     k.col2im = elementwise(
         "raw T col, int32 batch, int32 channels, int32 height, int32 width, int32 out_height, int32 out_width, "
-        "int32 kernel_h, int32 kernel_w, int32 stride, int32 padding, int32 batch_last", "T dx", """
+        "int32 kernel_h, int32 kernel_w, int32 stride, int32 padding", "T dx", """
         const int x_ = i % width, y = (i / width) % height;
         const ptrdiff_t c = (i / ((ptrdiff_t)width * height)) % channels;
         const ptrdiff_t b = i / ((ptrdiff_t)width * height * channels);
@@ -216,23 +215,17 @@ def _kernels():
                 const int tx = x_ + padding - kj;
                 if (tx < 0 || tx % stride != 0 || tx / stride >= out_width) continue;
                 const ptrdiff_t row = (c * kernel_h + ki) * kernel_w + kj;
-                const ptrdiff_t position = (ptrdiff_t)(ty / stride) * out_width + tx / stride;
-                const ptrdiff_t column = batch_last ? position * batch + b
-                                                    : b * out_height * out_width + position;
-                total += col[row * columns + column];
+                total += col[row * columns + (b * out_height + ty / stride) * out_width + tx / stride];
             }
         }
         dx = total;""", "minidiff_col2im")
 
-    # y[b, o, p] = y2d[o, (b, p)] + bias[o]: conv2d's bias add and its columns -> NCHW copy
-    # (columns in (b, p) order, or (p, b) with batch_last)
+    # y[b, o, p] = y2d[o, (b, p)] + bias[o]: conv2d's bias add and its (C_out, B, Ho*Wo) -> NCHW copy
     k.conv_output = elementwise(
-        "raw T y2d, raw T bias, int32 channels, int32 batch, int32 positions, int32 has_bias, int32 batch_last",
-        "T y", """
+        "raw T y2d, raw T bias, int32 channels, int32 batch, int32 positions, int32 has_bias", "T y", """
         const ptrdiff_t p = i % positions, o = (i / positions) % channels;
         const ptrdiff_t b = i / ((ptrdiff_t)positions * channels);
-        const ptrdiff_t column = batch_last ? p * batch + b : b * positions + p;
-        y = y2d[o * batch * positions + column] + (has_bias ? bias[o] : T(0));""", "minidiff_conv_output")
+        y = y2d[(o * batch + b) * positions + p] + (has_bias ? bias[o] : T(0));""", "minidiff_conv_output")
 
     # Attention, one thread per query row i = (b, h, l). q, k, v and out are token-major,
     # (B, L, heads, d) as the projections make them, so no head split or merge is ever copied;
@@ -443,32 +436,32 @@ def attention(q, k, v, mask, scale):
 
 
 # -- convolution: unfold and fold ----------------------------------------------------------------
-def im2col(x, kh, kw, stride, padding, Ho, Wo, batch_last):
+def im2col(x, kh, kw, stride, padding, Ho, Wo):
     """x (B, C, H, W) -> col (C*kh*kw, B*Ho*Wo), one thread per col entry."""
     B, C, H, W = x.shape
     col = backend.cupy_module().empty((C * kh * kw, B * Ho * Wo), dtype=x.dtype)
     _kernels().im2col(backend.cupy_module().ascontiguousarray(x), B, C, H, W, Ho, Wo, kh, kw, stride, padding,
-                      int(batch_last), col)
+                      col)
     return col
 
 
-def conv_output(y2d, bias, out_shape, batch_last):
+def conv_output(y2d, bias, out_shape):
     """y2d (C_out, B*Ho*Wo) (+ bias per row) -> y (B, C_out, Ho, Wo), one thread per output element."""
     cp = backend.cupy_module()
     B, C_out = out_shape[0], out_shape[1]
     y = cp.empty(tuple(out_shape), dtype=y2d.dtype)
     has_bias = bias is not None
     _kernels().conv_output(y2d, bias if has_bias else y2d, C_out, B, y2d.shape[1] // B, int(has_bias),
-                           int(batch_last), y)
+                           y)
     return y
 
 
-def col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo, batch_last):
+def col2im(col, x_shape, kh, kw, stride, padding, Ho, Wo):
     """col (C*kh*kw, B*Ho*Wo) -> (B, C, H, W), one thread per pixel."""
     B, C, H, W = x_shape
     dx = backend.cupy_module().empty(tuple(x_shape), dtype=col.dtype)
     _kernels().col2im(backend.cupy_module().ascontiguousarray(col), B, C, H, W, Ho, Wo, kh, kw, stride, padding,
-                      int(batch_last), dx)
+                      dx)
     return dx
 
 
