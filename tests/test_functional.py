@@ -318,6 +318,10 @@ def test_normal_cdf_matches_math_erfc_in_both_precisions(xp):
     np.testing.assert_allclose(to_numpy(got32), expected, rtol=0, atol=3e-7)
     tail = x < -4
     np.testing.assert_allclose(to_numpy(got32)[tail], expected[tail], rtol=1e-4)
+    # a large host array goes through in cache-sized blocks: the same numbers
+    big = np.linspace(-12, 9, 7 * (F._CACHE_BLOCK // 2 + 1)).astype(np.float32).reshape(-1, 7)
+    np.testing.assert_array_equal(to_numpy(F.normal_cdf(on(xp, big)))[::997],
+                                  to_numpy(F.normal_cdf(on(xp, big[::997].copy()))))
 
 
 def test_gelu_matches_its_definition(xp):
