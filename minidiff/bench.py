@@ -435,12 +435,13 @@ def _adamw_work(tiny):
 
     def make(device, b):
         from .nn.module import Parameter  # noqa: PLC0415
-        params = []
-        for data, grad in host:
-            p = Parameter(device.put(data))
-            p.grad = device.put(grad)
-            params.append(p)
+        params = [Parameter(device.put(data)) for data, _ in host]
         optimizer = AdamW(params, lr=1e-4)
+        for _ in range(2):              # as in training: gradients arrive through backward's accumulate,
+            optimizer.zero_grad()       # which after the first step fills AdamW's flat buffer (on a GPU)
+            for p, (_, grad) in zip(params, host):
+                p.accumulate(device.put(grad))
+            optimizer.step()
         return lambda: optimizer.step()
 
     def make_torch(torch, device, b):
