@@ -18,7 +18,9 @@ Convolution as a matrix product (im2col)
         Y2d = W2d col,   W2d = W reshaped to (C_out, C_in kh kw),
     and its backward is linear's backward: dW2d = dY2d col^T, dcol = W2d^T dY2d. Finally
     col2im sends every entry of dcol back to the pixel it was copied from, adding where windows
-    overlap (a pixel copied into 9 columns collects 9 gradient contributions).
+    overlap (a pixel copied into 9 columns collects 9 gradient contributions). Which column
+    holds which window is a free choice: for small images minidiff orders them (oy, ox, b), the
+    batch innermost, because NumPy then copies long contiguous runs (functional.batch_last).
 
 GroupNorm   x_hat = (x - mu) / sqrt(var + eps) per (sample, group of channels),  y = gamma x_hat + beta
     dbeta = sum dy,   dgamma = sum dy x_hat,   g = dL/dx_hat = gamma dy
