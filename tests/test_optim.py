@@ -289,27 +289,26 @@ def test_flat_adamw_takes_back_a_parameter_replaced_from_outside(monkeypatch):
                                / (np.sqrt(opt.exp_avg_sq["1"] / (1 - 0.999 ** 3)) + 1e-8), rtol=1e-12)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_ema_and_clipping_give_the_same_numbers_on_flat_buffers(fused, monkeypatch):
-    # after a fused AdamW step the parameters and gradients are views of flat buffers, which EMA
-    # and clip_grad_norm then treat as one array each; the results must not change
-    params, opt, _ = _adamw_steps(fused, monkeypatch, steps=3)
+def _averaged_and_clipped(fused, monkeypatch):
+    """Three AdamW steps, two EMA updates (the weights moved in between), then gradient clipping."""
+    params, _, _ = _adamw_steps(fused, monkeypatch, steps=3)
     ema = EMA(params, decay=0.9)
     ema.update()
     for p in params:
         p.data += 1.0
     ema.update()
-    norm = clip_grad_norm(params, max_norm=0.5)
+    return params, ema, clip_grad_norm(params, max_norm=0.5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_ema_and_clipping_give_the_same_numbers_on_flat_buffers(fused, monkeypatch):
+    # after a fused AdamW step the parameters and gradients are views of flat buffers, which EMA
+    # and clip_grad_norm then treat as one array each; the results must not change
+    params, ema, norm = _averaged_and_clipped(fused, monkeypatch)
     if fused:
         assert ema.shadow["0"].base is not None and ema.shadow["0"].base is ema.shadow["1"].base
         assert params[0].grad.base is params[1].grad.base
-    reference, _, _ = _adamw_steps(False, monkeypatch, steps=3)
-    reference_ema = EMA(reference, decay=0.9)
-    reference_ema.update()
-    for p in reference:
-        p.data += 1.0
-    reference_ema.update()
-    reference_norm = clip_grad_norm(reference, max_norm=0.5)
+    reference, reference_ema, reference_norm = _averaged_and_clipped(False, monkeypatch)
     assert float(norm) == pytest.approx(float(reference_norm), rel=1e-12)
     for name, p, q in zip(("0", "1"), params, reference):
         np.testing.assert_allclose(ema.shadow[name], reference_ema.shadow[name], rtol=1e-12)
