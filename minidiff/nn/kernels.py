@@ -29,7 +29,8 @@ backend.py remains the only file that imports CuPy.
     group_norm_silu (+ bwd)    group_norm_silu, group_norm_silu_backward      ~13 -> 1,  ~20 -> 3
     im2col / col2im            _im2col, _col2im (conv2d, conv_transpose2d)   ~12 -> 1, ~13 -> 1
     conv_output                conv2d's "+ b, then (C_out, B, H, W) -> NCHW"    2 -> 1
-    adamw_update               optim.AdamW.step, per parameter                 ~10 -> 1
+    adamw_update               optim.AdamW.step                 ~10 per parameter -> 1 for all of them
+                               (once AdamW has laid them in one flat buffer)
 """
 from __future__ import annotations
 
