@@ -212,7 +212,7 @@ if S_scratch == S:
     rows.append((scratch_rec[:n_show], f"VAE trained here from scratch, {scratch.steps_run} steps of batch "
                                        f"{scratch_cfg.batch_size}  "
                                        f"({psnr_scratch:.1f} dB)"))
-fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.55 * len(rows) + 0.6))
+fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.55 * len(rows) + 0.6), constrained_layout=True)
 for ax, (images, title) in zip(axes, rows):
     show(ax, images, n_show, title)
 fig.suptitle(f"Reconstructions: {S}x{S}x3 -> latent 4x8x8 -> {S}x{S}x3")
