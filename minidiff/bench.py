@@ -8,7 +8,8 @@ Suites
 ------
 ops     single ops, forward + backward: conv2d (B=64, 64->64 channels, 32x32, 3x3), group_norm
         (B=64, C=128, 16x16, 32 groups), attention (B=64, 4 heads, L=256, d=32), linear, SiLU,
-        GELU, softmax, and one AdamW update of the latent8 U-Net's parameters.
+        GELU, softmax, and one AdamW update of the latent8 U-Net's parameters (gradients arrive
+        through backward's accumulate, as in training: on a GPU that is the flat one-kernel update).
 unet    one training step (forward, MSE loss, backward, AdamW) of the shipped text-to-image U-Net
         (UNetConfig.latent8: 4x8x8 latents, a 24 x 128 text context) at batch 128, and of the
         32x32 pixel U-Net (UNetConfig.pixel32) at batch 64.
