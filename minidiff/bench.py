@@ -25,6 +25,9 @@ How to read a row
   steadier figure, since waiting for other programs costs no CPU time. The torch column needs
   PyTorch (the U-Net and text-encoder twins come from the repository's ``tests/torch_twins.py``);
   without it the column stays empty. PyTorch convolutions use cuDNN; minidiff's are im2col + GEMM.
+  All of minidiff's runs come first, then all of PyTorch's: on a small CPU each library's worker
+  threads keep spinning for a while after its last call, so alternating the two (A B A B) slows
+  whichever runs second (PyTorch's CPU step by ~25% on 2 cores) and flatters the other.
 * ``GFLOP`` and ``MB``: work and ideal memory traffic of one run, counted while the same work runs
   once on the CPU: multiply-adds of every linear, conv and attention product (x2 for FLOPs, the
   backward's products included), and the bytes of every op's array inputs and outputs (each read
