@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from minidiff import backend
 from minidiff.backend import to_device, to_numpy
 from minidiff.nn import functional as F
+from minidiff.nn import host
 from minidiff.nn import reference
 from minidiff.nn.gradcheck import gradcheck
 
@@ -319,7 +320,7 @@ def test_normal_cdf_matches_math_erfc_in_both_precisions(xp):
     tail = x < -4
     np.testing.assert_allclose(to_numpy(got32)[tail], expected[tail], rtol=1e-4)
     # a large host array goes through in cache-sized blocks: the same numbers
-    big = np.linspace(-12, 9, 7 * (F._CACHE_BLOCK // 2 + 1)).astype(np.float32).reshape(-1, 7)
+    big = np.linspace(-12, 9, 7 * (host.BLOCK // 2 + 1)).astype(np.float32).reshape(-1, 7)
     np.testing.assert_array_equal(to_numpy(F.normal_cdf(on(xp, big)))[::997],
                                   to_numpy(F.normal_cdf(on(xp, big[::997].copy()))))
 

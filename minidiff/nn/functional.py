@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
+from . import host        # host arrays: elementwise chains in cache-sized blocks on every core
 from . import kernels     # fused CuPy kernels: a branch of some ops below, taken when backend.use_fused(x)
 
 __all__ = [
@@ -129,7 +130,7 @@ def linear_backward(dy, cache):
     dy2d = dy.reshape(-1, w.shape[0])                         # (N, out)
     dx = (dy2d @ w).reshape(x_shape)                          # (N, in) -> (..., in)
     dw = dy2d.T @ x2d                                         # (out, in)
-    db = dy2d.sum(axis=0) if has_bias else None               # (out,)
+    db = _sum_first(dy2d) if has_bias else None               # (out,)
     return dx, dw, db
 
 
@@ -317,7 +318,7 @@ def conv2d_backward(dy, cache):
     # forward was: y = Y2d laid out as (B, C_out, Ho, Wo)
     dy2d = _to_columns(dy, batch_last(dy, Ho, Wo))                # (C_out, B*Ho*Wo), a copy
     # forward was: Y2d += b
-    db = dy2d.sum(axis=1) if has_bias else None                   # (C_out,)
+    db = _sum_last(dy2d) if has_bias else None                    # (C_out,)
     # forward was: Y2d = W2d @ col
     dw = (dy2d @ col.T).reshape(w.shape)                          # (C_out, C_in, kh, kw)
     if stride == 1 and kh == kw and padding < kh and not backend.use_fused(dy):
@@ -449,6 +450,20 @@ def avg_pool2d_backward(dy, cache):
 # ================================================================================================
 # normalisation: GroupNorm and LayerNorm share "normalise over the last axis"
 # ================================================================================================
+def _sum_last(a, keepdims=False):
+    """sum(a, axis=-1) as one BLAS matrix-vector product, (rows, n) @ ones(n). NumPy's own
+    reduction over a short last axis (a group's or a token's numbers) is ~8x slower."""
+    xp = get_array_module(a)
+    total = a.reshape(-1, a.shape[-1]) @ xp.ones(a.shape[-1], dtype=a.dtype)
+    return total.reshape(a.shape[:-1] + ((1,) if keepdims else ()))
+
+
+def _sum_first(a2d):
+    """sum(a2d, axis=0) as ones(rows) @ a2d: one BLAS matrix-vector product (bias gradients)."""
+    xp = get_array_module(a2d)
+    return xp.ones(a2d.shape[0], dtype=a2d.dtype) @ a2d
+
+
 def _rowdot(a, b):
     """sum(a * b, axis=-1, keepdims=True) as a batched matrix product: one BLAS pass over the
     data and no (a * b) temporary."""
@@ -461,7 +476,7 @@ def _normalize(x, eps):
     Returns x_hat (a new array, x's shape) and inv_std = 1 / sqrt(var + eps) (last axis 1).
     """
     xp = get_array_module(x)
-    mu = x.mean(axis=-1, keepdims=True)
+    mu = _sum_last(x, keepdims=True) * (1.0 / x.shape[-1])
     x_hat = x - mu                                            # x - mu
     var = _rowdot(x_hat, x_hat) * (1.0 / x.shape[-1])         # var = mean((x - mu)^2)
     inv_std = 1.0 / xp.sqrt(var + eps)                        # 1 / sqrt(var + eps)
@@ -482,7 +497,7 @@ def _normalize_backward(dx_hat, x_hat, inv_std):
 
     dx_hat (a fresh array from the caller) is overwritten and returned as dx.
     """
-    mean_g = dx_hat.mean(axis=-1, keepdims=True)                        # mean(g)
+    mean_g = _sum_last(dx_hat, keepdims=True) * (1.0 / x_hat.shape[-1])  # mean(g)
     mean_g_xhat = _rowdot(dx_hat, x_hat) * (1.0 / x_hat.shape[-1])      # mean(g * x_hat)
     dx = dx_hat
     dx -= mean_g
@@ -540,7 +555,7 @@ def group_norm_backward(dy, cache):
     C = gamma.shape[0]
     dy_c = dy.reshape(B, C, -1)                                             # (B, C, H*W)
     x_hat_c = x_hat.reshape(dy_c.shape)                                     # (B, C, H*W)
-    sum_dy = dy_c.sum(axis=-1)                                              # (B, C)
+    sum_dy = _sum_last(dy_c)                                                # (B, C)
     sum_dy_xhat = _rowdot(dy_c, x_hat_c)[..., 0]                            # (B, C)
     # forward was: y = gamma * x_hat + beta
     dbeta = sum_dy.sum(axis=0)                                              # (C,)
@@ -617,8 +632,8 @@ def layer_norm_backward(dy, cache):
     x_hat, inv_std, gamma = cache
     D = gamma.shape[0]
     # forward was: y = gamma * x_hat + beta
-    dbeta = dy.reshape(-1, D).sum(axis=0)                     # (D,)
-    dgamma = (dy * x_hat).reshape(-1, D).sum(axis=0)          # (D,)
+    dbeta = _sum_first(dy.reshape(-1, D))                     # (D,)
+    dgamma = _sum_first((dy * x_hat).reshape(-1, D))          # (D,)
     dx_hat = dy * gamma                                       # (..., D)
     # forward was: x_hat, inv_std = normalise(x)
     return _normalize_backward(dx_hat, x_hat, inv_std), dgamma, dbeta
@@ -632,11 +647,16 @@ def silu(x):
     _floats("silu", x=x)
     if backend.use_fused(x):
         return kernels.silu(x)
+    y, s = host.map_rows(_silu, x)                            # on the host: in blocks, on every core
+    return y, (x, s)
+
+
+def _silu(x):
     xp = get_array_module(x)
     s = xp.exp(-xp.maximum(x, -80.0))                         # exp(-x); the clip keeps it finite in float32
     s += 1.0
     xp.reciprocal(s, out=s)                                   # s = 1 / (1 + exp(-x))  (sigmoid(-80) ~ 2e-35)
-    return x * s, (x, s)
+    return x * s, s
 
 
 def silu_backward(dy, cache):
@@ -644,6 +664,10 @@ def silu_backward(dy, cache):
     if backend.use_fused(dy):
         return kernels.silu_backward(dy, cache)
     x, s = cache
+    return host.map_rows(_silu_grad, dy, x, s)
+
+
+def _silu_grad(dy, x, s):
     return dy * s * (1.0 + x * (1.0 - s))
 
 
@@ -696,9 +720,6 @@ _ERFC_FLOAT32 = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -
                  0.09678418, 0.37409196, 1.00002368, -1.26551223)
 
 
-_CACHE_BLOCK = 1 << 17          # float32 numbers per block of a blocked elementwise chain (512 kB)
-
-
 def normal_cdf(x):
     """Phi(x) = P(N(0, 1) <= x) = (1 + erf(x / sqrt 2)) / 2, elementwise, in x's dtype.
 
@@ -712,15 +733,13 @@ def normal_cdf(x):
         phi_cdf += 1.0
         phi_cdf *= 0.5
         return phi_cdf
+    # on the host, one cache-sized block at a time, on every core (nn/host.py): each of the ~25
+    # passes below then reads its block from the CPU cache instead of main memory
+    return host.map_rows(_normal_cdf_float32, x)
+
+
+def _normal_cdf_float32(x):
     xp = get_array_module(x)
-    if xp is np and x.size > _CACHE_BLOCK:
-        # on the host, one cache-sized block at a time: each of the ~25 passes below then reads
-        # the block from the CPU cache instead of main memory (1.7x faster for a GEGLU gate)
-        phi_cdf = np.empty(x.shape, np.float32)
-        flat_x, flat_phi = x.reshape(-1), phi_cdf.reshape(-1)
-        for start in range(0, x.size, _CACHE_BLOCK):
-            flat_phi[start:start + _CACHE_BLOCK] = normal_cdf(flat_x[start:start + _CACHE_BLOCK])
-        return phi_cdf
     z = xp.abs(x) * np.float32(1.0 / math.sqrt(2.0))
     t = 1.0 / (1.0 + 0.5 * z)
     exponent = _polynomial(t, _ERFC_FLOAT32)
@@ -746,14 +765,21 @@ def gelu(x, approximate="none"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if backend.use_fused(x):
         return kernels.gelu(x, approximate)
+    y, phi_cdf = host.map_rows(_gelu if approximate == "none" else _gelu_tanh, x)
+    return y, (x, phi_cdf, approximate)
+
+
+def _gelu(x):
+    phi_cdf = normal_cdf(x)                                   # Phi(x)
+    return x * phi_cdf, phi_cdf
+
+
+def _gelu_tanh(x):
     xp = get_array_module(x)
-    if approximate == "none":
-        phi_cdf = normal_cdf(x)                               # Phi(x)
-    else:
-        phi_cdf = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))   # tanh(u)
-        phi_cdf += 1.0
-        phi_cdf *= 0.5                                        # (1 + tanh u) / 2
-    return x * phi_cdf, (x, phi_cdf, approximate)
+    phi_cdf = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))   # tanh(u)
+    phi_cdf += 1.0
+    phi_cdf *= 0.5                                            # (1 + tanh u) / 2
+    return x * phi_cdf, phi_cdf
 
 
 def gelu_backward(dy, cache):
@@ -764,10 +790,16 @@ def gelu_backward(dy, cache):
     if backend.use_fused(dy):
         return kernels.gelu_backward(dy, cache)
     x, phi_cdf, approximate = cache
+    return host.map_rows(_gelu_grad if approximate == "none" else _gelu_tanh_grad, dy, x, phi_cdf)
+
+
+def _gelu_grad(dy, x, phi_cdf):
     xp = get_array_module(x)
-    if approximate == "none":
-        density = xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))     # phi(x)
-        return dy * (phi_cdf + x * density)
+    density = xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))     # phi(x)
+    return dy * (phi_cdf + x * density)
+
+
+def _gelu_tanh_grad(dy, x, phi_cdf):
     du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * x * x)
     return dy * (phi_cdf + x * 2.0 * phi_cdf * (1.0 - phi_cdf) * du_dx)
 
@@ -786,7 +818,7 @@ def _softmax_inplace(z, axis):
     m = xp.where(m == -xp.inf, 0.0, m).astype(z.dtype, copy=False)
     z -= m                                                    # x - max(x)
     xp.exp(z, out=z)                                          # e = exp(x - max)
-    total = z.sum(axis=axis, keepdims=True)
+    total = _sum_last(z, keepdims=True) if axis in (-1, z.ndim - 1) else z.sum(axis=axis, keepdims=True)
     z *= 1.0 / xp.where(total == 0, 1.0, total).astype(z.dtype, copy=False)   # e / sum(e)
     return z
 

@@ -1,0 +1,143 @@
+"""Elementwise chains on every CPU core, one cache-sized block of rows at a time.
+
+NumPy runs each ufunc on one core, from start to end of the array. An op such as GELU is a chain
+of ~25 of them, so on the host it reads and writes its whole input from main memory ~25 times
+while the other cores idle (BLAS is the only part of NumPy that uses them). ``map_rows`` cuts
+the arrays along their first axis into blocks of about ``BLOCK`` numbers (512 kB of float32,
+which stays in a core's cache) and runs the whole chain on one block at a time, the blocks
+shared among a few threads. That works because NumPy lets go of Python's global lock inside
+every ufunc loop, so the threads really run at once.
+
+Nothing changes in the numbers: each row's results come from the same operations in the same
+order, whichever thread computes them. CuPy arrays and small arrays take the plain call,
+``fn(*arrays)``; so does a call made from inside a block (GELU's blocks call normal_cdf).
+
+The number of threads is the number of cores this process may use; ``MINIDIFF_THREADS=1`` (or
+``set_threads(1)``) turns the pool off.
+
+Two process-wide settings make the host path faster, and both are made once, when this module
+is imported:
+
+* Memory. A training step allocates and frees hundreds of arrays of 0.1-30 MB. glibc serves
+  those over 128 kB with fresh ``mmap`` pages and hands freed memory straight back to the
+  operating system, so every step the kernel zeroes the same pages again (a page fault per
+  4 kB: 8-10% of a latent U-Net step here). ``keep_freed_memory`` asks glibc (``mallopt``) to
+  keep arrays up to 32 MB on its heap and to keep freed memory for reuse. The process's memory
+  then stays near its peak instead of shrinking between steps. ``MINIDIFF_KEEP_MEMORY=0`` (or
+  any ``MALLOC_*`` variable of your own) leaves glibc's defaults alone.
+
+One interaction to know about: after a matrix product OpenBLAS keeps its own worker threads
+spinning for a while (2^28 cycles, ~0.1 s, by default), and a spinning worker takes the core our
+second thread needs. minidiff's ``__init__`` therefore sets ``OPENBLAS_THREAD_TIMEOUT`` (unless
+you set it) before NumPy loads OpenBLAS, so its workers go to sleep after ~2^14 cycles. That only
+takes effect when minidiff is imported before NumPy; otherwise the blocks still give the right
+numbers, just with less speed-up.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+BLOCK = 1 << 17                   # numbers per block (512 kB of float32)
+
+
+def _cores() -> int:
+    """MINIDIFF_THREADS if set, else the cores this process may run on."""
+    setting = os.environ.get("MINIDIFF_THREADS", "").strip()
+    if setting:
+        try:
+            return max(1, int(setting))
+        except ValueError:
+            raise ValueError(f"MINIDIFF_THREADS must be a whole number of threads, got {setting!r}") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                   # not on Linux
+        return os.cpu_count() or 1
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse (see the module docstring). Returns whether
+    the settings were made: only on Linux with glibc, and not when the environment opts out."""
+    if (not sys.platform.startswith("linux") or os.environ.get("MINIDIFF_KEEP_MEMORY", "1") == "0"
+            or any(name.startswith("MALLOC_") for name in os.environ)):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):                        # another C library (musl, macOS)
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)          # arrays up to 32 MB from the heap
+                and mallopt(M_TRIM_THRESHOLD, 1 << 30)        # give back only beyond 1 GB free at the top
+                and mallopt(M_TOP_PAD, 64 << 20))             # grow the heap 64 MB at a time
+
+
+_kept_memory = keep_freed_memory()
+_threads = _cores()
+_pool: ThreadPoolExecutor | None = None
+_in_block = threading.local()     # .active is True while this thread runs a block
+
+
+def threads() -> int:
+    """How many threads map_rows uses (this one included)."""
+    return _threads
+
+
+def set_threads(n: int) -> int:
+    """Use n threads from now on (1: everything on the calling thread). Returns the previous count."""
+    global _threads, _pool
+    if int(n) < 1:
+        raise ValueError(f"set_threads: need at least 1 thread, got {n}")
+    previous, _threads = _threads, int(n)
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    return previous
+
+
+def map_rows(fn, *arrays):
+    """``fn(*arrays)``, computed block by block along axis 0 on the host's cores.
+
+    fn must treat rows (entries along axis 0) independently and return an array, or a tuple of
+    arrays, whose axis 0 matches its inputs' (the block's rows). All arrays share that axis 0.
+    Row 0 runs first, here: its results fix the outputs' shapes and dtypes. Rows 1.. are then
+    split into one contiguous run per thread, each run computed a block at a time and written
+    straight into the outputs.
+    """
+    first = arrays[0]
+    rows = first.shape[0] if first.ndim else 0
+    if (_threads == 1 or not isinstance(first, np.ndarray) or first.size < 2 * BLOCK or rows < 2
+            or getattr(_in_block, "active", False)):
+        return fn(*arrays)
+    rows_per_block = max(1, BLOCK * rows // first.size)
+
+    def run(start, stop, outputs):
+        _in_block.active = True
+        try:
+            for block_start in range(start, stop, rows_per_block):
+                block = slice(block_start, min(block_start + rows_per_block, stop))
+                results = fn(*(a[block] for a in arrays))
+                for out, result in zip(outputs, results if isinstance(results, tuple) else (results,)):
+                    out[block] = result
+        finally:
+            _in_block.active = False
+
+    row_0 = fn(*(a[:1] for a in arrays))
+    single = not isinstance(row_0, tuple)
+    outputs = tuple(np.empty((rows,) + r.shape[1:], dtype=r.dtype) for r in ((row_0,) if single else row_0))
+    for out, result in zip(outputs, (row_0,) if single else row_0):
+        out[:1] = result
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="minidiff-host")
+    bounds = np.linspace(1, rows, _threads + 1).round().astype(int)          # one run per thread
+    others = [_pool.submit(run, start, stop, outputs) for start, stop in zip(bounds[1:-1], bounds[2:])]
+    run(bounds[0], bounds[1], outputs)
+    for job in others:
+        job.result()                                          # re-raises a block's exception
+    return outputs[0] if single else outputs

@@ -1,0 +1,97 @@
+"""minidiff.nn.host: elementwise chains in blocks on several threads give exactly the one-call numbers."""
+import numpy as np
+import pytest
+
+from minidiff.nn import functional as F
+from minidiff.nn import host
+
+
+@pytest.fixture
+def two_threads():
+    previous = host.set_threads(2)
+    yield
+    host.set_threads(previous)
+
+
+def _big(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_map_rows_equals_one_call_for_one_and_several_outputs(two_threads):
+    x = _big((37, 3, host.BLOCK // 8 + 5))                   # ~4.7 blocks, rows not a multiple of a block's
+    y = _big(x.shape, 1)
+
+    def chain(a, b):
+        return np.exp(-a * a) * b + 1.0, a.sum(axis=-1)       # a full array and a per-row summary
+
+    got_one = host.map_rows(lambda a: np.tanh(a) * 2.0, x)
+    np.testing.assert_array_equal(got_one, np.tanh(x) * 2.0)
+    got = host.map_rows(chain, x, y)
+    expected = chain(x, y)
+    assert isinstance(got, tuple) and len(got) == 2
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        np.testing.assert_array_equal(g, e)
+
+
+def test_map_rows_passes_small_and_nested_calls_straight_through(two_threads):
+    calls = []
+
+    def record(a):
+        calls.append(a.shape[0])
+        return a + 1
+
+    small = np.ones((4, 10), np.float32)
+    np.testing.assert_array_equal(host.map_rows(record, small), small + 1)
+    assert calls == [4]                                       # one call with every row
+    calls.clear()
+    big = np.zeros((64, host.BLOCK // 16), np.float32)       # 4 blocks of 16 rows
+    host.map_rows(lambda a: host.map_rows(record, a), big)
+    assert sum(calls) == 64 and len(calls) == 1 + 4           # row 0, then one call per block, none split further
+
+
+def test_map_rows_reraises_a_blocks_exception(two_threads):
+    def fails_late(a):
+        if a.shape[0] > 1 and a[0, 0] > 0:                    # only a block of the second half
+            raise FloatingPointError("block went wrong")
+        return a
+
+    x = np.concatenate([np.zeros((32, host.BLOCK // 16), np.float32), np.ones((32, host.BLOCK // 16), np.float32)])
+    with pytest.raises(FloatingPointError, match="block went wrong"):
+        host.map_rows(fails_late, x)
+
+
+@pytest.mark.parametrize("op", ["silu", "gelu", "gelu_tanh", "normal_cdf"])
+def test_blocked_activations_match_a_single_thread(op):
+    x = _big((9, 70, 600))                                    # 378,000 numbers: blocks on two threads
+    dy = _big(x.shape, 2)
+
+    def run():
+        if op == "normal_cdf":
+            return (F.normal_cdf(x),)
+        y, cache = F.gelu(x, "tanh") if op == "gelu_tanh" else getattr(F, op)(x)
+        backward = F.silu_backward if op == "silu" else F.gelu_backward
+        return y, backward(dy, cache)
+
+    previous = host.set_threads(1)
+    try:
+        expected = run()
+        host.set_threads(2)
+        got = run()
+    finally:
+        host.set_threads(previous)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_set_threads_rejects_zero():
+    with pytest.raises(ValueError, match="at least 1 thread"):
+        host.set_threads(0)
+
+
+def test_keep_freed_memory_respects_the_opt_outs(monkeypatch):
+    monkeypatch.setenv("MINIDIFF_KEEP_MEMORY", "0")
+    assert host.keep_freed_memory() is False
+    monkeypatch.delenv("MINIDIFF_KEEP_MEMORY")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")              # the user tunes glibc themselves
+    assert host.keep_freed_memory() is False
