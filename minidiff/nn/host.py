@@ -15,23 +15,20 @@ order, whichever thread computes them. CuPy arrays and small arrays take the pla
 The number of threads is the number of cores this process may use; ``MINIDIFF_THREADS=1`` (or
 ``set_threads(1)``) turns the pool off.
 
-Two process-wide settings make the host path faster, and both are made once, when this module
-is imported:
+Two process-wide settings make the host path faster:
 
-* Memory. A training step allocates and frees hundreds of arrays of 0.1-30 MB. glibc serves
-  those over 128 kB with fresh ``mmap`` pages and hands freed memory straight back to the
-  operating system, so every step the kernel zeroes the same pages again (a page fault per
-  4 kB: 8-10% of a latent U-Net step here). ``keep_freed_memory`` asks glibc (``mallopt``) to
-  keep arrays up to 32 MB on its heap and to keep freed memory for reuse. The process's memory
-  then stays near its peak instead of shrinking between steps. ``MINIDIFF_KEEP_MEMORY=0`` (or
-  any ``MALLOC_*`` variable of your own) leaves glibc's defaults alone.
-
-One interaction to know about: after a matrix product OpenBLAS keeps its own worker threads
-spinning for a while (2^28 cycles, ~0.1 s, by default), and a spinning worker takes the core our
-second thread needs. minidiff's ``__init__`` therefore sets ``OPENBLAS_THREAD_TIMEOUT`` (unless
-you set it) before NumPy loads OpenBLAS, so its workers go to sleep after ~2^14 cycles. That only
-takes effect when minidiff is imported before NumPy; otherwise the blocks still give the right
-numbers, just with less speed-up.
+* Memory (made when this module is imported). A training step allocates and frees hundreds of
+  arrays of 0.1-30 MB. glibc serves those over 128 kB with fresh ``mmap`` pages and hands freed
+  memory straight back to the operating system, so every step the kernel zeroes the same pages
+  again (a page fault per 4 kB: 8-10% of a latent U-Net step here). ``keep_freed_memory`` asks
+  glibc (``mallopt``) to keep arrays up to 32 MB on its heap and freed memory for reuse; the
+  process's memory then stays near its peak instead of shrinking between steps.
+  ``MINIDIFF_KEEP_MEMORY=0`` (or any ``MALLOC_*`` variable of your own) leaves glibc's defaults.
+* OpenBLAS's spinning (set in ``minidiff/__init__.py``). After a matrix product OpenBLAS keeps
+  its worker threads spinning for 2^28 cycles (~0.1 s) by default, and a spinning worker holds
+  the core our second thread needs. ``OPENBLAS_THREAD_TIMEOUT=20`` (unless you set it) sends them
+  to sleep after 2^20 cycles. It only takes effect when minidiff is imported before NumPy;
+  otherwise the blocks still give the same numbers, with less speed-up.
 """
 from __future__ import annotations
 
