@@ -451,17 +451,20 @@ def avg_pool2d_backward(dy, cache):
 # normalisation: GroupNorm and LayerNorm share "normalise over the last axis"
 # ================================================================================================
 def _sum_last(a, keepdims=False):
-    """sum(a, axis=-1) as one BLAS matrix-vector product, (rows, n) @ ones(n). NumPy's own
-    reduction over a short last axis (a group's or a token's numbers) is ~8x slower."""
-    xp = get_array_module(a)
-    total = a.reshape(-1, a.shape[-1]) @ xp.ones(a.shape[-1], dtype=a.dtype)
+    """sum(a, axis=-1). On the host as one BLAS matrix-vector product, (rows, n) @ ones(n):
+    NumPy's own reduction over a short last axis (a group's or a token's numbers) is ~8x slower.
+    A GPU array keeps its one reduction kernel (the product would add a launch to fill the ones)."""
+    if backend.is_gpu_array(a):
+        return a.sum(axis=-1, keepdims=keepdims)
+    total = a.reshape(-1, a.shape[-1]) @ np.ones(a.shape[-1], dtype=a.dtype)
     return total.reshape(a.shape[:-1] + ((1,) if keepdims else ()))
 
 
 def _sum_first(a2d):
-    """sum(a2d, axis=0) as ones(rows) @ a2d: one BLAS matrix-vector product (bias gradients)."""
-    xp = get_array_module(a2d)
-    return xp.ones(a2d.shape[0], dtype=a2d.dtype) @ a2d
+    """sum(a2d, axis=0); on the host as ones(rows) @ a2d, one BLAS matrix-vector product."""
+    if backend.is_gpu_array(a2d):
+        return a2d.sum(axis=0)
+    return np.ones(a2d.shape[0], dtype=a2d.dtype) @ a2d
 
 
 def _rowdot(a, b):
