@@ -212,16 +212,23 @@ def _im2col(x, kh, kw, stride, padding, Ho, Wo):
     if kh == kw == 1 and stride == 1 and padding == 0:       # a 1x1 window is the pixel itself:
         return _to_columns(x, last)                           # col = x as (C, B*H*W)
     Hp, Wp = H + 2 * padding, W + 2 * padding
-    x_pad = xp.zeros((C, Hp, Wp, B) if last else (C, B, Hp, Wp), dtype=x.dtype)
-    inside = _window(x_pad, slice(padding, padding + H), slice(padding, padding + W), last)
-    if last:
-        _copy_batch_last(x, inside)                           # x_pad[c, p + y, p + x, b] = x[b, c, y, x]
-    else:
-        inside[...] = x.transpose(1, 0, 2, 3)                 # x_pad[c, b, p + y, p + x] = x[b, c, y, x]
     col = xp.empty((C, kh, kw) + ((Ho, Wo, B) if last else (B, Ho, Wo)), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            col[:, i, j] = _window(x_pad, slice(i, i + stride * Ho, stride), slice(j, j + stride * Wo, stride), last)
+
+    def unfold(channels):                                     # col[channels] from x[:, channels]
+        x_c = x[:, channels]
+        n = x_c.shape[1]
+        x_pad = xp.zeros((n, Hp, Wp, B) if last else (n, B, Hp, Wp), dtype=x.dtype)
+        inside = _window(x_pad, slice(padding, padding + H), slice(padding, padding + W), last)
+        if last:
+            _copy_batch_last(x_c, inside)                     # x_pad[c, p + y, p + x, b] = x[b, c, y, x]
+        else:
+            inside[...] = x_c.transpose(1, 0, 2, 3)           # x_pad[c, b, p + y, p + x] = x[b, c, y, x]
+        for i in range(kh):
+            for j in range(kw):
+                col[channels, i, j] = _window(x_pad, slice(i, i + stride * Ho, stride),
+                                              slice(j, j + stride * Wo, stride), last)
+
+    host.for_blocks(unfold, C)                                # on the host: channel blocks on every core
     return col.reshape(C * kh * kw, B * Ho * Wo)
 
 
@@ -886,17 +893,29 @@ def attention(q, k, v, mask=None):
     if backend.use_fused(q) and q.ndim == 4 and max(q.shape[-1], v.shape[-1]) <= kernels.MAX_HEAD_DIM:
         out, P = kernels.attention(q, k, v, mask, scale)      # all of the below in one launch
         return out, (q, k, v, P, scale)
+    if mask is not None:
+        # 0 where the mask allows, -inf where it does not; built at the mask's own (small) shape
+        mask = xp.where(mask, 0.0, -xp.inf).astype(q.dtype, copy=False)
+    # samples are independent: on the host, blocks of them go to every core (nn/host.py)
+    if mask is not None and mask.ndim == q.ndim and mask.shape[0] > 1:      # a mask row per sample
+        out, P = host.map_rows(lambda *rows: _attention(*rows, scale), q, k, v, mask)
+    else:
+        out, P = host.map_rows(lambda *rows: _attention(*rows, mask, scale), q, k, v)
+    return out, (q, k, v, P, scale)
+
+
+def _attention(q, k, v, mask, scale):
+    """attention's math for a block of samples; mask: None or additive (0 / -inf)."""
     # S = q k^T / sqrt(d)
     scores = q @ k.swapaxes(-1, -2)                           # (B, heads, Lq, Lk)
     scores *= scale
     if mask is not None:
-        # S + (0 where the mask allows, -inf where it does not); built at the mask's own (small) shape
-        scores += xp.where(mask, 0.0, -xp.inf).astype(q.dtype, copy=False)
+        scores += mask                                        # S + mask: -inf where not allowed
     # P = softmax(S)
     P = _softmax_inplace(scores, axis=-1)                     # (B, heads, Lq, Lk)
     # O = P v
     out = P @ v                                               # (B, heads, Lq, dv)
-    return out, (q, k, v, P, scale)
+    return out, P
 
 
 def attention_backward(d_out, cache):
@@ -907,6 +926,11 @@ def attention_backward(d_out, cache):
         S = q k^T scale:        dq = dS k * scale,   dk = dS^T q * scale
     """
     q, k, v, P, scale = cache
+    return host.map_rows(lambda *rows: _attention_backward(*rows, scale), d_out, q, k, v, P)
+
+
+def _attention_backward(d_out, q, k, v, P, scale):
+    """attention_backward's math for a block of samples."""
     # forward was: O = P v
     dv = P.swapaxes(-1, -2) @ d_out                           # (B, heads, Lk, dv)
     dP = d_out @ v.swapaxes(-1, -2)                           # (B, heads, Lq, Lk)

@@ -97,44 +97,61 @@ def set_threads(n: int) -> int:
     return previous
 
 
+def for_blocks(fn, rows, parts=None):
+    """Call ``fn(block)`` for slices ``block`` that together cover ``range(rows)``, spread over the
+    threads; fn writes its results into arrays the caller made. ``parts``: how many slices
+    (default: one per thread, right for plain copies; map_rows asks for cache-sized ones).
+    With one thread, or from inside a block, it is simply ``fn(slice(0, rows))``.
+    """
+    if _threads == 1 or rows < 2 or getattr(_in_block, "active", False):
+        fn(slice(0, rows))
+        return
+    parts = max(min(parts or _threads, rows), _threads)
+    bounds = [round(rows * i / parts) for i in range(parts + 1)]
+    blocks = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+    share = -(-len(blocks) // _threads)                       # ceil: blocks per thread
+
+    def run(my_blocks):
+        _in_block.active = True
+        try:
+            for block in my_blocks:
+                fn(block)
+        finally:
+            _in_block.active = False
+
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="minidiff-host")
+    others = [_pool.submit(run, blocks[i:i + share]) for i in range(share, len(blocks), share)]
+    run(blocks[:share])
+    for job in others:
+        job.result()                                          # re-raises a block's exception
+
+
 def map_rows(fn, *arrays):
     """``fn(*arrays)``, computed block by block along axis 0 on the host's cores.
 
     fn must treat rows (entries along axis 0) independently and return an array, or a tuple of
     arrays, whose axis 0 matches its inputs' (the block's rows). All arrays share that axis 0.
-    Row 0 runs first, here: its results fix the outputs' shapes and dtypes. Rows 1.. are then
-    split into one contiguous run per thread, each run computed a block at a time and written
-    straight into the outputs.
+    Row 0 runs first, here: its results fix the outputs' shapes and dtypes. Rows 1.. then go in
+    blocks of about BLOCK numbers to for_blocks, each block's results copied into the outputs.
     """
     first = arrays[0]
     rows = first.shape[0] if first.ndim else 0
     if (_threads == 1 or not isinstance(first, np.ndarray) or first.size < 2 * BLOCK or rows < 2
             or getattr(_in_block, "active", False)):
         return fn(*arrays)
-    rows_per_block = max(1, BLOCK * rows // first.size)
-
-    def run(start, stop, outputs):
-        _in_block.active = True
-        try:
-            for block_start in range(start, stop, rows_per_block):
-                block = slice(block_start, min(block_start + rows_per_block, stop))
-                results = fn(*(a[block] for a in arrays))
-                for out, result in zip(outputs, results if isinstance(results, tuple) else (results,)):
-                    out[block] = result
-        finally:
-            _in_block.active = False
-
     row_0 = fn(*(a[:1] for a in arrays))
     single = not isinstance(row_0, tuple)
-    outputs = tuple(np.empty((rows,) + r.shape[1:], dtype=r.dtype) for r in ((row_0,) if single else row_0))
-    for out, result in zip(outputs, (row_0,) if single else row_0):
+    row_0 = (row_0,) if single else row_0
+    outputs = tuple(np.empty((rows,) + r.shape[1:], dtype=r.dtype) for r in row_0)
+    for out, result in zip(outputs, row_0):
         out[:1] = result
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="minidiff-host")
-    bounds = np.linspace(1, rows, _threads + 1).round().astype(int)          # one run per thread
-    others = [_pool.submit(run, start, stop, outputs) for start, stop in zip(bounds[1:-1], bounds[2:])]
-    run(bounds[0], bounds[1], outputs)
-    for job in others:
-        job.result()                                          # re-raises a block's exception
+
+    def block(rows_here):
+        results = fn(*(a[1:][rows_here] for a in arrays))
+        for out, result in zip(outputs, (results,) if single else results):
+            out[1:][rows_here] = result
+
+    for_blocks(block, rows - 1, parts=-(-first.size // BLOCK))
     return outputs[0] if single else outputs
