@@ -95,3 +95,28 @@ def test_keep_freed_memory_respects_the_opt_outs(monkeypatch):
     monkeypatch.delenv("MINIDIFF_KEEP_MEMORY")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")              # the user tunes glibc themselves
     assert host.keep_freed_memory() is False
+
+
+def test_for_blocks_covers_every_row_once(two_threads):
+    seen = np.zeros(1000, np.int64)
+
+    def mark(rows):
+        seen[rows] += 1
+
+    host.for_blocks(mark, 1000, size=4 * host.BLOCK, parts=7)
+    np.testing.assert_array_equal(seen, 1)
+    host.for_blocks(mark, 1000, size=10)                      # small work: one call, here
+    np.testing.assert_array_equal(seen, 2)
+
+
+def test_im2col_by_channel_blocks_matches_one_thread():
+    x = _big((16, 40, 12, 12))                                # col has 829,440 numbers: threads
+    w = _big((8, 40, 3, 3), 1)
+    previous = host.set_threads(1)
+    try:
+        expected = F.conv2d(x, w, None, stride=1, padding=1)[1][0]
+        host.set_threads(2)
+        got = F.conv2d(x, w, None, stride=1, padding=1)[1][0]
+    finally:
+        host.set_threads(previous)
+    np.testing.assert_array_equal(got, expected)

@@ -228,7 +228,7 @@ def _im2col(x, kh, kw, stride, padding, Ho, Wo):
                 col[channels, i, j] = _window(x_pad, slice(i, i + stride * Ho, stride),
                                               slice(j, j + stride * Wo, stride), last)
 
-    host.for_blocks(unfold, C)                                # on the host: channel blocks on every core
+    host.for_blocks(unfold, C, col.size)                      # on the host: channel blocks on every core
     return col.reshape(C * kh * kw, B * Ho * Wo)
 
 

@@ -97,13 +97,14 @@ def set_threads(n: int) -> int:
     return previous
 
 
-def for_blocks(fn, rows, parts=None):
+def for_blocks(fn, rows, size, parts=None):
     """Call ``fn(block)`` for slices ``block`` that together cover ``range(rows)``, spread over the
-    threads; fn writes its results into arrays the caller made. ``parts``: how many slices
-    (default: one per thread, right for plain copies; map_rows asks for cache-sized ones).
-    With one thread, or from inside a block, it is simply ``fn(slice(0, rows))``.
+    threads; fn writes its results into arrays the caller made. ``size``: how many numbers the
+    whole job writes (below 2 * BLOCK a thread hand-off costs more than it saves). ``parts``: how
+    many slices (default: one per thread, right for plain copies; map_rows asks for cache-sized
+    ones). With one thread, small work, or from inside a block it is simply ``fn(slice(0, rows))``.
     """
-    if _threads == 1 or rows < 2 or getattr(_in_block, "active", False):
+    if _threads == 1 or rows < 2 or size < 2 * BLOCK or getattr(_in_block, "active", False):
         fn(slice(0, rows))
         return
     parts = max(min(parts or _threads, rows), _threads)
@@ -153,5 +154,5 @@ def map_rows(fn, *arrays):
         for out, result in zip(outputs, (results,) if single else results):
             out[1:][rows_here] = result
 
-    for_blocks(block, rows - 1, parts=-(-first.size // BLOCK))
+    for_blocks(block, rows - 1, first.size, parts=-(-first.size // BLOCK))
     return outputs[0] if single else outputs
