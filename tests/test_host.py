@@ -103,9 +103,9 @@ def test_for_blocks_covers_every_row_once(two_threads):
     def mark(rows):
         seen[rows] += 1
 
-    host.for_blocks(mark, 1000, size=4 * host.BLOCK, parts=7)
+    host.for_blocks(mark, 1000, np.empty(4 * host.BLOCK), parts=7)
     np.testing.assert_array_equal(seen, 1)
-    host.for_blocks(mark, 1000, size=10)                      # small work: one call, here
+    host.for_blocks(mark, 1000, np.empty(10))                 # small work: one call, here
     np.testing.assert_array_equal(seen, 2)
 
 

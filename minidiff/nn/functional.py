@@ -182,13 +182,18 @@ def _to_columns(x, last):
     return xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
 
 
-def _from_columns(a2d, shape, last):
-    """The inverse of _to_columns: (C, B*H*W) or (C, H*W*B) -> a C-contiguous (B, C, H, W)."""
+def _from_columns(a2d, shape, last, bias=None):
+    """The inverse of _to_columns: (C, B*H*W) or (C, H*W*B) -> a C-contiguous (B, C, H, W),
+    plus ``bias`` (C,) per channel when given, added in the same pass."""
     B, C, H, W = shape
     xp = get_array_module(a2d)
     if last:
-        return xp.ascontiguousarray(a2d.reshape(C, H, W, B).transpose(3, 0, 1, 2))
-    return xp.ascontiguousarray(a2d.reshape(C, B, H, W).transpose(1, 0, 2, 3))
+        view = a2d.reshape(C, H, W, B).transpose(3, 0, 1, 2)
+    else:
+        view = a2d.reshape(C, B, H, W).transpose(1, 0, 2, 3)
+    if bias is None:
+        return xp.ascontiguousarray(view)
+    return xp.add(view, bias.reshape(1, C, 1, 1), out=xp.empty(shape, dtype=a2d.dtype))
 
 
 def _im2col(x, kh, kw, stride, padding, Ho, Wo):
@@ -228,7 +233,7 @@ def _im2col(x, kh, kw, stride, padding, Ho, Wo):
                 col[channels, i, j] = _window(x_pad, slice(i, i + stride * Ho, stride),
                                               slice(j, j + stride * Wo, stride), last)
 
-    host.for_blocks(unfold, C, col.size)                      # on the host: channel blocks on every core
+    host.for_blocks(unfold, C, col)                           # on the host: channel blocks on every core
     return col.reshape(C * kh * kw, B * Ho * Wo)
 
 
@@ -294,9 +299,8 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     cache = (col, w, x.shape, stride, padding, b is not None)
     if backend.use_fused(x):                                  # the two lines below in one launch
         return kernels.conv_output(y2d, b, (B, C_out, Ho, Wo)), cache
-    if b is not None:
-        y2d += b[:, None]
-    return _from_columns(y2d, (B, C_out, Ho, Wo), batch_last(x, Ho, Wo)), cache       # (B, C_out, Ho, Wo)
+    # Y2d + b, laid out as (B, C_out, Ho, Wo), in one pass
+    return _from_columns(y2d, (B, C_out, Ho, Wo), batch_last(x, Ho, Wo), b), cache
 
 
 def conv2d_backward(dy, cache):
@@ -420,8 +424,13 @@ def upsample_nearest2x(x):
 
 def upsample_nearest2x_backward(dy, cache):
     """Each x pixel was copied into the four entries of its 2x2 block, so dx is the block's sum."""
-    B, C, H, W = cache
-    return dy.reshape(B, C, H, 2, W, 2).sum(axis=(3, 5))      # (B, C, H, W)
+    # dx = dy[2i, 2j] + dy[2i, 2j + 1] + dy[2i + 1, 2j] + dy[2i + 1, 2j + 1]: the block's four
+    # corners are four strided views of dy, so three adds (NumPy's sum over the two length-2 axes
+    # of a (B, C, H, 2, W, 2) view is several times slower)
+    dx = dy[:, :, 0::2, 0::2] + dy[:, :, 0::2, 1::2]         # (B, C, H, W)
+    dx += dy[:, :, 1::2, 0::2]
+    dx += dy[:, :, 1::2, 1::2]
+    return dx
 
 
 def avg_pool2d(x, kernel_size=2):

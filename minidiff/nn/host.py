@@ -97,14 +97,16 @@ def set_threads(n: int) -> int:
     return previous
 
 
-def for_blocks(fn, rows, size, parts=None):
+def for_blocks(fn, rows, output, parts=None):
     """Call ``fn(block)`` for slices ``block`` that together cover ``range(rows)``, spread over the
-    threads; fn writes its results into arrays the caller made. ``size``: how many numbers the
-    whole job writes (below 2 * BLOCK a thread hand-off costs more than it saves). ``parts``: how
-    many slices (default: one per thread, right for plain copies; map_rows asks for cache-sized
-    ones). With one thread, small work, or from inside a block it is simply ``fn(slice(0, rows))``.
+    threads; fn writes its results into ``output`` (an array the caller made) or others like it.
+    ``parts``: how many slices (default: one per thread, right for plain copies; map_rows asks
+    for cache-sized ones). For a CuPy output, a small one (under 2 * BLOCK numbers: a thread
+    hand-off would cost more than it saves), one thread, or a call from inside a block it is
+    simply ``fn(slice(0, rows))``.
     """
-    if _threads == 1 or rows < 2 or size < 2 * BLOCK or getattr(_in_block, "active", False):
+    if (_threads == 1 or rows < 2 or not isinstance(output, np.ndarray) or output.size < 2 * BLOCK
+            or getattr(_in_block, "active", False)):
         fn(slice(0, rows))
         return
     parts = max(min(parts or _threads, rows), _threads)
@@ -142,7 +144,7 @@ def map_rows(fn, *arrays):
     if (_threads == 1 or not isinstance(first, np.ndarray) or first.size < 2 * BLOCK or rows < 2
             or getattr(_in_block, "active", False)):
         return fn(*arrays)
-    row_0 = fn(*(a[:1] for a in arrays))
+    row_0 = fn(*(a[:1] for a in arrays))                       # fixes the outputs' shapes and dtypes
     single = not isinstance(row_0, tuple)
     row_0 = (row_0,) if single else row_0
     outputs = tuple(np.empty((rows,) + r.shape[1:], dtype=r.dtype) for r in row_0)
@@ -154,5 +156,5 @@ def map_rows(fn, *arrays):
         for out, result in zip(outputs, (results,) if single else results):
             out[1:][rows_here] = result
 
-    for_blocks(block, rows - 1, first.size, parts=-(-first.size // BLOCK))
+    for_blocks(block, rows - 1, outputs[0], parts=-(-first.size // BLOCK))
     return outputs[0] if single else outputs
