@@ -25,9 +25,12 @@ How to read a row
   steadier figure, since waiting for other programs costs no CPU time. The torch column needs
   PyTorch (the U-Net and text-encoder twins come from the repository's ``tests/torch_twins.py``);
   without it the column stays empty. PyTorch convolutions use cuDNN; minidiff's are im2col + GEMM.
-  All of minidiff's runs come first, then all of PyTorch's: on a small CPU each library's worker
-  threads keep spinning for a while after its last call, so alternating the two (A B A B) slows
-  whichever runs second (PyTorch's CPU step by ~25% on 2 cores) and flatters the other.
+  After the warm-up runs the timed runs alternate (minidiff, PyTorch, minidiff, ...), so a busy
+  spell of a shared machine hits both columns alike. That is fair only because minidiff tells
+  OpenBLAS to put its worker threads to sleep soon after a matrix product
+  (``OPENBLAS_THREAD_TIMEOUT``, see minidiff/__init__.py): with OpenBLAS's default ~0.1 s of
+  spinning, a PyTorch CPU step right after a minidiff one ran ~25% slower. (Checked: PyTorch's
+  step time alone and right after a minidiff step now agree within the run-to-run noise.)
 * ``GFLOP`` and ``MB``: work and ideal memory traffic of one run, counted while the same work runs
   once on the CPU: multiply-adds of every linear, conv and attention product (x2 for FLOPs, the
   backward's products included), and the bytes of every op's array inputs and outputs (each read
@@ -129,23 +132,30 @@ def _torch_sync(torch, device: Device):
 # ================================================================================================
 # timing
 # ================================================================================================
-def median_seconds(fn, sync, repeats, warmup, process_time=False):
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronised.
-    With ``process_time``, also the median CPU time of this process (all its threads): on a
-    shared machine that is what the work cost, however long other programs kept it waiting."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
+def median_seconds(fn, sync, repeats, warmup):
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronised."""
+    return alternating_medians([(fn, sync)], repeats, warmup)[0][0]
+
+
+def alternating_medians(runs, repeats, warmup):
+    """For each ``(fn, sync)`` in ``runs``: (median wall time, median CPU time of this process, all
+    its threads) over ``repeats`` timed runs, after ``warmup`` untimed runs of each. The timed
+    runs go round robin (A B A B ...), so a slow spell of a shared machine hits every entry alike.
+    CPU time is what the work cost, however long other programs kept it waiting."""
+    for fn, sync in runs:
+        for _ in range(warmup):
+            fn()
         sync()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    if process_time:
-        return statistics.median(times), statistics.median(cpu_times)
-    return statistics.median(times)
+    times = [[] for _ in runs]
+    cpu_times = [[] for _ in runs]
+    for _ in range(repeats):
+        for (fn, sync), wall, cpu in zip(runs, times, cpu_times):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+    return [(statistics.median(wall), statistics.median(cpu)) for wall, cpu in zip(times, cpu_times)]
 
 
 def calibrate(device: Device):
@@ -613,9 +623,15 @@ def sample_works(tiny, device, batch=None):
 # running a suite
 # ================================================================================================
 def run_work(work: Work, device: Device, torch, rates, repeats, warmup):
-    """Time one row: minidiff, then PyTorch (when available); count its work and kernels."""
+    """Time one row: minidiff and PyTorch (when available), runs alternating; count its work and kernels."""
     run = work.make(device, work.batch)
-    seconds, cpu_seconds = median_seconds(run, device.sync, repeats, warmup, process_time=True)
+    runs = [(run, device.sync)]
+    torch_run = None
+    if torch is not None and work.make_torch is not None:
+        torch_run = work.make_torch(torch, device, work.batch)
+        runs.append((torch_run, lambda: _torch_sync(torch, device)))
+    timings = alternating_medians(runs, repeats, warmup)
+    seconds, cpu_seconds = timings[0]
     macs, nbytes, calls = count_work(work.make, work.batch)
     row = {"suite": work.suite, "work": work.name, "shape": work.shape, "batch": work.batch,
            "minidiff_s": seconds, "torch_s": None, "ratio": None, "minidiff_cpu_s": cpu_seconds,
@@ -627,10 +643,8 @@ def run_work(work: Work, device: Device, torch, rates, repeats, warmup):
     if work.images:
         row["images_per_s"] = work.images / seconds
         row["s_per_image"] = seconds / work.images
-    if torch is not None and work.make_torch is not None:
-        torch_run = work.make_torch(torch, device, work.batch)
-        sync = (lambda: _torch_sync(torch, device))
-        row["torch_s"], row["torch_cpu_s"] = median_seconds(torch_run, sync, repeats, warmup, process_time=True)
+    if torch_run is not None:
+        row["torch_s"], row["torch_cpu_s"] = timings[1]
         row["ratio"] = seconds / row["torch_s"]
         row["cpu_ratio"] = cpu_seconds / row["torch_cpu_s"]
         row["torch_kernels"] = count_cuda_kernels(torch, device, torch_run)
@@ -813,7 +827,7 @@ def build_parser():
     backend.add_device_argument(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the rows and the environment to FILE")
     parser.add_argument("--batch", type=int, help="batch size for every row (default: each row's own)")
-    parser.add_argument("--repeats", type=int, help="timed runs per row (default: 10 ops, 3 unet/sample on "
+    parser.add_argument("--repeats", type=int, help="timed runs per row (default: 10 ops, 5 unet, 3 sample on "
                                                     "the CPU; 20/10/3 on the GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1 CPU, 3 GPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes and models (seconds; for tests)")
@@ -856,7 +870,7 @@ def main(argv=None) -> int:
         if suite == "ops":
             works, repeats = ops_works(args.tiny, args.batch), (20 if gpu else 10)
         elif suite == "unet":
-            works, repeats = unet_works(args.tiny, args.batch), (10 if gpu else 3)
+            works, repeats = unet_works(args.tiny, args.batch), (10 if gpu else 5)
         else:
             works, repeats = sample_works(args.tiny, device, args.batch), 3
         repeats = args.repeats or repeats
