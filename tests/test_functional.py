@@ -168,6 +168,18 @@ def test_activation_gradients_match_finite_differences(xp, name):
     assert_gradients(ACTIVATIONS[name], {"x": x}, ACTIVATION_BACKWARDS[name], xp)
 
 
+@FAST
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), half=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_geglu_gradients_match_finite_differences(xp, lead, half, seed):
+    assert_gradients(F.geglu, {"h": randn(seed, *lead, 2 * half) * 3}, F.geglu_backward, xp)
+
+
+def test_geglu_is_a_times_gelu_of_gate(xp):
+    h = randn(0, 2, 3, 8) * 3
+    y, _ = F.geglu(on(xp, h))
+    np.testing.assert_allclose(to_numpy(y), h[..., :4] * F.gelu(h[..., 4:])[0], rtol=1e-14, atol=0)
+
+
 def make_mask(kind, rng, B, Lq, Lk):
     """None, a causal mask (query i sees keys <= i) or a key-padding mask (per-sample key lengths,
     a length of 0 leaves whole rows masked)."""
@@ -434,6 +446,7 @@ def float32_cases():
         "silu": (F.silu, F.silu_backward, (f32(3, 4),)),
         "gelu": (F.gelu, F.gelu_backward, (f32(3, 4),)),
         "gelu_tanh": (lambda x: F.gelu(x, "tanh"), F.gelu_backward, (f32(3, 4),)),
+        "geglu": (F.geglu, F.geglu_backward, (f32(3, 4),)),
         "softmax": (F.softmax, F.softmax_backward, (f32(3, 4),)),
         "attention": (lambda q, k, v: F.attention(q, k, v, np.tril(np.ones((3, 3), bool))), F.attention_backward,
                       (f32(1, 2, 3, 4), f32(1, 2, 3, 4), f32(1, 2, 3, 4))),
@@ -488,6 +501,7 @@ BAD_INPUTS = {
     "mixed dtypes": (lambda: F.linear(z(2, 3, dtype=np.float32), z(4, 3)), ["float64", "float32"]),
     "integer input": (lambda: F.silu(np.arange(3)), ["floating", "int"]),
     "gelu approximate": (lambda: F.gelu(z(3), approximate="fast"), ["'none'", "'tanh'", "'fast'"]),
+    "geglu odd width": (lambda: F.geglu(z(2, 5)), ["even", "(2, 5)"]),
     "embedding id range": (lambda: F.embedding(np.array([0, 4]), z(4, 2)), ["[0, 4)", "4"]),
     "embedding float ids": (lambda: F.embedding(np.array([0.0, 1.0]), z(4, 2)), ["integers", "float64"]),
     "cross_entropy targets": (lambda: F.cross_entropy(z(3, 4), np.array([0, 1])), ["(3,)", "(2,)"]),
@@ -522,6 +536,8 @@ def torch_cases():
         "gelu_tanh": ((randn(0, 3, 7) * 3,), lambda x: F.gelu(x, "tanh"), F.gelu_backward,
                       lambda t, x: t.nn.functional.gelu(x, approximate="tanh")),
         "silu": ((randn(0, 3, 7) * 3,), F.silu, F.silu_backward, lambda t, x: t.nn.functional.silu(x)),
+        "geglu": ((randn(0, 3, 8) * 3,), F.geglu, F.geglu_backward,
+                  lambda t, h: h[..., :4] * t.nn.functional.gelu(h[..., 4:])),
         "group_norm": ((randn(0, 2, 6, 3, 4), randn(1, 6), randn(2, 6)), lambda x, g, b: F.group_norm(x, g, b, 3),
                        F.group_norm_backward, lambda t, x, g, b: t.nn.functional.group_norm(x, 3, g, b)),
         "group_norm_silu": ((randn(0, 2, 6, 3, 4), randn(1, 6), randn(2, 6)),

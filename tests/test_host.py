@@ -61,7 +61,7 @@ def test_map_rows_reraises_a_blocks_exception(two_threads):
         host.map_rows(fails_late, x)
 
 
-@pytest.mark.parametrize("op", ["silu", "gelu", "gelu_tanh", "normal_cdf"])
+@pytest.mark.parametrize("op", ["silu", "gelu", "gelu_tanh", "geglu", "normal_cdf"])
 def test_blocked_activations_match_a_single_thread(op):
     x = _big((9, 70, 600))                                    # 378,000 numbers: blocks on two threads
     dy = _big(x.shape, 2)
@@ -69,6 +69,9 @@ def test_blocked_activations_match_a_single_thread(op):
     def run():
         if op == "normal_cdf":
             return (F.normal_cdf(x),)
+        if op == "geglu":
+            y, cache = F.geglu(x)
+            return y, F.geglu_backward(dy[..., :300], cache)
         y, cache = F.gelu(x, "tanh") if op == "gelu_tanh" else getattr(F, op)(x)
         backward = F.silu_backward if op == "silu" else F.gelu_backward
         return y, backward(dy, cache)

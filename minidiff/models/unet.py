@@ -282,21 +282,16 @@ class FeedForward(_CachingModule):
         h = self.proj(x)                                    # (B, L, 2 inner) or (B, L, inner)
         if not self.gated:
             return self.out(self.act(h))
-        a, gate = h[..., :self.inner], h[..., self.inner:]  # (B, L, inner) each
-        g = self.act(gate)                                  # GELU(gate)
-        self._keep((a, g))
-        return self.out(a * g)                              # (B, L, dim)
+        y, cache = F.geglu(h)                               # [a, gate] = h;  a * GELU(gate): (B, L, inner)
+        self._keep(cache)
+        return self.out(y)                                  # (B, L, dim)
 
     def backward(self, dy):
         dh = self.out.backward(dy)                          # (B, L, inner)
         if not self.gated:
             return self.proj.backward(self.act.backward(dh))
-        a, g = self._take_cache()
-        # forward was: h = a * GELU(gate), with [a, gate] = proj(x)
-        da = dh * g
-        dgate = self.act.backward(dh * a)
-        xp = get_array_module(dh)
-        return self.proj.backward(xp.concatenate([da, dgate], axis=-1))
+        # forward was: a * GELU(gate), with [a, gate] = h = proj(x)
+        return self.proj.backward(F.geglu_backward(dh, self._take_cache()))
 
 
 class TransformerBlock(_CachingModule):
