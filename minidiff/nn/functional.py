@@ -701,6 +701,11 @@ _ERF_U = (3.35617141647503099647E1, 5.21357949780152679795E2, 4.5943238297098012
 _ERFC_P = (2.46196981473530512524E-10, 5.64189564831068821977E-1, 7.46321056442269912687E0,
            4.86371970985681366614E1, 1.96520832956077098242E2, 5.26445194995477358631E2,
            9.34528527171957607540E2, 1.02755188689515710272E3, 5.57535335369399327526E2)
+# erfc(x) = exp(-x^2) R(x) / S(x) for x >= 8 (Cephes again); S has a leading 1 not stored.
+_ERFC_R = (5.64189583547755073984E-1, 1.27536670759978104416E0, 5.01905042251180477414E0,
+           6.16021097993053585195E0, 7.40974269950448939160E0, 2.97886665372100240670E0)
+_ERFC_S = (2.26052863220117276590E0, 9.39603524938001434673E0, 1.20489539808096656605E1,
+           1.70814450747565897222E1, 9.60896809063285878198E0, 3.36907645100081516050E0)
 _ERFC_Q = (1.32281951154744992508E1, 8.67072140885989742329E1, 3.54937778887819891062E2,
            9.75708501743205489753E2, 1.82390916687909736289E3, 2.24633760818710981792E3,
            1.65666309194161350182E3, 5.57535340817727675546E2)
@@ -748,10 +753,17 @@ def normal_cdf(x):
     at about half the array passes of erf's two branches: GELU is a sizeable share of a CPU step.
     """
     if x.dtype != np.float32:
-        phi_cdf = erf(x * (1.0 / math.sqrt(2.0)))
-        phi_cdf += 1.0
-        phi_cdf *= 0.5
-        return phi_cdf
+        xp = get_array_module(x)
+        z = xp.abs(x) * (1.0 / math.sqrt(2.0))
+        # e = erfc(z) / 2: 1 - erf(z) near 0, where nothing cancels; Cephes' tail formulas beyond,
+        # so that Phi keeps its relative accuracy far into the lower tail (Phi(-8) = 6e-16, where
+        # 1 + erf(x / sqrt 2) would be pure rounding error, and so would its finite differences)
+        zc = xp.maximum(z, 1.0)                               # (the tail formulas are not used below 1)
+        tail = xp.exp(-zc * zc) * xp.where(
+            zc < 8.0, _polynomial(zc, _ERFC_P) / _polynomial(zc, _ERFC_Q, leading_one=True),
+            _polynomial(zc, _ERFC_R) / _polynomial(zc, _ERFC_S, leading_one=True))
+        tail = 0.5 * xp.where(z < 1.0, 1.0 - erf(z), tail)
+        return xp.where(x >= 0, 1.0 - tail, tail)
     # on the host, one cache-sized block at a time, on every core (nn/host.py): each of the ~25
     # passes below then reads its block from the CPU cache instead of main memory
     return host.map_rows(_normal_cdf_float32, x)

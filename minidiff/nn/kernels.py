@@ -153,9 +153,10 @@ def _kernels():
     k.silu_backward = elementwise("T dy, T x, T s", "T dx", """
         dx = dy * s * (T(1) + x * (T(1) - s));""", "minidiff_silu_backward")
 
-    # Phi(x) = (1 + erf(x / sqrt 2)) / 2;  y = x * Phi(x)
+    # Phi(x) = (1 + erf(x / sqrt 2)) / 2 = erfc(-x / sqrt 2) / 2 (the second keeps its relative
+    # accuracy in the lower tail, where 1 + erf cancels);  y = x * Phi(x)
     k.gelu_erf = elementwise("T x", "T y, T phi", """
-        phi = T(0.5) * (T(1) + erf(x * T(0.70710678118654752440)));
+        phi = T(0.5) * erfc(-x * T(0.70710678118654752440));
         y = x * phi;""", "minidiff_gelu_erf")
     # Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2;  y = x * Phi(x)
     k.gelu_tanh = elementwise("T x", "T y, T phi", """
