@@ -160,3 +160,16 @@ def test_gradcheck_takes_plain_functions_with_a_backward_closure_and_none_caches
     # dropout in eval mode returns the cache None: still a functional pair
     eval_errors = gradcheck(lambda x: F.dropout(x, 0.5, None, training=False), [randn(2, 4)], F.dropout_backward)
     assert eval_errors["x0"] < 1e-8
+
+
+def test_a_gradient_small_from_cancellation_is_judged_against_the_rounding_noise():
+    # a 1x1 kernel: dw is a sum of 8 products that nearly cancel (seed found by hypothesis); the
+    # finite difference of the whole loss carries rounding noise ~1e-6 of such a small dw
+    rng_x, rng_w = np.random.default_rng(217), np.random.default_rng(218)
+    x, w = rng_x.standard_normal((1, 1, 2, 4)), rng_w.standard_normal((1, 1, 1, 1))
+    conv = lambda x, w: F.conv_transpose2d(x, w, None, 2, 0, 0)              # noqa: E731
+    backward = lambda d, cache: F.conv_transpose2d_backward(d, cache)[:2]     # noqa: E731
+    assert max(gradcheck(conv, {"x": x, "w": w}, backward, seed=2**20).values()) < 1e-6
+    # ... while a gradient 0.1% off still fails by a wide margin
+    off = lambda d, cache: tuple(1.001 * g for g in backward(d, cache))      # noqa: E731
+    assert max(gradcheck(conv, {"x": x, "w": w}, off, seed=2**20).values()) > 1e-5

@@ -12,7 +12,14 @@ A random dout, rather than all ones, catches errors that cancel in a plain sum.
 
 The error reported per array is a relative one, scaled by the largest gradient entry:
 
-    rel_err = max|analytic - numeric| / max(max|analytic|, max|numeric|, tiny)
+    rel_err = max|analytic - numeric| / max(max|analytic|, max|numeric|, floor)
+
+The floor is what rounding alone can do to a central difference: L sums terms f_j dout_j, each
+rounded to ~2e-16 of its size, and the difference is divided by 2h, so the estimate carries
+noise up to noise = 2.2e-16 * sum|f dout| / h. A gradient that is itself small because its
+terms cancel (a 1x1 kernel whose 8 products nearly sum to zero) would otherwise be judged
+against that noise alone; floor = 1e6 * noise makes a disagreement at the noise level read as
+1e-6. A real mistake (an error the size of a gradient entry) still reads as ~1.
 
 Two entry points:
 
@@ -34,12 +41,12 @@ from ..backend import get_array_module, to_numpy
 TINY = 1e-30
 
 
-def relative_error(analytic, numeric) -> float:
-    """max|a - n| / max(max|a|, max|n|, tiny): 0 for a perfect match, ~1 for an unrelated one."""
+def relative_error(analytic, numeric, floor=TINY) -> float:
+    """max|a - n| / max(max|a|, max|n|, floor): 0 for a perfect match, ~1 for an unrelated one."""
     a, n = np.asarray(to_numpy(analytic), np.float64), np.asarray(to_numpy(numeric), np.float64)
     if a.size == 0:
         return 0.0
-    scale = max(np.abs(a).max(), np.abs(n).max(), TINY)
+    scale = max(np.abs(a).max(), np.abs(n).max(), floor, TINY)
     return float(np.abs(a - n).max() / scale)
 
 
@@ -64,6 +71,12 @@ def _coordinates(shape, max_coords, rng):
 def _contract(outputs, douts):
     """sum(f * dout) over every output array, as a Python float (float64)."""
     return float(sum(float((o * d).sum()) for o, d in zip(outputs, douts)))
+
+
+def _noise_floor(outputs, douts, eps):
+    """1e6 x the rounding noise of a central difference of sum(f * dout) (module docstring)."""
+    magnitude = sum(float(abs(o * d).sum()) for o, d in zip(outputs, douts))
+    return 1e6 * np.finfo(np.float64).eps * magnitude / eps
 
 
 def _as_tuple(value):
@@ -122,6 +135,7 @@ def gradcheck(fn, inputs, backward, *, eps=1e-6, seed=0, max_coords=None, dout=N
     if dout is None:
         dout = xp.asarray(rng.standard_normal(out.shape))
     grads = _as_tuple(backward(dout, *cache) if callable(backward) else backward)
+    floor = _noise_floor([out], [dout], eps)
 
     def loss():
         return _contract([run()[0]], [dout])
@@ -134,7 +148,7 @@ def gradcheck(fn, inputs, backward, *, eps=1e-6, seed=0, max_coords=None, dout=N
             raise ValueError(f"gradcheck: the grad of {name} has shape {tuple(grad.shape)}, "
                              f"the input has {tuple(value.shape)}")
         coords = _coordinates(value.shape, max_coords, rng)
-        errors[name] = relative_error(_pick(grad, coords), _numeric_gradient(loss, value, coords, eps))
+        errors[name] = relative_error(_pick(grad, coords), _numeric_gradient(loss, value, coords, eps), floor)
     return errors
 
 
@@ -200,6 +214,7 @@ def check_module(module, inputs, seed=0, *, eps=1e-6, max_coords=64):
         module.zero_grad()
         input_grads = _as_tuple(module.backward(douts[0] if len(douts) == 1 else tuple(douts)))
         param_grads = [None if p.grad is None else p.grad.copy() for _, p in named]
+        floor = _noise_floor(outputs, douts, eps)
 
         def loss():
             return _contract(_as_tuple(module.forward(*inputs)), douts)
@@ -214,7 +229,7 @@ def check_module(module, inputs, seed=0, *, eps=1e-6, max_coords=64):
             analytic = np.zeros(len(coords)) if grad is None else _pick(grad, coords)
             report.rows.append(GradcheckRow(kind, name, tuple(value.shape), len(coords),
                                             float(np.abs(analytic - numeric).max(initial=0.0)),
-                                            relative_error(analytic, numeric)))
+                                            relative_error(analytic, numeric, floor)))
         return report
     finally:
         for p, data, grad in originals:
