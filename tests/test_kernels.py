@@ -23,6 +23,7 @@ import pytest
 from conftest import gpu
 from minidiff import backend, bench
 from minidiff.nn import functional as F
+from minidiff.nn import host
 from minidiff.nn import kernels
 from minidiff.nn.module import Parameter
 from minidiff.optim import AdamW
@@ -274,7 +275,11 @@ def kernels_on_the_cpu(tmp_path_factory):
     patch.setattr(backend, "cupy_module", lambda: fake_cupy)
     patch.setattr(backend, "use_fused", lambda x: backend.fused_enabled() and x.dtype.char in "fd")
     kernels._kernels.cache_clear()
+    # NumPy arrays now take the fused branches, also inside nn/host.py's blocks; one thread, so
+    # that two blocks never build (and compile) the stand-in kernels at once
+    threads = host.set_threads(1)
     yield
+    host.set_threads(threads)
     patch.undo()
     kernels._kernels.cache_clear()
 
