@@ -200,6 +200,7 @@ CHECKS = {
     "silu": (F.silu, {"x": randn(4, 5) * 3}, F.silu_backward),
     "gelu (erf)": (F.gelu, {"x": randn(4, 5) * 3}, F.gelu_backward),
     "gelu (tanh)": (lambda x: F.gelu(x, "tanh"), {"x": randn(4, 5) * 3}, F.gelu_backward),
+    "geglu (a * gelu(gate))": (F.geglu, {"h": randn(4, 6) * 3}, F.geglu_backward),
     "softmax": (F.softmax, {"x": randn(3, 5)}, F.softmax_backward),
     "attention": (F.attention, {"q": randn(2, 2, 3, 4), "k": randn(2, 2, 3, 4), "v": randn(2, 2, 3, 4)},
                   F.attention_backward),

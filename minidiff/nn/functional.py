@@ -20,7 +20,7 @@ against finite differences in float64 (``minidiff/nn/gradcheck.py``, ``tests/tes
 and the convolutions and attention against the loop versions in ``minidiff/nn/reference.py``.
 
 Contents: linear | conv2d, conv_transpose2d (im2col + one GEMM) | upsample_nearest2x, avg_pool2d |
-group_norm, group_norm_silu, layer_norm | silu, gelu (+ erf), softmax | attention | embedding,
+group_norm, group_norm_silu, layer_norm | silu, gelu (+ erf), geglu, softmax | attention | embedding,
 sinusoidal_embedding | dropout | mse_loss, cross_entropy.
 """
 from __future__ import annotations
