@@ -123,3 +123,18 @@ def test_im2col_by_channel_blocks_matches_one_thread():
     finally:
         host.set_threads(previous)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_working_pool(two_threads):
+    import os
+    x = _big((16, 3, host.BLOCK // 8))
+    host.map_rows(np.tanh, x)                                 # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:                                              # child: must not wait on the parent's threads
+        import signal
+        signal.alarm(20)                                      # a hang kills the child: the test fails
+        ok = np.array_equal(host.map_rows(np.tanh, x), np.tanh(x))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

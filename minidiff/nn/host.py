@@ -80,6 +80,16 @@ _pool: ThreadPoolExecutor | None = None
 _in_block = threading.local()     # .active is True while this thread runs a block
 
 
+def _forget_pool_after_fork():
+    """A forked child inherits the pool object but none of its threads: start a fresh one."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def threads() -> int:
     """How many threads map_rows uses (this one included)."""
     return _threads
