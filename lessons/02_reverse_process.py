@@ -45,6 +45,7 @@ derivations), minidiff/diffusion/samplers.py (ddpm_step, ddim_step, sample), min
 Run: python lessons/02_reverse_process.py [--quick] [--smoke] [--device cpu|gpu]
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

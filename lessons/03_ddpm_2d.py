@@ -39,6 +39,7 @@ minidiff/optim.py, minidiff/checkpoint.py.
 Run: python lessons/03_ddpm_2d.py [--quick] [--smoke] [--device cpu|gpu]
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

@@ -49,6 +49,7 @@ minidiff/nn/reference.py (the loop versions), minidiff/nn/gradcheck.py (the chec
 Run: python lessons/04_backprop.py [--quick] [--smoke] [--device cpu|gpu]
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

@@ -62,6 +62,7 @@ Run: python lessons/05_unet_pixel_diffusion.py [--quick] [--smoke] [--device cpu
 The default settings (no flag) are for a GPU: 32x32 images, UNetConfig.pixel32, 10,000 steps.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

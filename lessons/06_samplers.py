@@ -75,6 +75,7 @@ Run: python lessons/06_samplers.py [--quick] [--smoke] [--device cpu|gpu]
 (uses outputs/05_unet_pixel_diffusion/unet.npz from lesson 05; trains a quick model if it is missing)
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

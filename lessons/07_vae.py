@@ -63,6 +63,7 @@ No flag: the `vae` job's whole quick preset (800 steps of batch 16), meant for a
 steps of batch 8 on a CPU (about two minutes). --smoke: a tiny VAE for 15 steps.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

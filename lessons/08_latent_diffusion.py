@@ -36,6 +36,7 @@ No flag: the `latent` job's quick preset (1500 steps), meant for a GPU. --quick:
 CPU (the whole lesson takes about five minutes on two cores). --smoke: tiny U-Nets, seconds.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
 import dataclasses

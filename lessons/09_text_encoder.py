@@ -35,6 +35,7 @@ Read beside: minidiff/models/tokenizer.py, minidiff/models/text_encoder.py,
 minidiff/models/clip.py, minidiff/datasets/shapes.py.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import math
 import time

@@ -56,6 +56,7 @@ minidiff/models/unet.py (TransformerBlock, UNet.cross_attentions), minidiff/nn/l
 minidiff/evaluate.py (prompt_accuracy, FIXED_PROMPTS).
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import dataclasses
 import time

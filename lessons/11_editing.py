@@ -42,6 +42,7 @@ Read beside: minidiff/pipeline.py (image_to_image, inpaint, outpaint), minidiff/
 (sample: x_T, start_step, step_callback), minidiff/diffusion/schedule.py (q_sample), lesson 10.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import dataclasses
 import time
