@@ -138,3 +138,13 @@ def test_a_forked_child_gets_a_working_pool(two_threads):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_for_blocks_with_fewer_rows_than_threads_calls_no_empty_block():
+    previous = host.set_threads(8)
+    try:
+        blocks = []
+        host.for_blocks(blocks.append, 3, np.empty(4 * host.BLOCK))
+        assert sorted((b.start, b.stop) for b in blocks) == [(0, 1), (1, 2), (2, 3)]
+    finally:
+        host.set_threads(previous)

@@ -119,7 +119,7 @@ def for_blocks(fn, rows, output, parts=None):
             or getattr(_in_block, "active", False)):
         fn(slice(0, rows))
         return
-    parts = max(min(parts or _threads, rows), _threads)
+    parts = min(max(parts or _threads, _threads), rows)        # at least one per thread, none empty
     bounds = [round(rows * i / parts) for i in range(parts + 1)]
     blocks = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
     share = -(-len(blocks) // _threads)                       # ceil: blocks per thread
