@@ -148,3 +148,10 @@ def test_for_blocks_with_fewer_rows_than_threads_calls_no_empty_block():
         assert sorted((b.start, b.stop) for b in blocks) == [(0, 1), (1, 2), (2, 3)]
     finally:
         host.set_threads(previous)
+
+
+def test_a_bad_thread_count_in_the_environment_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("MINIDIFF_THREADS", "two")
+    monkeypatch.setattr(host, "_threads", None)               # read again at the next use
+    with pytest.raises(ValueError, match="MINIDIFF_THREADS must be a whole number of threads, got 'two'"):
+        host.threads()

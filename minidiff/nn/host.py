@@ -75,7 +75,8 @@ def keep_freed_memory() -> bool:
 
 
 _kept_memory = keep_freed_memory()
-_threads = _cores()
+_threads: int | None = None      # read from the environment at first use (a bad value then
+                                  # fails inside the command, as one clear error, not at import)
 _pool: ThreadPoolExecutor | None = None
 _in_block = threading.local()     # .active is True while this thread runs a block
 
@@ -92,6 +93,9 @@ if hasattr(os, "register_at_fork"):
 
 def threads() -> int:
     """How many threads map_rows uses (this one included)."""
+    global _threads
+    if _threads is None:
+        _threads = _cores()
     return _threads
 
 
@@ -100,7 +104,7 @@ def set_threads(n: int) -> int:
     global _threads, _pool
     if int(n) < 1:
         raise ValueError(f"set_threads: need at least 1 thread, got {n}")
-    previous, _threads = _threads, int(n)
+    previous, _threads = threads(), int(n)
     if _pool is not None:
         _pool.shutdown(wait=True)
         _pool = None
@@ -115,7 +119,7 @@ def for_blocks(fn, rows, output, parts=None):
     hand-off would cost more than it saves), one thread, or a call from inside a block it is
     simply ``fn(slice(0, rows))``.
     """
-    if (_threads == 1 or rows < 2 or not isinstance(output, np.ndarray) or output.size < 2 * BLOCK
+    if (threads() == 1 or rows < 2 or not isinstance(output, np.ndarray) or output.size < 2 * BLOCK
             or getattr(_in_block, "active", False)):
         fn(slice(0, rows))
         return
@@ -151,7 +155,7 @@ def map_rows(fn, *arrays):
     """
     first = arrays[0]
     rows = first.shape[0] if first.ndim else 0
-    if (_threads == 1 or not isinstance(first, np.ndarray) or first.size < 2 * BLOCK or rows < 2
+    if (threads() == 1 or not isinstance(first, np.ndarray) or first.size < 2 * BLOCK or rows < 2
             or getattr(_in_block, "active", False)):
         return fn(*arrays)
     row_0 = fn(*(a[:1] for a in arrays))                       # fixes the outputs' shapes and dtypes
