@@ -722,6 +722,16 @@ def _polynomial(z, coefficients, leading_one=False):
     return result
 
 
+def _erfc_tail(z):
+    """erfc(z) for z >= 1 (float64, Cephes): exp(-z^2) P(z) / Q(z) below 8, exp(-z^2) R(z) / S(z)
+    from 8 on. Computed from exp(-z^2) directly, so it keeps its relative accuracy where
+    1 - erf(z) would be rounding error. (Entries below 1 get numbers the callers discard.)"""
+    xp = get_array_module(z)
+    return xp.exp(-z * z) * xp.where(
+        z < 8.0, _polynomial(z, _ERFC_P) / _polynomial(z, _ERFC_Q, leading_one=True),
+        _polynomial(z, _ERFC_R) / _polynomial(z, _ERFC_S, leading_one=True))
+
+
 def erf(x):
     """The error function erf(x) = 2/sqrt(pi) int_0^x exp(-t^2) dt, elementwise, in x's dtype.
 
@@ -733,8 +743,7 @@ def erf(x):
     a = xp.abs(x)
     z = x * x
     near_zero = x * _polynomial(z, _ERF_T) / _polynomial(z, _ERF_U, leading_one=True)
-    erfc_a = xp.exp(-z) * _polynomial(a, _ERFC_P) / _polynomial(a, _ERFC_Q, leading_one=True)
-    away = xp.sign(x) * (1.0 - erfc_a)                        # erf(x) = sign(x) (1 - erfc(|x|))
+    away = xp.sign(x) * (1.0 - _erfc_tail(a))                # erf(x) = sign(x) (1 - erfc(|x|))
     return xp.where(a < 1.0, near_zero, away)
 
 
@@ -755,14 +764,10 @@ def normal_cdf(x):
     if x.dtype != np.float32:
         xp = get_array_module(x)
         z = xp.abs(x) * (1.0 / math.sqrt(2.0))
-        # e = erfc(z) / 2: 1 - erf(z) near 0, where nothing cancels; Cephes' tail formulas beyond,
+        # e = erfc(z) / 2: 1 - erf(z) near 0, where nothing cancels; the tail formulas beyond,
         # so that Phi keeps its relative accuracy far into the lower tail (Phi(-8) = 6e-16, where
         # 1 + erf(x / sqrt 2) would be pure rounding error, and so would its finite differences)
-        zc = xp.maximum(z, 1.0)                               # (the tail formulas are not used below 1)
-        tail = xp.exp(-zc * zc) * xp.where(
-            zc < 8.0, _polynomial(zc, _ERFC_P) / _polynomial(zc, _ERFC_Q, leading_one=True),
-            _polynomial(zc, _ERFC_R) / _polynomial(zc, _ERFC_S, leading_one=True))
-        tail = 0.5 * xp.where(z < 1.0, 1.0 - erf(z), tail)
+        tail = 0.5 * xp.where(z < 1.0, 1.0 - erf(z), _erfc_tail(xp.maximum(z, 1.0)))
         return xp.where(x >= 0, 1.0 - tail, tail)
     # on the host, one cache-sized block at a time, on every core (nn/host.py): each of the ~25
     # passes below then reads its block from the CPU cache instead of main memory
