@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import backend
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
@@ -118,18 +117,8 @@ def save_checkpoint(path, model=None, optimizer=None, ema=None, config=None, ste
     if extra:
         arrays.update(_flatten(dict(extra), "extra"))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)                # atomic: readers see the old file or the new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:           # readers see the old file or the new one, never half
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
     return path
 
 

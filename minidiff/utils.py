@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import backend
+from .files import atomic_write_bytes  # noqa: F401  (re-exported: lessons write files too)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,20 +40,6 @@ def output_dir(name: str, override: str | None = None) -> Path:
     path = Path(override) if override else REPO_ROOT / "outputs" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def atomic_write_bytes(path, data: bytes):
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def to_uint8(images):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>")
 PAD_ID, START_ID, END_ID = 0, 1, 2
