@@ -21,6 +21,7 @@ CPU and GPU. Tests that compare the two draw on the host and copy to the device.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -67,6 +68,24 @@ def set_device(name: str | None = None) -> str:
     _device = name
     xp = _cupy if name == "gpu" else np
     return _device
+
+
+@contextlib.contextmanager
+def using(name: str | None):
+    """``with using("gpu"): ...`` runs a block on a device and puts the caller's device back after
+    it (``None``: the current device, nothing changes). Library functions that take a ``device``
+    argument use this, so they never switch the process-wide device behind the caller's back."""
+    if name is None:
+        yield device()
+        return
+    previous = _device
+    try:
+        yield set_device(name)
+    finally:
+        if previous is None:
+            globals()["_device"] = None
+        else:
+            set_device(previous)
 
 
 def device() -> str:
