@@ -163,7 +163,7 @@ def test_matches_pytorch_twin_in_float64():
     """The same weights in a PyTorch transformer (tests/torch_twins.py): states, pooled and every
     parameter gradient agree to float64 precision."""
     torch = pytest.importorskip("torch")
-    from torch_twins import make_text_encoder_twin, twin_grads
+    from minidiff.bench.twins import make_text_encoder_twin, twin_grads
     for approximate in ("none", "tanh"):
         config = TextEncoderConfig(vocab_size=40, max_length=8, width=16, num_layers=2, num_heads=4,
                                    mlp_ratio=2, gelu_approximate=approximate)

@@ -383,7 +383,7 @@ def test_tiny_unet_output_matches_the_recorded_pytorch_values():
 @pytest.mark.parametrize("config", [UNetConfig.tiny(), UNCONDITIONAL_3_LEVELS], ids=["tiny", "unconditional"])
 def test_unet_matches_pytorch_twin_forward_and_every_gradient(config):
     torch = pytest.importorskip("torch")
-    from tests.torch_twins import make_unet_twin, twin_grads
+    from minidiff.bench.twins import make_unet_twin, twin_grads
 
     model = randomize(UNet(config))
     twin = make_unet_twin(config, model.state_dict(), dtype=torch.float64)
@@ -413,7 +413,7 @@ def test_unet_matches_diffusers_unet2dconditionmodel_on_the_same_weights():
     """Same weights in diffusers' Stable Diffusion U-Net give the same output: the architecture is SD's."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from tests.torch_twins import diffusers_unet_from_minidiff
+    from minidiff.bench.twins import diffusers_unet_from_minidiff
 
     config = dataclasses.replace(UNetConfig.tiny(), ff_mult=4)      # diffusers fixes the GEGLU width at 4
     model = randomize(UNet(config)).eval()

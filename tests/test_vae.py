@@ -399,7 +399,7 @@ def test_vae_matches_torch_twin_forward_and_gradients():
     """The same weights in a PyTorch twin (tests/torch_twins.py), float64: x_rec, KL, dx and every
     parameter gradient of L = sum(x_rec * d_out) + kl_weight * KL, with the same noise eps."""
     torch = pytest.importorskip("torch")
-    from torch_twins import make_vae_twin, twin_grads
+    from minidiff.bench.twins import make_vae_twin, twin_grads
     vae = tiny_vae()
     rng = np.random.default_rng(12)
     x = rng.uniform(-1, 1, (2, 3, 8, 8))
@@ -434,7 +434,7 @@ def test_vae_matches_diffusers_autoencoder_kl():
     minidiff's VAE is Stable Diffusion's architecture (padding, extra decoder ResBlock, 1x1 convs)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from torch_twins import diffusers_vae_from_minidiff
+    from minidiff.bench.twins import diffusers_vae_from_minidiff
     vae = tiny_vae()
     x = np.random.default_rng(13).uniform(-1, 1, (2, 3, 8, 8))
     reference = diffusers_vae_from_minidiff(vae.config, vae.state_dict())
