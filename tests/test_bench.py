@@ -108,3 +108,75 @@ def test_check_without_a_gpu_says_so_and_still_benchmarks(tmp_path, capsys):
     assert code == 0
     assert "needs --device gpu; skipped" in capsys.readouterr().out
     assert "check" not in report and len(report["rows"]) == len(OPS)
+
+
+@pytest.mark.parametrize("suite, work", [("unet", "tiny train step"), ("sample", "text-to-image")])
+def test_tiny_unet_and_sample_suites_write_their_row(suite, work, tmp_path):
+    path = tmp_path / "bench.json"
+    code = bench.main([suite, "--tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(path)])
+    assert code == 0
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["work"] == work and row["minidiff_s"] > 0 and row["gflop"] > 0 and row["calls"] > 10
+    has_torch = json.loads(path.read_text())["environment"]["torch"] is not None
+    assert (row["torch_s"] is not None) == has_torch           # the twins run wherever torch imports
+    if suite == "sample":
+        assert row["images_per_s"] == pytest.approx(row["batch"] / row["minidiff_s"])
+
+
+def test_the_sample_suite_guides_through_the_one_guidance_function(monkeypatch):
+    from minidiff.bench import sample
+    calls = []
+
+    def spy(denoiser, cond, cond_mask, uncond, uncond_mask, guidance_scale):
+        calls.append((cond.shape[0], uncond.shape[0], guidance_scale))
+        return real(denoiser, cond, cond_mask, uncond, uncond_mask, guidance_scale)
+    real = sample.guided_model_fn
+    monkeypatch.setattr(sample, "guided_model_fn", spy)
+    work = bench.sample_works(tiny=True, device=bench.Device("cpu", np), batch=3)[0]
+    work.make(bench.Device("cpu", np), 3)()
+    assert calls == [(3, 3, 4.0)]
+
+
+def test_each_guided_sampling_step_is_one_unet_pass_over_2b_latents():
+    # guidance at scale 4: the unconditional and conditional branches as one batch of 2B, so one
+    # more step adds the calls of one U-Net forward and the multiply-adds of that forward on 2B latents
+    from minidiff.bench.sample import prompt_ids, sampling_models
+    from minidiff.models.text_encoder import TextEncoder
+    from minidiff.models.unet import UNet
+    from minidiff.nn.module import no_grad
+    B = 2
+    two_steps, three_steps = (bench.sample_work(tiny=True, batch=B, steps=s) for s in (2, 3))
+    macs_two, _, calls_two = bench.count_work(two_steps.make, B)
+    macs_three, _, calls_three = bench.count_work(three_steps.make, B)
+
+    unet_config, _, text_config = sampling_models(tiny=True)
+    unet = UNet(unet_config, seed=0).eval()
+    ids, mask = prompt_ids(text_config, 2 * B)
+    with no_grad():
+        context, _ = TextEncoder(text_config, seed=0).eval()(ids, mask)
+        z = np.zeros((2 * B, unet_config.in_channels, unet_config.image_size, unet_config.image_size), np.float32)
+        with bench.traced(bench.Tally()) as one_pass:
+            unet(z, np.full(2 * B, 500), context, mask)
+    assert calls_three - calls_two == one_pass.calls
+    assert macs_three - macs_two == one_pass.macs
+
+
+def test_counting_sees_an_op_held_under_its_own_name_by_any_minidiff_module(monkeypatch):
+    # a module that did "from ..nn.functional import silu" calls the function, not F.silu
+    import types
+    from minidiff.nn import functional as F
+    probe = types.ModuleType("minidiff.probe")
+    probe.silu = F.silu
+    monkeypatch.setitem(sys.modules, "minidiff.probe", probe)
+    with bench.traced(bench.Tally()) as tally:
+        probe.silu(np.ones((2, 3), np.float32))
+    assert tally.calls == 1 and probe.silu is F.silu
+
+
+def test_the_twins_import_without_torch_and_say_what_they_need():
+    import subprocess
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import minidiff.bench, minidiff.bench.twins as twins\n"
+            "try:\n    twins.make_unet_twin\nexcept ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "make_unet_twin needs PyTorch" in out
