@@ -46,9 +46,10 @@ How to read a row
   kernels per run, counted with PyTorch's CUPTI profiler (which sees CuPy's kernels too), GPU only.
 * TF32: CuPy uses TF32 only when ``CUPY_TF32=1`` (read at the first GEMM) and only for 2-D GEMMs;
   PyTorch by default uses TF32 in cuDNN convolutions and strict float32 in matmuls.
-* ``MINIDIFF_FUSED=0`` turns minidiff's fused CuPy kernels (minidiff/nn/kernels.py) off: run
-  the GPU benches twice to see what they buy. ``--check`` first compares every fused kernel with
-  the plain NumPy-style code it replaces and prints the largest differences.
+* ``MINIDIFF_FAST=0`` (old name ``MINIDIFF_FUSED=0``) turns minidiff's fast routes off (minidiff/
+  nn/fast/: the CPU thread blocks and layouts, the fused CuPy kernels), so every op runs its
+  derivation: run the benches twice to see what they buy. ``--check`` first compares every fused
+  kernel with the plain code it replaces and prints the largest differences.
 
 Modules
 -------

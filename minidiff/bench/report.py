@@ -58,12 +58,13 @@ def describe_environment(env):
              f"torch {env['torch'] or 'absent: ' + str(env['torch_missing_because'])}"]
     if env["device"] == "gpu":
         lines.append(f"CuPy {env['cupy']}, CUPY_TF32={env['cupy_tf32']} (2-D GEMMs only), fused kernels "
-                     f"{'on' if env['fused_kernels'] else 'off (MINIDIFF_FUSED=0)'}; no cuDNN in CuPy")
+                     f"{'on' if env['fused_kernels'] else 'off (MINIDIFF_FAST=0)'}; no cuDNN in CuPy")
         if env["torch"]:
             lines.append(f"torch: cuDNN conv TF32={env['torch_conv_tf32']}, matmul TF32={env['torch_matmul_tf32']}")
     else:
         lines.append(f"BLAS threads (OPENBLAS_NUM_THREADS): {env['blas_threads']}"
-                     + (f", torch threads: {env['torch_threads']}" if env["torch"] else ""))
+                     + (f", torch threads: {env['torch_threads']}" if env["torch"] else "")
+                     + f"; fast routes {'on' if env['fused_kernels'] else 'off (MINIDIFF_FAST=0)'}")
     lines.append(f"floors: GEMM {env['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s, copy "
                  f"{env['copy_bytes_per_s'] / 1e9:.0f} GB/s (measured now)")
     return "\n".join(lines)
