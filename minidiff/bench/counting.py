@@ -69,7 +69,8 @@ class Tally:
 def _holders(originals):
     """Every place in minidiff that holds one of the functional ops, as {(owner, attribute): (name,
     value)}: a module's global (``functional.conv2d``, or a module that imported the function by
-    name) or a class's staticmethod (``layers.SiLU.op = staticmethod(F.silu)``)."""
+    name) or a class's staticmethod (``layers.SiLU.op = staticmethod(F.silu)``). A module not yet
+    imported holds nothing that can run."""
     name_of = {id(fn): name for name, fn in originals.items()}
     holders = {}
     for module_name, module in list(sys.modules.items()):
@@ -90,7 +91,6 @@ def traced(tally: Tally):
     """Count every functional op called inside (outermost calls only) and every AdamW update."""
     from .. import optim  # noqa: PLC0415
     from ..nn import functional as F  # noqa: PLC0415
-    from ..nn import layers  # noqa: F401, PLC0415  (imported, so that its classes are found)
     originals = {name: getattr(F, name) for name in F.__all__ if name not in _NOT_OPS}
     depth = [0]
 
@@ -135,17 +135,14 @@ def traced(tally: Tally):
 def count_work(make, batch):
     """(MACs, bytes, calls) of one run of ``make(cpu, batch)``: traced at batch 1 and 2 on the CPU
     and extended linearly (every count is affine in the batch: weights are read once per call)."""
-    previous = backend.device()
-    cpu = Device.select("cpu")
-    try:
-        tallies = []
+    tallies = []
+    with backend.using("cpu"):
+        cpu = Device("cpu", np)
         for b in (1, 2):
             run = make(cpu, b)
             with traced(Tally()) as tally:
                 run()
             tallies.append(tally)
-    finally:
-        backend.set_device(previous)
     one, two = tallies
     return tuple(getattr(one, f) + (batch - 1) * (getattr(two, f) - getattr(one, f))
                  for f in ("macs", "bytes", "calls"))
