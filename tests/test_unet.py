@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidiff.models.unet import ResBlock, TransformerBlock, UNet, UNetConfig
+from minidiff.models.unet import UNet, UNetConfig, unet_resblock, unet_transformer
 from minidiff.nn.gradcheck import check_module, relative_error
 from minidiff.nn.module import Module, no_grad
 
@@ -110,7 +110,7 @@ def test_resblock_gradients_match_finite_differences(c_in, c_out, batch, H, W, s
     # (at least 2 channels x 2 pixels per GroupNorm group: a smaller group normalises to constants,
     # whose exact-zero gradients leave only rounding noise to compare)
     config = UNetConfig.tiny()
-    block = randomize(ResBlock(c_in, c_out, config, rng=np.random.default_rng(seed)), seed)
+    block = randomize(unet_resblock(c_in, c_out, config, rng=np.random.default_rng(seed)), seed)
     assert (block.conv_shortcut is not None) == (c_in != c_out)
     rng = np.random.default_rng(seed + 1)
     x, temb = rng.standard_normal((batch, c_in, H, W)), rng.standard_normal((batch, config.time_embed_dim))
@@ -123,7 +123,7 @@ def test_resblock_gradients_match_finite_differences(c_in, c_out, batch, H, W, s
        tokens=st.integers(1, 4), with_context=st.booleans(), seed=st.integers(0, 2**16))
 def test_transformer_block_gradients_match_finite_differences(channels, batch, H, W, tokens, with_context, seed):
     config = UNetConfig.tiny()                                   # 2 heads, context_dim 6
-    block = randomize(TransformerBlock(channels, config, rng=np.random.default_rng(seed)), seed)
+    block = randomize(unet_transformer(channels, config, rng=np.random.default_rng(seed)), seed)
     rng = np.random.default_rng(seed + 1)
     inputs = [rng.standard_normal((batch, channels, H, W))]
     if with_context:
@@ -214,8 +214,19 @@ def test_groups_are_clamped_to_a_divisor_of_the_channels():
     (dict(num_heads=3), r"128 channels do not split into 3 attention heads"),
     (dict(feed_forward="relu"), r"feed_forward must be 'geglu' or 'gelu', got 'relu'"),
     (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
-    (dict(channel_mults=()), r"channel_mults must name at least one level"),
-    (dict(base_channels=0), r"base_channels must be a positive integer, got 0"),
+    (dict(channel_mults=()), r"channel_mults must be a non-empty sequence of positive integers, got \(\)"),
+    (dict(base_channels=0), r"UNetConfig: base_channels must be a positive integer, got 0"),
+    # the wrong type is one clear ValueError too, never a TypeError from deep inside
+    (dict(channel_mults=2), r"channel_mults must be a sequence of positive integers, got 2"),
+    (dict(channel_mults="12"), r"channel_mults must be a sequence of positive integers, got '12'"),
+    (dict(channel_mults=(1, 2.5, 2)), r"channel_mults must be a non-empty sequence of positive integers"),
+    (dict(attention_levels=2), r"attention_levels must be a sequence of level indices, got 2"),
+    (dict(attention_levels=("2",)), r"attention_levels \('2',\) must be level indices in 0\.\.2"),
+    (dict(base_channels="64"), r"base_channels must be a positive integer, got '64'"),
+    (dict(num_heads=True), r"num_heads must be a positive integer, got True"),
+    (dict(context_dim=0.5), r"context_dim must be a positive integer, got 0.5"),
+    (dict(dropout="0.1"), r"dropout must be in \[0, 1\), got '0.1'"),
+    (dict(mid_attention="yes"), r"mid_attention must be True or False, got 'yes'"),
 ])
 def test_bad_config_raises_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -308,9 +319,9 @@ def test_blocks_start_as_the_identity_on_their_residual_path():
     config = UNetConfig.tiny()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 4, 4)).astype(np.float32)
-    block = TransformerBlock(8, config, rng=rng).eval()
+    block = unet_transformer(8, config, rng=rng).eval()
     assert np.array_equal(block(x, rng.standard_normal((2, 3, 6)).astype(np.float32)), x)
-    resblock = ResBlock(8, 8, config, rng=rng).eval()
+    resblock = unet_resblock(8, 8, config, rng=rng).eval()
     assert np.array_equal(resblock(x, rng.standard_normal((2, config.time_embed_dim)).astype(np.float32)), x)
 
 

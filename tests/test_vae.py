@@ -1,4 +1,5 @@
-"""The KL autoencoder (minidiff/models/vae.py) and the patch discriminator (discriminator.py).
+"""The KL autoencoder (minidiff/models/vae.py), its objective (vae_loss.py) and the patch
+discriminator (discriminator.py).
 
 Gradients are checked against central differences in float64 along a random direction u per
 array: (L(a + h u) - L(a - h u)) / 2h must equal sum(dL/da * u) for every parameter and input.
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 from minidiff.backend import to_numpy
 from minidiff.models.discriminator import (DiscriminatorConfig, PatchDiscriminator, hinge_d_loss,
                                            hinge_g_loss, leaky_relu, leaky_relu_backward)
-from minidiff.models.vae import (AutoencoderKL, DiagonalGaussian, VAEConfig, feature_matching, frozen_features,
-                                 vae_loss)
+from minidiff.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
+from minidiff.models.vae_loss import feature_matching, frozen_features, vae_loss
 from minidiff.nn.layers import Conv2d, SiLU
 from minidiff.nn.module import Module
 
@@ -143,14 +144,45 @@ def test_vae_loss_gradients_match_finite_differences_with_perceptual_and_gan_ter
     disc = PatchDiscriminator(DiscriminatorConfig.tiny()).to(dtype=np.float64)
     images = np.random.default_rng(4).uniform(-1, 1, (2, 3, 8, 8))
     kwargs = dict(kl_weight=50.0, recon="l2", perceptual_fn=frozen_features(features), perceptual_weight=0.5,
-                  disc=disc, disc_weight=0.1)
+                  discriminator=disc, adversarial_weight=0.1)
     loss = lambda: vae_loss(vae, images, np.random.default_rng(7), **kwargs)[0]   # noqa: E731
     vae.zero_grad()
     loss()
     grads = param_grads(vae)
     vae.zero_grad()
-    assert all(p.grad is None for p in features.parameters() + disc.parameters()), "frozen nets got grads"
+    assert all(p.grad is None for p in features.parameters()), "the frozen feature extractor got grads"
     assert_small(directional_errors(loss, param_arrays(vae), grads), "vae_loss")
+
+
+def test_vae_loss_with_a_discriminator_also_gives_it_the_gradients_of_its_own_hinge_loss():
+    """One call, both players: D's grads are those of L_D on [x; x_rec] alone (G's pass through D
+    adds nothing to them), and the parts name every term."""
+    vae = tiny_vae()
+    disc = PatchDiscriminator(DiscriminatorConfig.tiny()).to(dtype=np.float64)
+    images = np.random.default_rng(4).uniform(-1, 1, (2, 3, 8, 8))
+    _, parts = vae_loss(vae, images, np.random.default_rng(7), discriminator=disc, adversarial_weight=0.1)
+    from_vae_loss = param_grads(disc)
+    x_rec, _ = vae.forward(images, np.random.default_rng(7))          # the same sample (same seed)
+    disc.zero_grad()
+    d_loss, _ = disc.discriminator_loss(images, x_rec)
+    assert set(parts) == {"loss", "recon", "kl", "adversarial", "d_loss", "logits_real", "logits_fake"}
+    assert float(parts["d_loss"]) == pytest.approx(float(d_loss), rel=1e-12)
+    assert all(np.allclose(from_vae_loss[name], g, rtol=1e-12, atol=0) for name, g in param_grads(disc).items())
+
+
+def test_adversarial_and_perceptual_terms_are_off_at_weight_zero_and_need_their_network():
+    vae = tiny_vae()
+    disc = PatchDiscriminator(DiscriminatorConfig.tiny()).to(dtype=np.float64)
+    images = np.random.default_rng(4).uniform(-1, 1, (2, 3, 8, 8))
+    _, parts = vae_loss(vae, images, np.random.default_rng(7), discriminator=disc, adversarial_weight=0.0)
+    assert set(parts) == {"loss", "recon", "kl"}                       # before the "discriminator start"
+    assert all(p.grad is None for p in disc.parameters())
+    with pytest.raises(ValueError, match="adversarial_weight=0.5 needs a discriminator"):
+        vae_loss(vae, images, np.random.default_rng(7), adversarial_weight=0.5)
+    with pytest.raises(ValueError, match="perceptual_weight=1.0 needs a perceptual_fn"):
+        vae_loss(vae, images, np.random.default_rng(7), perceptual_weight=1.0)
+    with pytest.raises(ValueError, match="adversarial_weight must be a number >= 0, got -1"):
+        vae_loss(vae, images, np.random.default_rng(7), discriminator=disc, adversarial_weight=-1)
 
 
 # -- the diagonal Gaussian -------------------------------------------------------------------------
@@ -322,6 +354,12 @@ def test_bad_input_raises_one_clear_value_error(call, match):
     (dict(image_size=9), "not a multiple of the downsampling factor"),
     (dict(channel_mults=()), "channel_mults"),
     (dict(latent_channels=0), "latent_channels must be a positive integer"),
+    (dict(channel_mults=2), "channel_mults must be a sequence of positive integers, got 2"),
+    (dict(channel_mults=(1, 2.5)), "channel_mults must be a non-empty sequence of positive integers"),
+    (dict(base_channels="8"), "VAEConfig: base_channels must be a positive integer, got '8'"),
+    (dict(norm_eps="tiny"), "norm_eps must be a number, got 'tiny'"),
+    (dict(logvar_max=None), "logvar_max must be a number, got None"),
+    (dict(mid_attention=1), "mid_attention must be True or False, got 1"),
 ])
 def test_bad_config_raises_value_error(changes, match):
     with pytest.raises(ValueError, match=match):

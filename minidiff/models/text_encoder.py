@@ -25,18 +25,22 @@ What are the states for? The U-Net's cross-attention layers use all L states as 
 (queries come from image positions), so every word can steer the pixels it matters to. The pooled
 vector is only used to train the encoder (and to measure retrieval).
 
-Read beside: ``minidiff/nn/layers.py`` (Linear, LayerNorm, GELU, Embedding, MultiHeadAttention),
+Read beside: ``minidiff/models/blocks.py`` (TransformerBlock and FeedForward, shared with the U-Net),
+``minidiff/nn/layers.py`` (Linear, LayerNorm, GELU, Embedding, MultiHeadAttention),
 ``minidiff/models/tokenizer.py`` (where ids and masks come from), ``minidiff/models/clip.py``.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import get_array_module
-from ..nn.layers import GELU, Embedding, LayerNorm, Linear, MultiHeadAttention
+from ..checks import positive_int
+from ..nn.layers import Embedding, LayerNorm
 from ..nn.module import Module, Parameter
+from .blocks import CLIP_NAMES, TransformerBlock
 
 
 @dataclass
@@ -55,15 +59,16 @@ class TextEncoderConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "max_length", "width", "num_layers", "num_heads", "mlp_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"TextEncoderConfig: {name} must be a positive integer, got {value!r}")
+            setattr(self, name, positive_int("TextEncoderConfig", name, getattr(self, name)))
         if self.width % self.num_heads:
             raise ValueError(f"TextEncoderConfig: width={self.width} is not divisible by "
                              f"num_heads={self.num_heads}")
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"TextEncoderConfig: gelu_approximate must be 'none' or 'tanh', "
                              f"got {self.gelu_approximate!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"TextEncoderConfig: layer_norm_eps must be a positive number, got {eps!r}")
 
     @classmethod
     def tiny(cls, vocab_size: int = 32) -> "TextEncoderConfig":
@@ -105,44 +110,14 @@ def end_positions(mask):
     return mask.sum(axis=1) - 1
 
 
-# -- building blocks -----------------------------------------------------------------------------
-class FeedForward(Module):
-    """MLP(h) = W_2 GELU(W_1 h + b_1) + b_2,  (B, L, W) -> (B, L, mlp_ratio W) -> (B, L, W)."""
-
-    def __init__(self, width, hidden, approximate="none", rng=None):
-        self.fc1 = Linear(width, hidden, rng=rng)
-        self.act = GELU(approximate)
-        self.fc2 = Linear(hidden, width, rng=rng)
-
-    def forward(self, h):
-        return self.fc2(self.act(self.fc1(h)))
-
-    def backward(self, d_out):
-        return self.fc1.backward(self.act.backward(self.fc2.backward(d_out)))
-
-
-class TransformerBlock(Module):
-    """One pre-LN block:  h = x + Attn(LN_1(x), mask);  out = h + MLP(LN_2(h))."""
-
-    def __init__(self, config: TextEncoderConfig, rng=None):
-        W = config.width
-        self.layer_norm1 = LayerNorm(W, eps=config.layer_norm_eps)
-        self.self_attn = MultiHeadAttention(W, config.num_heads, bias=True, rng=rng)
-        self.layer_norm2 = LayerNorm(W, eps=config.layer_norm_eps)
-        self.mlp = FeedForward(W, config.mlp_ratio * W, config.gelu_approximate, rng=rng)
-
-    def forward(self, x, mask):
-        # h = x + Attn(LN_1(x))                                 (B, L, W)
-        h = x + self.self_attn(self.layer_norm1(x), mask=mask)
-        # out = h + MLP(LN_2(h))                                (B, L, W)
-        return h + self.mlp(self.layer_norm2(h))
-
-    def backward(self, d_out):
-        # forward was: out = h + MLP(LN_2(h))   -> the residual path and the MLP path add up
-        dh = d_out + self.layer_norm2.backward(self.mlp.backward(d_out))
-        # forward was: h = x + Attn(LN_1(x))    (self-attention: dx of the attention holds q, k, v paths)
-        d_attn_in, _ = self.self_attn.backward(dh)
-        return dh + self.layer_norm1.backward(d_attn_in)
+# -- the blocks ----------------------------------------------------------------------------------
+def text_transformer(config: TextEncoderConfig, rng=None) -> TransformerBlock:
+    """One pre-LN block, h = x + Attn(LN_1(x), mask);  out = h + MLP(LN_2(h)), MLP(h) = W_2 GELU(W_1 h),
+    with CLIP's layer names (layer_norm1, self_attn, layer_norm2, mlp.fc1, mlp.fc2)."""
+    W = config.width
+    return TransformerBlock(W, config.num_heads, config.mlp_ratio * W, gated_ff=False,
+                            gelu_approximate=config.gelu_approximate, eps=config.layer_norm_eps,
+                            attention_bias=True, names=CLIP_NAMES, rng=rng)
 
 
 # -- the encoder ---------------------------------------------------------------------------------
@@ -161,7 +136,7 @@ class TextEncoder(Module):
         self.token_embedding.weight.data *= np.float32(0.02)           # N(0, 1) -> N(0, 0.02^2)
         self.position_embedding = Parameter((0.01 * rng.standard_normal((config.max_length, W)))
                                             .astype(np.float32))
-        self.blocks = [TransformerBlock(config, rng=rng) for _ in range(config.num_layers)]
+        self.blocks = [text_transformer(config, rng=rng) for _ in range(config.num_layers)]
         self.final_layer_norm = LayerNorm(W, eps=config.layer_norm_eps)
         self._cache = None
 
@@ -209,7 +184,7 @@ class TextEncoder(Module):
         # query i may attend to key j iff j <= i and j is real          (B, 1, L, L)
         attn_mask = attention_mask(mask)
         for block in self.blocks:
-            x = block(x, attn_mask)
+            x = block(x, mask=attn_mask)
         # states = LN_final(x_N)                                        (B, L, W)
         states = self.final_layer_norm(x)
         # pooled = states[b, end_b]                                     (B, W)
@@ -238,7 +213,7 @@ class TextEncoder(Module):
             d[xp.arange(B), end] += d_pooled
         dx = self.final_layer_norm.backward(d)
         for block in reversed(self.blocks):
-            dx = block.backward(dx)
+            dx, _ = block.backward(dx)              # no cross-attention: no context gradient
         # forward was: x_0 = E_tok[ids] + P[:L]   -> P[l] collects the gradient of every sequence
         d_position = xp.zeros_like(self.position_embedding.data)
         d_position[:L] = dx.sum(axis=0)

@@ -30,7 +30,7 @@ C = base_channels, image H x W; every arrow keeps the batch axis B):
 
 [h, skip] concatenates along channels. The encoder pushes every stage's output onto a stack of
 skips; the decoder pops them, so the highest-resolution features reach the output directly.
-Each Transformer (``TransformerBlock``) lets every pixel attend to every other pixel
+Each Transformer (``SpatialTransformer``) lets every pixel attend to every other pixel
 (self-attention) and to the prompt's tokens (cross-attention), which is how words steer pixels.
 
 Backward runs the same diagram from the bottom up. Three gradients are *sums*, and the code says
@@ -42,23 +42,29 @@ Names follow diffusers' ``UNet2DConditionModel`` (``down_blocks.0.resnets.1.conv
 reader can hold the two side by side. Every module instance runs once per forward pass, so each
 keeps a single cache (only in training mode with gradients on; eval mode stores nothing).
 
-Read beside: ``minidiff/nn/layers.py`` (Conv2d, GroupNorm, MultiHeadAttention) and
+Read beside: ``minidiff/models/blocks.py`` (ResBlock, SpatialTransformer, Downsample, Upsample: the
+blocks, shared with the VAE and the text encoder), ``minidiff/nn/layers.py`` and
 ``minidiff/nn/functional.py`` (the op-level derivatives these modules chain together).
 """
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..checks import positive_int, positive_ints
 from ..nn import functional as F
-from ..nn.layers import Conv2d, Dropout, GELU, GroupNorm, LayerNorm, Linear, MultiHeadAttention, SiLU, Upsample2x
-from ..nn.layers import _CachingModule   # _keep(cache) stores only while caching; _take_cache() hands it back
+from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
 from ..nn.module import Module
+from .blocks import Downsample, ResBlock, SpatialTransformer, Upsample
+from .blocks import groups_for, zero_init
 
-__all__ = ["UNetConfig", "UNet", "TimestepEmbedding", "ResBlock", "FeedForward", "TransformerBlock",
-           "Downsample", "Upsample", "DownBlock", "MidBlock", "UpBlock"]
+__all__ = ["UNetConfig", "UNet", "TimestepEmbedding", "DownBlock", "MidBlock", "UpBlock", "unet_resblock",
+           "unet_transformer",
+           # the blocks themselves live in blocks.py (shared with the VAE and the text encoder)
+           "ResBlock", "SpatialTransformer", "Downsample", "Upsample"]
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -68,9 +74,9 @@ class UNetConfig:
 
     channel_mults: channels of level i = base_channels * channel_mults[i]; each level but the last
         halves the resolution, so H and W must be divisible by 2 ** (len(channel_mults) - 1).
-    attention_levels: indices of the levels whose ResBlocks are each followed by a TransformerBlock
+    attention_levels: indices of the levels whose ResBlocks are each followed by a SpatialTransformer
         (the middle block always has one when ``mid_attention``).
-    num_heads / head_dim: heads per TransformerBlock; if ``head_dim`` is set, each level uses
+    num_heads / head_dim: heads per SpatialTransformer; if ``head_dim`` is set, each level uses
         channels // head_dim heads instead.
     context_dim: width of the text context; None builds an unconditional U-Net (no cross-attention).
     feed_forward: "geglu" (Stable Diffusion's gated GELU) or "gelu"; hidden width ff_mult * channels.
@@ -96,33 +102,28 @@ class UNetConfig:
     mid_attention: bool = True
 
     def __post_init__(self):
-        self.channel_mults = tuple(self.channel_mults)          # JSON gives lists back
-        self.attention_levels = tuple(self.attention_levels)
+        owner = "UNetConfig"
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "num_heads",
                      "ff_mult", "norm_groups", "image_size"):
-            _check_positive_int(name, getattr(self, name))
+            setattr(self, name, positive_int(owner, name, getattr(self, name)))
         for name in ("head_dim", "context_dim", "time_embed_dim"):
             if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+                setattr(self, name, positive_int(owner, name, getattr(self, name)))
         if self.time_embed_dim is None:
             self.time_embed_dim = 4 * self.base_channels
-        if not self.channel_mults:
-            raise ValueError("UNetConfig: channel_mults must name at least one level, got ()")
-        for m in self.channel_mults:
-            _check_positive_int("channel_mults entries", m)
+        self.channel_mults = positive_ints(owner, "channel_mults", self.channel_mults)   # JSON gives lists back
         levels = len(self.channel_mults)
-        bad = [a for a in self.attention_levels if not (isinstance(a, (int, np.integer)) and 0 <= a < levels)]
-        if bad:
-            raise ValueError(f"UNetConfig: attention_levels {self.attention_levels} must be level indices "
-                             f"in 0..{levels - 1} (channel_mults has {levels} levels)")
+        self.attention_levels = _level_indices(self.attention_levels, levels)
         if self.image_size % self.downsampling_factor:
             raise ValueError(f"UNetConfig: image_size={self.image_size} is not divisible by the U-Net's total "
                              f"downsampling {self.downsampling_factor} (2 ** (len(channel_mults) - 1) with "
                              f"channel_mults={self.channel_mults})")
         if self.feed_forward not in ("geglu", "gelu"):
             raise ValueError(f"UNetConfig: feed_forward must be 'geglu' or 'gelu', got {self.feed_forward!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
             raise ValueError(f"UNetConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.mid_attention, (bool, np.bool_)):
+            raise ValueError(f"UNetConfig: mid_attention must be True or False, got {self.mid_attention!r}")
         for level in self.attention_levels + ((levels - 1,) if self.mid_attention else ()):
             self.heads_for(self.channels(level))                 # raises if heads do not divide
 
@@ -136,7 +137,7 @@ class UNetConfig:
         return self.base_channels * self.channel_mults[level]
 
     def heads_for(self, channels: int) -> int:
-        """Attention heads of a TransformerBlock with this many channels."""
+        """Attention heads of a SpatialTransformer with this many channels."""
         heads = self.num_heads if self.head_dim is None else channels // self.head_dim
         if heads < 1 or channels % heads:
             raise ValueError(f"UNetConfig: {channels} channels do not split into {heads} attention heads "
@@ -145,10 +146,7 @@ class UNetConfig:
 
     def groups_for(self, channels: int) -> int:
         """GroupNorm groups: the largest divisor of ``channels`` that is at most ``norm_groups``."""
-        groups = min(self.norm_groups, channels)
-        while channels % groups:
-            groups -= 1
-        return groups
+        return groups_for(channels, self.norm_groups)
 
     # -- named instances -------------------------------------------------------------------------
     @classmethod
@@ -180,9 +178,15 @@ class UNetConfig:
                    attention_levels=(0, 1), num_heads=4, context_dim=128, norm_groups=32, image_size=8)
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"UNetConfig: {name} must be a positive integer, got {value!r}")
+def _level_indices(levels, count):
+    """attention_levels as a tuple of ints, each a level index in 0..count-1 (empty is fine)."""
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+        raise ValueError(f"UNetConfig: attention_levels must be a sequence of level indices, got {levels!r}")
+    levels = tuple(levels)
+    if any(isinstance(a, bool) or not isinstance(a, numbers.Integral) or not 0 <= a < count for a in levels):
+        raise ValueError(f"UNetConfig: attention_levels {levels} must be level indices in 0..{count - 1} "
+                         f"(channel_mults has {count} levels)")
+    return tuple(int(a) for a in levels)
 
 
 def _add(total, term):
@@ -190,14 +194,6 @@ def _add(total, term):
     if term is None:
         return total
     return term if total is None else total + term
-
-
-def _zero_init(layer):
-    """Start a residual branch's last layer at zero, so each block begins as the identity
-    (Stable Diffusion's zero_module); training then grows the branch from nothing."""
-    layer.weight.data[...] = 0
-    if layer.bias is not None:
-        layer.bias.data[...] = 0
 
 
 # -- time embedding ------------------------------------------------------------------------------
@@ -222,180 +218,32 @@ class TimestepEmbedding(Module):
         return None
 
 
-# -- the residual block --------------------------------------------------------------------------
-class ResBlock(Module):
-    """A residual block that also hears the timestep.
-
-        h = conv1(SiLU(norm1(x)))                                  (B, C_out, H, W)
-        h = h + time_emb_proj(SiLU(temb))[:, :, None, None]        broadcast over H, W
-        h = conv2(dropout(SiLU(norm2(h))))                         conv2 starts at zero
-        y = skip(x) + h                                            skip: identity or 1x1 conv
-
-    Each norm applies its SiLU itself (``GroupNorm(..., activation="silu")``, one op).
-    backward(dy) -> (dx, dtemb)."""
-
-    def __init__(self, in_channels, out_channels, config: UNetConfig, rng=None):
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = GroupNorm(config.groups_for(in_channels), in_channels, eps=1e-5, activation="silu")
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rng=rng)
-        self.time_act = SiLU()
-        self.time_emb_proj = Linear(config.time_embed_dim, out_channels, rng=rng)
-        self.norm2 = GroupNorm(config.groups_for(out_channels), out_channels, eps=1e-5, activation="silu")
-        self.dropout = Dropout(config.dropout, rng=rng)
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
-        _zero_init(self.conv2)
-        self.conv_shortcut = Conv2d(in_channels, out_channels, 1, rng=rng) if in_channels != out_channels else None
-
-    def forward(self, x, temb):
-        h = self.conv1(self.norm1(x))                                     # (B, C_out, H, W)
-        h = h + self.time_emb_proj(self.time_act(temb))[:, :, None, None]  # + (B, C_out, 1, 1)
-        h = self.conv2(self.dropout(self.norm2(h)))                       # (B, C_out, H, W)
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
-
-    def backward(self, dy):
-        # y = skip + h: the same gradient flows into both branches
-        dskip, dh = dy, dy
-        dh = self.norm2.backward(self.dropout.backward(self.conv2.backward(dh)))
-        # h = conv1(...) + proj(temb)[:, :, None, None]: broadcasting over H, W becomes a sum over H, W
-        dtemb = self.time_act.backward(self.time_emb_proj.backward(dh.sum(axis=(2, 3))))  # (B, temb)
-        dx = self.norm1.backward(self.conv1.backward(dh))
-        dx = dx + (dskip if self.conv_shortcut is None else self.conv_shortcut.backward(dskip))
-        return dx, dtemb
+# -- the U-Net's blocks (defined in blocks.py) ---------------------------------------------------
+def unet_resblock(in_channels, out_channels, config: UNetConfig, rng=None) -> ResBlock:
+    """A ResBlock that hears the timestep, its output conv zero-initialised (each block starts as the
+    identity on its residual path); GroupNorm eps 1e-5, as in Stable Diffusion's U-Net."""
+    return ResBlock(in_channels, out_channels, config.norm_groups, eps=1e-5, time_embed_dim=config.time_embed_dim,
+                    dropout=config.dropout, zero_init_out=True, rng=rng)
 
 
-# -- the transformer block -----------------------------------------------------------------------
-class FeedForward(_CachingModule):
-    """The transformer's per-token MLP, hidden width ``inner = mult * dim``.
-
-        "geglu" (Stable Diffusion):  [a, g] = proj(x);   y = out(a * GELU(g))
-        "gelu":                          h = proj(x);    y = out(GELU(h))"""
-
-    def __init__(self, dim, mult=4, kind="geglu", rng=None):
-        self.inner = mult * dim
-        self.gated = kind == "geglu"
-        self.proj = Linear(dim, 2 * self.inner if self.gated else self.inner, rng=rng)
-        self.act = GELU()
-        self.out = Linear(self.inner, dim, rng=rng)
-
-    def forward(self, x):
-        h = self.proj(x)                                    # (B, L, 2 inner) or (B, L, inner)
-        if not self.gated:
-            return self.out(self.act(h))
-        y, cache = F.geglu(h)                               # [a, gate] = h;  a * GELU(gate): (B, L, inner)
-        self._keep(cache)
-        return self.out(y)                                  # (B, L, dim)
-
-    def backward(self, dy):
-        dh = self.out.backward(dy)                          # (B, L, inner)
-        if not self.gated:
-            return self.proj.backward(self.act.backward(dh))
-        # forward was: a * GELU(gate), with [a, gate] = h = proj(x)
-        return self.proj.backward(F.geglu_backward(dh, self._take_cache()))
-
-
-class TransformerBlock(_CachingModule):
-    """Attention over the H*W positions of a feature map (diffusers' Transformer2DModel with
-    use_linear_projection, holding one BasicTransformerBlock).
-
-        x (B, C, H, W)
-        h = proj_in(tokens(norm(x)))                 tokens: (B, C, H, W) -> (B, HW, C)
-        h = h + attn1(norm1(h))                      self-attention among the HW positions
-        h = h + attn2(norm2(h), context, mask)       cross-attention to the prompt's S tokens
-                                                     (only when context_dim is set and a context is given)
-        h = h + ff(norm3(h))                         per-token feed-forward
-        y = x + image(proj_out(h))                   image: (B, HW, C) -> (B, C, H, W); proj_out starts at 0
-
-    backward(dy) -> (dx, dcontext); dcontext is None when no context was used."""
-
-    def __init__(self, channels, config: UNetConfig, rng=None):
-        heads = config.heads_for(channels)
-        self.norm = GroupNorm(config.groups_for(channels), channels, eps=1e-6)
-        self.proj_in = Linear(channels, channels, rng=rng)
-        self.norm1 = LayerNorm(channels)
-        self.attn1 = MultiHeadAttention(channels, heads, rng=rng)
-        if config.context_dim is not None:
-            self.norm2 = LayerNorm(channels)
-            self.attn2 = MultiHeadAttention(channels, heads, context_dim=config.context_dim, rng=rng)
-        else:
-            self.norm2 = self.attn2 = None
-        self.norm3 = LayerNorm(channels)
-        self.ff = FeedForward(channels, config.ff_mult, config.feed_forward, rng=rng)
-        self.proj_out = Linear(channels, channels, rng=rng)
-        _zero_init(self.proj_out)
-
-    def forward(self, x, context=None, mask=None):
-        B, C, H, W = x.shape
-        if context is not None and self.attn2 is None:
-            raise ValueError("TransformerBlock: a context was given but this block has no cross-attention "
-                             "(its config has context_dim=None)")
-        # (B, C, H, W) -> (B, HW, C): one token per pixel
-        h = self.norm(x).reshape(B, C, H * W).transpose(0, 2, 1)
-        h = self.proj_in(h)                                        # (B, HW, C)
-        h = h + self.attn1(self.norm1(h))                          # pixels attend to pixels
-        if context is not None:
-            h = h + self.attn2(self.norm2(h), context, mask)       # pixels attend to the S prompt tokens
-        h = h + self.ff(self.norm3(h))
-        h = self.proj_out(h)                                       # (B, HW, C)
-        self._keep((x.shape, context is not None))
-        return x + h.transpose(0, 2, 1).reshape(B, C, H, W)
-
-    def backward(self, dy):
-        (B, C, H, W), used_context = self._take_cache()
-        # y = x + image(proj_out(h)): dy reaches x unchanged, and h through the reshape undone
-        dh = self.proj_out.backward(dy.reshape(B, C, H * W).transpose(0, 2, 1))  # (B, HW, C)
-        # h = h + ff(norm3(h)): the residual passes dh on, the branch adds its own part
-        dh = dh + self.norm3.backward(self.ff.backward(dh))
-        dcontext = None
-        if used_context:
-            dq_in, dcontext = self.attn2.backward(dh)                  # dcontext: (B, S, context_dim)
-            dh = dh + self.norm2.backward(dq_in)
-        dattn_in, _ = self.attn1.backward(dh)
-        dh = dh + self.norm1.backward(dattn_in)
-        dh = self.proj_in.backward(dh)                                 # (B, HW, C)
-        dx = dy + self.norm.backward(dh.transpose(0, 2, 1).reshape(B, C, H, W))
-        return dx, dcontext
-
-
-# -- resolution changes --------------------------------------------------------------------------
-class Downsample(Module):
-    """Halve H and W with a stride-2 3x3 convolution: (B, C, H, W) -> (B, C, H/2, W/2)."""
-
-    def __init__(self, channels, rng=None):
-        self.conv = Conv2d(channels, channels, 3, stride=2, padding=1, rng=rng)
-
-    def forward(self, x):
-        return self.conv(x)
-
-    def backward(self, dy):
-        return self.conv.backward(dy)
-
-
-class Upsample(Module):
-    """Double H and W: nearest-neighbour 2x, then a 3x3 convolution: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels, rng=None):
-        self.upsample = Upsample2x()
-        self.conv = Conv2d(channels, channels, 3, padding=1, rng=rng)
-
-    def forward(self, x):
-        return self.conv(self.upsample(x))
-
-    def backward(self, dy):
-        return self.upsample.backward(self.conv.backward(dy))
+def unet_transformer(channels, config: UNetConfig, rng=None) -> SpatialTransformer:
+    """Self-attention among the pixels, cross-attention to the context (when context_dim is set) and
+    the feed-forward, with diffusers' layer names (norm1, attn1, norm2, attn2, norm3, ff)."""
+    return SpatialTransformer(channels, config.heads_for(channels), config.norm_groups, context_dim=config.context_dim,
+                              ff_mult=config.ff_mult, feed_forward=config.feed_forward, rng=rng)
 
 
 # -- the three kinds of level --------------------------------------------------------------------
 class DownBlock(Module):
-    """One encoder level: num_res_blocks x (ResBlock [+ TransformerBlock]) [+ Downsample].
+    """One encoder level: num_res_blocks x (ResBlock [+ SpatialTransformer]) [+ Downsample].
 
     forward pushes the output of every stage onto ``skips`` for the decoder;
     backward pops their gradients from ``dskips`` and adds each where its tensor was made."""
 
     def __init__(self, in_channels, out_channels, config: UNetConfig, attention, downsample, rng=None):
-        self.resnets = [ResBlock(in_channels if j == 0 else out_channels, out_channels, config, rng=rng)
+        self.resnets = [unet_resblock(in_channels if j == 0 else out_channels, out_channels, config, rng=rng)
                         for j in range(config.num_res_blocks)]
-        self.attentions = [TransformerBlock(out_channels, config, rng=rng)
+        self.attentions = [unet_transformer(out_channels, config, rng=rng)
                            for _ in range(config.num_res_blocks)] if attention else []
         self.downsample = Downsample(out_channels, rng=rng) if downsample else None
 
@@ -427,11 +275,11 @@ class DownBlock(Module):
 
 
 class MidBlock(Module):
-    """The bottleneck at the lowest resolution: ResBlock -> [TransformerBlock] -> ResBlock."""
+    """The bottleneck at the lowest resolution: ResBlock -> [SpatialTransformer] -> ResBlock."""
 
     def __init__(self, channels, config: UNetConfig, rng=None):
-        self.resnets = [ResBlock(channels, channels, config, rng=rng) for _ in range(2)]
-        self.attentions = [TransformerBlock(channels, config, rng=rng)] if config.mid_attention else []
+        self.resnets = [unet_resblock(channels, channels, config, rng=rng) for _ in range(2)]
+        self.attentions = [unet_transformer(channels, config, rng=rng)] if config.mid_attention else []
 
     def forward(self, h, temb, context, mask):
         h = self.resnets[0](h, temb)
@@ -450,7 +298,7 @@ class MidBlock(Module):
 
 
 class UpBlock(Module):
-    """One decoder level: (num_res_blocks + 1) x ([h, skip] -> ResBlock [+ TransformerBlock]) [+ Upsample].
+    """One decoder level: (num_res_blocks + 1) x ([h, skip] -> ResBlock [+ SpatialTransformer]) [+ Upsample].
 
     forward pops one skip per ResBlock and concatenates it to h along channels;
     backward splits that concatenation's gradient and pushes the skip part onto ``dskips``."""
@@ -458,9 +306,9 @@ class UpBlock(Module):
     def __init__(self, in_channels, out_channels, skip_channels, config: UNetConfig, attention, upsample,
                  rng=None):
         self.skip_channels = list(skip_channels)                 # channels of the skip each ResBlock pops
-        self.resnets = [ResBlock((in_channels if j == 0 else out_channels) + c_skip, out_channels, config, rng=rng)
+        self.resnets = [unet_resblock((in_channels if j == 0 else out_channels) + c_skip, out_channels, config, rng=rng)
                         for j, c_skip in enumerate(self.skip_channels)]
-        self.attentions = [TransformerBlock(out_channels, config, rng=rng)
+        self.attentions = [unet_transformer(out_channels, config, rng=rng)
                            for _ in self.resnets] if attention else []
         self.upsample = Upsample(out_channels, rng=rng) if upsample else None
 
@@ -533,7 +381,7 @@ class UNet(Module):
 
         self.conv_norm_out = GroupNorm(config.groups_for(C0), C0, eps=1e-5, activation="silu")   # + SiLU
         self.conv_out = Conv2d(C0, config.out_channels, 3, padding=1, rng=rng)
-        _zero_init(self.conv_out)
+        zero_init(self.conv_out)
 
     def cross_attentions(self):
         """[(name, MultiHeadAttention)] of every cross-attention layer, encoder to decoder. Set

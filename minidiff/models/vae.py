@@ -26,9 +26,9 @@ summed over the pixels (a Gaussian likelihood gives the L2 error). Stable Diffus
     L = sum_pixels |x - x_rec|  +  kl_weight * KL,        kl_weight = 1e-6,
 
 so the KL is a gentle leash that keeps the latents from drifting, not a strong prior: the latents
-end up with a scale far from 1 (hence the scale factor below). ``vae_loss`` divides this whole
-objective by the number of pixel values D = C*H*W, so the printed loss reads as a per-pixel error
-while the balance between the terms stays Stable Diffusion's.
+end up with a scale far from 1 (hence the scale factor below). The objective, with its optional
+perceptual and adversarial terms, is ``minidiff/models/vae_loss.py``; this file is the model and
+the two pieces of the ELBO it owns: the posterior's sample and its KL.
 
 The reparameterisation trick
 ----------------------------
@@ -61,30 +61,33 @@ training data (0.18215 for SD's VAE), before diffusion, and divides by it before
 
 Architecture (diffusers' AutoencoderKL, same layer order and padding)
 ---------------------------------------------------------------------
-    Encoder: conv_in -> [ResBlock x num_res_blocks, Down]_levels (no Down after the last level)
+    Encoder: conv_in -> [ResBlock x num_res_blocks, Downsample]_levels (none after the last level)
              -> mid (ResBlock, self-attention over H*W, ResBlock) -> GroupNorm-SiLU-conv_out
              -> 2 * latent_channels (mean, logvar) -> quant_conv (1x1)
     Decoder: post_quant_conv (1x1) -> conv_in -> mid -> [ResBlock x (num_res_blocks + 1), Upsample]_levels
              -> GroupNorm-SiLU-conv_out -> in_channels
 
-Read beside: ``minidiff/nn/layers.py`` and ``minidiff/nn/functional.py`` (the ops and their
-derivatives), ``minidiff/models/discriminator.py`` (the optional adversarial term) and lesson 07.
+Read beside: ``minidiff/models/blocks.py`` (ResBlock, AttnBlock, Downsample, Upsample),
+``minidiff/models/vae_loss.py`` (the training objective), ``minidiff/nn/layers.py`` and
+``minidiff/nn/functional.py`` (the ops and their derivatives) and lesson 07.
 """
 from __future__ import annotations
 
-import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import get_array_module
-from ..nn.layers import Conv2d, GroupNorm, MultiHeadAttention
+from ..checks import positive_int, positive_ints
+from ..nn.layers import Conv2d, GroupNorm
 from ..nn.module import Module, no_grad
-from .discriminator import backward_input_only
-from .unet import Upsample       # nearest 2x, then a 3x3 conv (shared with the U-Net)
+from .blocks import AttnBlock, Downsample, ResBlock, Upsample
+from .vae_loss import feature_matching, frozen_features, vae_loss   # noqa: F401  (their old home; import from vae_loss)
 
-__all__ = ["VAEConfig", "DiagonalGaussian", "ResBlock", "AttnBlock", "Down", "Encoder",
-           "Decoder", "AutoencoderKL", "vae_loss", "frozen_features"]
+__all__ = ["VAEConfig", "DiagonalGaussian", "Level", "MidBlock", "Encoder", "Decoder", "AutoencoderKL",
+           # the blocks live in blocks.py, the objective in vae_loss.py
+           "ResBlock", "AttnBlock", "Downsample", "Upsample"]
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -106,14 +109,19 @@ class VAEConfig:
     image_size: int = 32
 
     def __post_init__(self):
-        self.channel_mults = tuple(int(m) for m in self.channel_mults)   # JSON gives back a list
+        owner = "VAEConfig"
         for name in ("in_channels", "latent_channels", "base_channels", "num_res_blocks",
                      "norm_groups", "image_size"):
+            setattr(self, name, positive_int(owner, name, getattr(self, name)))
+        self.channel_mults = positive_ints(owner, "channel_mults", self.channel_mults)   # JSON gives back a list
+        for name in ("norm_eps", "logvar_min", "logvar_max"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"VAEConfig: {name} must be a positive integer, got {value!r}")
-        if not self.channel_mults or min(self.channel_mults) < 1:
-            raise ValueError(f"VAEConfig: channel_mults must be positive integers, got {self.channel_mults}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"VAEConfig: {name} must be a number, got {value!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"VAEConfig: norm_eps must be positive, got {self.norm_eps!r}")
+        if not isinstance(self.mid_attention, (bool, np.bool_)):
+            raise ValueError(f"VAEConfig: mid_attention must be True or False, got {self.mid_attention!r}")
         for m in self.channel_mults:
             if (self.base_channels * m) % self.norm_groups:
                 raise ValueError(f"VAEConfig: {self.base_channels * m} channels (base_channels * {m}) "
@@ -220,90 +228,15 @@ class DiagonalGaussian:
         return dlogvar * self.in_range
 
 
-# -- building blocks -----------------------------------------------------------------------------
-class ResBlock(Module):
-    """h = conv2(SiLU(GroupNorm(conv1(SiLU(GroupNorm(x))))));  out = skip(x) + h,
-    skip = identity, or a 1x1 conv when the channel count changes. No time embedding. Each norm
-    applies its SiLU itself (``GroupNorm(..., activation="silu")``, one op)."""
-
-    def __init__(self, in_channels, out_channels, norm_groups, norm_eps, rng):
-        self.norm1 = GroupNorm(norm_groups, in_channels, eps=norm_eps, activation="silu")
-        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1, rng=rng)
-        self.norm2 = GroupNorm(norm_groups, out_channels, eps=norm_eps, activation="silu")
-        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, rng=rng)
-        self.conv_shortcut = (Conv2d(in_channels, out_channels, 1, rng=rng)
-                              if in_channels != out_channels else None)
-
-    def forward(self, x):                                         # (B, C_in, H, W)
-        h = self.conv1(self.norm1(x))                             # (B, C_out, H, W)
-        h = self.conv2(self.norm2(h))
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
-
-    def backward(self, dout):
-        # out = skip + h: the same gradient flows into both branches
-        dh = self.norm2.backward(self.conv2.backward(dout))
-        dx = self.norm1.backward(self.conv1.backward(dh))
-        dskip = dout if self.conv_shortcut is None else self.conv_shortcut.backward(dout)
-        # the skip connection's gradient rejoins the main path
-        return dx + dskip
-
-
-class AttnBlock(Module):
-    """Single-head self-attention over the H*W positions, with a residual connection:
-
-        h = GroupNorm(x);  tokens = h as (B, H*W, C)
-        out = x + to_out(softmax(q k^T / sqrt(C)) v),   q, k, v = linear maps of the tokens
-    """
-
-    def __init__(self, channels, norm_groups, norm_eps, rng):
-        self.group_norm = GroupNorm(norm_groups, channels, eps=norm_eps)
-        self.attn = MultiHeadAttention(channels, num_heads=1, bias=True, rng=rng)
-
-    def forward(self, x):
-        B, C, H, W = x.shape
-        h = self.group_norm(x)
-        # (B, C, H, W) -> (B, H*W, C): every position is a token
-        tokens = h.reshape(B, C, H * W).transpose(0, 2, 1)
-        out = self.attn(tokens)                                   # (B, H*W, C)
-        # (B, H*W, C) -> (B, C, H, W)
-        return x + out.transpose(0, 2, 1).reshape(B, C, H, W)
-
-    def backward(self, dout):
-        B, C, H, W = dout.shape
-        dtokens_out = dout.reshape(B, C, H * W).transpose(0, 2, 1)   # (B, H*W, C)
-        dtokens, _ = self.attn.backward(dtokens_out)                  # self-attention: q, k, v paths summed
-        dh = dtokens.transpose(0, 2, 1).reshape(B, C, H, W)
-        # out = x + attention(GroupNorm(x)): the residual gradient rejoins here
-        return dout + self.group_norm.backward(dh)
-
-
-class Down(Module):
-    """Halve H and W: pad one zero row at the bottom and one zero column at the right, then a 3x3
-    conv with stride 2 (Stable Diffusion's asymmetric padding): (B, C, H, W) -> (B, C, H/2, W/2)."""
-
-    def __init__(self, channels, rng):
-        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0, rng=rng)
-
-    def forward(self, x):
-        xp = get_array_module(x)
-        padded = xp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))      # (B, C, H+1, W+1)
-        return self.conv(padded)                                  # (B, C, H/2, W/2)
-
-    def backward(self, dout):
-        dpadded = self.conv.backward(dout)                        # (B, C, H+1, W+1)
-        # forward was: padded = pad(x): the padding's gradient is dropped
-        return dpadded[:, :, :-1, :-1]
-
-
+# -- the levels ----------------------------------------------------------------------------------
 class Level(Module):
-    """One resolution of the encoder or decoder: ResBlocks, then an optional Down or Upsample."""
+    """One resolution of the encoder or decoder: ResBlocks, then an optional Downsample or Upsample."""
 
     def __init__(self, in_channels, out_channels, num_res_blocks, resample, config, rng):
         channels = [in_channels] + [out_channels] * num_res_blocks
-        self.resnets = [ResBlock(channels[i], channels[i + 1], config.norm_groups, config.norm_eps, rng)
+        self.resnets = [ResBlock(channels[i], channels[i + 1], config.norm_groups, eps=config.norm_eps, rng=rng)
                         for i in range(num_res_blocks)]
-        self.resample = resample                                  # Down, Upsample or None
+        self.resample = resample                                  # Downsample, Upsample or None
 
     def forward(self, x):
         for resnet in self.resnets:
@@ -322,10 +255,10 @@ class MidBlock(Module):
     """ResBlock -> self-attention (optional) -> ResBlock, at the lowest resolution."""
 
     def __init__(self, channels, config, rng):
-        args = (config.norm_groups, config.norm_eps, rng)
-        self.resnets = [ResBlock(channels, channels, *args)]
-        self.attention = AttnBlock(channels, *args) if config.mid_attention else None
-        self.resnets.append(ResBlock(channels, channels, *args))
+        groups, eps = config.norm_groups, config.norm_eps
+        self.resnets = [ResBlock(channels, channels, groups, eps=eps, rng=rng)]
+        self.attention = AttnBlock(channels, groups, eps, rng=rng) if config.mid_attention else None
+        self.resnets.append(ResBlock(channels, channels, groups, eps=eps, rng=rng))
 
     def forward(self, x):
         x = self.resnets[0](x)
@@ -351,7 +284,7 @@ class Encoder(Module):
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
             self.down_blocks.append(Level(previous, width, config.num_res_blocks,
-                                          None if last else Down(width, rng), config, rng))
+                                          None if last else Downsample(width, asymmetric=True, rng=rng), config, rng))
             previous = width
         self.mid_block = MidBlock(widths[-1], config, rng)
         self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps, activation="silu")
@@ -385,7 +318,7 @@ class Decoder(Module):
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
             self.up_blocks.append(Level(previous, width, config.num_res_blocks + 1,
-                                        None if last else Upsample(width, rng), config, rng))
+                                        None if last else Upsample(width, rng=rng), config, rng))
             previous = width
         self.norm_out = GroupNorm(config.norm_groups, widths[-1], eps=config.norm_eps, activation="silu")
         self.conv_out = Conv2d(widths[-1], config.in_channels, 3, padding=1, rng=rng)
@@ -533,88 +466,6 @@ class AutoencoderKL(Module):
         scale = self._require_scale_factor("decode_latents")
         with no_grad():
             return self.decode(z_scaled / z_scaled.dtype.type(scale))
-
-
-# -- the training objective ----------------------------------------------------------------------
-def frozen_features(module):
-    """A ``perceptual_fn`` from a Module whose forward returns features (an array or a list of
-    arrays) and whose backward takes their gradients and returns dx. Its parameters stay frozen:
-    their grads are left as they were. The module must cache (training mode) and have no dropout."""
-    def perceptual_fn(x):
-        return module(x), lambda d_features: backward_input_only(module, d_features)
-    return perceptual_fn
-
-
-def _as_list(features):
-    return list(features) if isinstance(features, (list, tuple)) else [features]
-
-
-def feature_matching(features_rec, features_real):
-    """P = sum over feature maps of mean((phi(x_rec) - phi(x))^2); returns (P, dP/dphi(x_rec)) with
-    the gradients in the structure of ``features_rec`` (an array or a list of arrays)."""
-    rec, real = _as_list(features_rec), _as_list(features_real)
-    if len(rec) != len(real):
-        raise ValueError(f"feature_matching: {len(rec)} feature maps for the reconstruction, {len(real)} "
-                         "for the image")
-    loss, grads = 0.0, []
-    for a, b in zip(rec, real):
-        diff = a - b
-        loss = loss + (diff ** 2).mean()
-        grads.append(diff * diff.dtype.type(2.0 / diff.size))     # d mean(diff^2) / d a
-    return loss, (grads if isinstance(features_rec, (list, tuple)) else grads[0])
-
-
-def vae_loss(vae, images, rng, kl_weight=1e-6, recon="l1", perceptual_fn=None, perceptual_weight=0.0,
-             disc=None, disc_weight=0.0):
-    """One forward AND backward pass of the autoencoder objective (per pixel value, D = C*H*W):
-
-        L = L_rec + (kl_weight / D) KL + perceptual_weight P + disc_weight G
-        L_rec = mean |x - x_rec|   (recon="l1", Laplace likelihood)  or  mean (x - x_rec)^2  ("l2")
-        KL    = KL(q(z|x) || N(0, I)) summed over latent dims, averaged over the batch
-        P     = sum_l mean (phi_l(x_rec) - phi_l(x))^2     through a frozen feature extractor phi
-        G     = -mean D(x_rec)                              the generator's hinge-GAN term
-
-    ``perceptual_fn(x) -> (features, backward_fn)`` with ``backward_fn(d_features) -> dx`` (see
-    ``frozen_features``); ``disc`` a ``PatchDiscriminator`` in training mode (so it caches) whose
-    parameters this leaves untouched (train it separately with ``disc.discriminator_loss``).
-
-    Parameter grads are ADDED into vae's parameters (call vae.zero_grad() before). Returns
-    (loss, stats): 0-d arrays, so nothing waits for the GPU; ``float(stats["recon"])`` when logging.
-    """
-    if recon not in ("l1", "l2"):
-        raise ValueError(f"vae_loss: recon must be 'l1' or 'l2', got {recon!r}")
-    xp = get_array_module(images)
-    dtype = images.dtype.type
-    x_rec, posterior = vae.forward(images, rng, sample_posterior=True)
-    diff = x_rec - images
-    if recon == "l1":
-        # L_rec = mean |x_rec - x|,  dL_rec/dx_rec = sign(x_rec - x) / N
-        rec = xp.abs(diff).mean()
-        d_xrec = xp.sign(diff) * dtype(1.0 / diff.size)
-    else:
-        # L_rec = mean (x_rec - x)^2,  dL_rec/dx_rec = 2 (x_rec - x) / N
-        rec = (diff ** 2).mean()
-        d_xrec = diff * dtype(2.0 / diff.size)
-    kl = posterior.kl()
-    kl_per_value = kl_weight / images[0].size
-    loss = rec + dtype(kl_per_value) * kl
-    stats = {"recon": rec, "kl": kl}
-    if perceptual_fn is not None and perceptual_weight:
-        with no_grad():
-            features_real, _ = perceptual_fn(images)
-        features_rec, features_backward = perceptual_fn(x_rec)
-        perceptual, d_features = feature_matching(features_rec, features_real)
-        loss = loss + dtype(perceptual_weight) * perceptual
-        d_xrec = d_xrec + dtype(perceptual_weight) * features_backward(d_features)
-        stats["perceptual"] = perceptual
-    if disc is not None and disc_weight:
-        gan, d_gan = disc.generator_loss(x_rec)
-        loss = loss + dtype(disc_weight) * gan
-        d_xrec = d_xrec + dtype(disc_weight) * d_gan
-        stats["gan"] = gan
-    vae.backward(d_xrec, kl_weight=kl_per_value)
-    stats["loss"] = loss
-    return loss, stats
 
 
 if __name__ == "__main__":
