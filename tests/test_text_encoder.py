@@ -153,9 +153,11 @@ def test_bad_inputs_raise_clear_errors(ids, mask, message):
         model(ids, mask)
 
 
-@pytest.mark.parametrize("field, value", [("width", 15), ("num_layers", 0), ("gelu_approximate", "fast")])
+@pytest.mark.parametrize("field, value", [("width", 15), ("num_layers", 0), ("gelu_approximate", "fast"),
+                                          ("num_heads", "4"), ("vocab_size", 38.5), ("max_length", None),
+                                          ("layer_norm_eps", "small"), ("layer_norm_eps", 0.0)])
 def test_bad_config_raises(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"TextEncoderConfig: {field}"):
         TextEncoderConfig(**{field: value})
 
 

@@ -108,6 +108,14 @@ def test_save_and_load_give_the_same_tokenizer(tokenizer, tmp_path):
                  "merges": [[300, 4]], "vocab_size": 260}), "must join two existing"),
     (json.dumps({"format": "minidiff-bpe-1", "special_tokens": ["<pad>", "<start>", "<end>"],
                  "merges": [[4, 5]], "vocab_size": 999}), "says vocab_size 999"),
+    (json.dumps({"format": "minidiff-bpe-1", "special_tokens": ["<pad>", "<start>", "<end>"],
+                 "vocab_size": 259}), "merges must be a list of"),
+    (json.dumps({"format": "minidiff-bpe-1", "special_tokens": ["<pad>", "<start>", "<end>"],
+                 "merges": [["a", "b"]], "vocab_size": 260}), "merges must be a list of"),
+    (json.dumps({"format": "minidiff-bpe-1", "special_tokens": ["<pad>", "<start>", "<end>"],
+                 "merges": [[4, 5.5]], "vocab_size": 260}), "merges must be a list of"),
+    (json.dumps({"format": "minidiff-bpe-1", "special_tokens": ["<pad>", "<start>", "<end>"],
+                 "merges": {"4": 5}, "vocab_size": 260}), "merges must be a list of"),
 ])
 def test_load_rejects_foreign_or_damaged_files(tmp_path, content, message):
     path = tmp_path / "tokenizer.json"

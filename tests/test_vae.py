@@ -302,6 +302,17 @@ def test_generator_loss_gradient_matches_finite_differences_and_leaves_disc_grad
     assert_small(directional_errors(loss, {"fake": fake}, {"fake": d_fake}), "generator_loss")
 
 
+@pytest.mark.parametrize("changes, match", [
+    (dict(base_channels=0), "DiscriminatorConfig: base_channels must be a positive integer, got 0"),
+    (dict(num_layers="2"), "DiscriminatorConfig: num_layers must be a positive integer, got '2'"),
+    (dict(norm_groups=3), "do not divide into norm_groups=3"),
+    (dict(negative_slope=None), r"negative_slope must be a number in \[0, 1\), got None"),
+])
+def test_bad_discriminator_config_raises_one_clear_value_error(changes, match):
+    with pytest.raises(ValueError, match=match):
+        DiscriminatorConfig(**changes)
+
+
 def test_leaky_relu_values_and_gradient():
     y, cache = leaky_relu(np.array([-2.0, 3.0]), 0.2)
     np.testing.assert_allclose(y, [-0.4, 3.0])

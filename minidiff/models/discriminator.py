@@ -9,7 +9,7 @@ blur (L1 gives the median, only a little sharper). The pixel loss is content wit
 "Perceptual + patch-adversarial" (taming-transformers; Stable Diffusion's autoencoder)
 -----------------------------------------------------------------------------------
 * A perceptual loss compares the two images in the feature space of a frozen network,
-  sum_l mean (phi_l(x_rec) - phi_l(x))^2 (``vae.vae_loss(perceptual_fn=...)``). Features respond
+  sum_l mean (phi_l(x_rec) - phi_l(x))^2 (``vae_loss.vae_loss(perceptual_fn=...)``). Features respond
   to edges and shapes, so a faithful but slightly shifted edge costs less there than a blur.
 * A patch discriminator D looks at small overlapping patches (each output logit sees a window of
   the image, not the whole) and scores each as real or reconstructed. A blurred patch is easy to
@@ -38,15 +38,18 @@ normalised on its own and real and reconstructed batches can share one forward p
     conv 4x4 s2 -> LeakyReLU -> [conv 4x4 s2 -> GroupNorm -> LeakyReLU] x (num_layers - 1)
     -> conv 4x4 s1 -> GroupNorm -> LeakyReLU -> conv 4x4 s1 -> 1 logit per patch
 
-Read beside: ``minidiff/models/vae.py`` (``vae_loss``) and ``minidiff/nn/layers.py``.
+Read beside: ``minidiff/models/vae_loss.py`` (``vae_loss``, which trains D and the autoencoder
+together) and ``minidiff/nn/layers.py``.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..checks import positive_int
 from ..nn.layers import Conv2d, GroupNorm
 from ..nn.module import Module, Sequential
 
@@ -130,9 +133,10 @@ class DiscriminatorConfig:
 
     def __post_init__(self):
         for name in ("in_channels", "base_channels", "num_layers", "norm_groups"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"DiscriminatorConfig: {name} must be a positive integer, got {value!r}")
+            setattr(self, name, positive_int("DiscriminatorConfig", name, getattr(self, name)))
+        slope = self.negative_slope
+        if isinstance(slope, bool) or not isinstance(slope, numbers.Real) or not 0 <= slope < 1:
+            raise ValueError(f"DiscriminatorConfig: negative_slope must be a number in [0, 1), got {slope!r}")
         for width in self.widths[1:]:
             if width % self.norm_groups:
                 raise ValueError(f"DiscriminatorConfig: {width} channels do not divide into "

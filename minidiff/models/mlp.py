@@ -18,9 +18,11 @@ Read beside: ``minidiff/nn/layers.py`` (Linear, LayerNorm, SiLU), ``minidiff/nn/
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import numpy as np
 
+from ..checks import positive_int
 from ..nn import functional as F
 from ..nn.layers import LayerNorm, Linear, SiLU
 from ..nn.module import Module
@@ -50,9 +52,10 @@ class MLPConfig:
 
     def __post_init__(self):
         for name in ("data_dim", "hidden_dim", "num_blocks", "time_embed_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"MLPConfig: {name} must be a positive integer, got {value!r}")
+            setattr(self, name, positive_int("MLPConfig", name, getattr(self, name)))
+        period = self.max_period
+        if isinstance(period, bool) or not isinstance(period, numbers.Real) or not period > 0:
+            raise ValueError(f"MLPConfig: max_period must be a positive number, got {period!r}")
         if self.time_embed_dim % 2:
             raise ValueError(f"MLPConfig: time_embed_dim must be even (sin and cos halves), got {self.time_embed_dim}")
 

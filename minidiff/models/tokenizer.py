@@ -281,7 +281,12 @@ class BPETokenizer:
         if tuple(data.get("special_tokens", ())) != SPECIAL_TOKENS:
             raise ValueError(f"tokenizer file {path}: special tokens {data.get('special_tokens')} "
                              f"differ from {list(SPECIAL_TOKENS)}")
-        tokenizer = cls(data["merges"])
+        merges = data.get("merges")
+        if not isinstance(merges, list) or not all(
+                isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in pair) for pair in merges):
+            raise ValueError(f"tokenizer file {path}: merges must be a list of [a, b] pairs of integer ids")
+        tokenizer = cls(merges)
         if tokenizer.vocab_size != data.get("vocab_size"):
             raise ValueError(f"tokenizer file {path} says vocab_size {data.get('vocab_size')} but "
                              f"its merges give {tokenizer.vocab_size}")
@@ -294,12 +299,13 @@ class BPETokenizer:
 if __name__ == "__main__":   # python -m minidiff.models.tokenizer
     import time
 
-    from ..datasets.shapes import caption_corpus
-
-    corpus = caption_corpus(20_000, seed=0)
+    # a few captions in the shapes grammar (lesson 09 trains on the full generated corpus)
+    corpus = ["a small red circle above a blue square", "a large green triangle on the left",
+              "a yellow square at the top", "a purple circle to the right of an orange triangle",
+              "a blue triangle below a small yellow circle", "a red square in the center"] * 100
     start = time.perf_counter()
-    tokenizer = BPETokenizer.train(corpus, vocab_size=384)
-    print(f"trained {tokenizer} on {len(corpus)} shapes captions in {time.perf_counter() - start:.2f} s")
+    tokenizer = BPETokenizer.train(corpus, vocab_size=320)
+    print(f"trained {tokenizer} on {len(corpus)} captions in {time.perf_counter() - start:.2f} s")
     prompt = "A small  RED circle above a blue square \N{SNAKE}"
     for stage, value in tokenizer.explain(prompt):
         print(f"{stage:45} {value}")
