@@ -6,9 +6,7 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# OpenBLAS's worker threads spin for 2^28 cycles (~0.1 s) after every matrix product by default,
-# holding the core that minidiff's own host threads (nn/host.py) need for the elementwise work in
-# between. 2^20 cycles (~0.4 ms) still bridges back-to-back products (2^14 was slower: the workers
-# then fall asleep between products and take long to wake). Read once, when NumPy loads OpenBLAS,
-# so it must come before the first numpy import; a value you set yourself wins.
+# OpenBLAS's worker threads wait 2^20 cycles after a product instead of 2^28, so that they leave
+# the cores to minidiff's host threads soon (why and how measured: minidiff/nn/fast/blocks.py).
+# Read when NumPy loads OpenBLAS, so it must come before the first numpy import; yours wins.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")

@@ -158,32 +158,48 @@ def synchronize():
         _cupy.cuda.Stream.null.synchronize()
 
 
-# -- fused GPU kernels (minidiff/nn/kernels.py) ---------------------------------------------------
-# On by default; MINIDIFF_FUSED=0 in the environment (or set_fused(False)) makes every op take its
-# plain NumPy-style path on the GPU too, the readable reference the kernels are checked against.
-_fused = os.environ.get("MINIDIFF_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+# -- the fast routes (minidiff/nn/fast/) ------------------------------------------------------------
+# On by default. MINIDIFF_FAST=0 in the environment (or set_fast(False)) makes every op run its
+# derivation, on the CPU and on the GPU: no thread blocks, no batch-last layouts, no fused CuPy
+# kernels. MINIDIFF_FUSED is the switch's old name and is read when MINIDIFF_FAST is not set.
+def _switch_from_environment() -> bool:
+    setting = os.environ.get("MINIDIFF_FAST", os.environ.get("MINIDIFF_FUSED", "1"))
+    return setting.strip().lower() not in ("0", "false", "no", "off")
 
 
-def fused_enabled() -> bool:
-    """Whether ops may use the fused CuPy kernels of minidiff/nn/kernels.py."""
-    return _fused
+_fast = _switch_from_environment()
 
 
-def set_fused(enabled: bool) -> bool:
-    """Turn the fused CuPy kernels on or off; returns the previous setting."""
-    global _fused
-    previous, _fused = _fused, bool(enabled)
+def fast_enabled() -> bool:
+    """Whether ops may take their fast routes (minidiff/nn/fast/)."""
+    return _fast
+
+
+def set_fast(enabled: bool) -> bool:
+    """Turn the fast routes on or off; returns the previous setting."""
+    global _fast
+    previous, _fast = _fast, bool(enabled)
     return previous
 
 
+def fused_enabled() -> bool:
+    """The old name of fast_enabled (the fused CuPy kernels are one of the fast routes)."""
+    return fast_enabled()
+
+
+def set_fused(enabled: bool) -> bool:
+    """The old name of set_fast."""
+    return set_fast(enabled)
+
+
 def use_fused(x) -> bool:
-    """True when ``x`` is a float32/float64 CuPy array and fused kernels are on: the test every
-    fused branch makes."""
-    return _fused and is_gpu_array(x) and x.dtype.char in "fd"
+    """True when ``x`` is a float32/float64 CuPy array and the fast routes are on: the test every
+    fused-kernel branch makes."""
+    return _fast and is_gpu_array(x) and x.dtype.char in "fd"
 
 
 def cupy_module():
-    """The cupy module (None without a usable GPU): for minidiff/nn/kernels.py, which builds its
+    """The cupy module (None without a usable GPU): for minidiff/nn/fast/kernels.py, which builds its
     kernels with it, so that this file stays the only one that imports CuPy."""
     return _try_cupy()
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from minidiff import backend
 from minidiff.backend import to_device, to_numpy
 from minidiff.nn import functional as F
-from minidiff.nn import host
+from minidiff.nn.fast import blocks
+from minidiff.nn.fast import conv as fast_conv
 from minidiff.nn import reference
 from minidiff.nn.gradcheck import gradcheck
 
@@ -63,13 +64,13 @@ conv_geometry = dict(batch=st.integers(1, 2), c_in=st.integers(1, 3), c_out=st.i
 
 @pytest.fixture(params=["batch-first", "batch-last"])
 def columns(request):
-    """Run a convolution test with im2col's columns in each order (functional.batch_last picks
-    one by image size; the math must not depend on it). The fused GPU kernels are batch-first only."""
+    """Run a convolution test with the fast route's im2col columns in each order (fast.conv.batch_last
+    picks one by image size; the math must not depend on it). The fused GPU kernels are batch-first only."""
     chosen = request.param == "batch-last"
-    original = F.batch_last
-    F.batch_last = lambda x, Ho, Wo: chosen and not backend.use_fused(x)
+    original = fast_conv.batch_last
+    fast_conv.batch_last = lambda x, Ho, Wo: chosen and not backend.use_fused(x)
     yield request.param
-    F.batch_last = original
+    fast_conv.batch_last = original
 
 
 @FAST
@@ -336,7 +337,7 @@ def test_normal_cdf_matches_math_erfc_in_both_precisions(xp):
     tail = x < -4
     np.testing.assert_allclose(to_numpy(got32)[tail], expected[tail], rtol=1e-4)
     # a large host array goes through in cache-sized blocks: the same numbers
-    big = np.linspace(-12, 9, 7 * (host.BLOCK // 2 + 1)).astype(np.float32).reshape(-1, 7)
+    big = np.linspace(-12, 9, 7 * (blocks.BLOCK // 2 + 1)).astype(np.float32).reshape(-1, 7)
     np.testing.assert_array_equal(to_numpy(F.normal_cdf(on(xp, big)))[::997],
                                   to_numpy(F.normal_cdf(on(xp, big[::997].copy()))))
 
