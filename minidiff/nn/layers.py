@@ -12,8 +12,9 @@ numbers with a PyTorch twin. Parameters start as float32 NumPy arrays on the hos
 ``model.to("gpu")`` to move them. ``rng`` is a ``numpy.random.Generator`` used for the
 initialisation only (``None``: a fresh ``np.random.default_rng()``).
 
-Read beside: ``minidiff/nn/functional.py`` (the math of each op and its derivative) and
-``minidiff/nn/module.py`` (parameter discovery, state dicts, train/eval).
+Read beside: ``minidiff/nn/ops/`` (the math of each op and its derivative, gathered in
+``minidiff/nn/functional.py``) and ``minidiff/nn/module.py`` (parameter discovery, state dicts,
+train/eval).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import math
 import numpy as np
 
 from .. import backend
+from ..checks import positive_int
 from . import functional as F
 from .module import Module, Parameter
 
@@ -38,12 +40,6 @@ def _uniform(rng, bound, shape):
     """U(-bound, bound) as float32: PyTorch's default init for weights and biases, with
     bound = 1 / sqrt(fan_in) (kaiming_uniform with a = sqrt(5) works out to exactly this)."""
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
-
-
-def _positive_int(layer, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class _CachingModule(Module):
@@ -70,8 +66,8 @@ class Linear(_CachingModule):
     Works on any leading shape: x (..., in_features) -> y (..., out_features)."""
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
-        self.in_features = _positive_int("Linear", "in_features", in_features)
-        self.out_features = _positive_int("Linear", "out_features", out_features)
+        self.in_features = positive_int("Linear", "in_features", in_features)
+        self.out_features = positive_int("Linear", "out_features", out_features)
         rng = _generator(rng)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform(rng, bound, (self.out_features, self.in_features)))
@@ -97,10 +93,10 @@ class Conv2d(_CachingModule):
     H_out = floor((H + 2 padding - k) / stride) + 1  (same for W)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
-        self.in_channels = _positive_int("Conv2d", "in_channels", in_channels)
-        self.out_channels = _positive_int("Conv2d", "out_channels", out_channels)
-        self.kernel_size = _positive_int("Conv2d", "kernel_size", kernel_size)
-        self.stride = _positive_int("Conv2d", "stride", stride)
+        self.in_channels = positive_int("Conv2d", "in_channels", in_channels)
+        self.out_channels = positive_int("Conv2d", "out_channels", out_channels)
+        self.kernel_size = positive_int("Conv2d", "kernel_size", kernel_size)
+        self.stride = positive_int("Conv2d", "stride", stride)
         if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
             raise ValueError(f"Conv2d: padding must be a non-negative integer, got {padding!r}")
         self.padding = int(padding)
@@ -137,8 +133,8 @@ class GroupNorm(_CachingModule):
     ops. The parameters, and so the state dict, are the same either way."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, activation=None):
-        self.num_groups = _positive_int("GroupNorm", "num_groups", num_groups)
-        self.num_channels = _positive_int("GroupNorm", "num_channels", num_channels)
+        self.num_groups = positive_int("GroupNorm", "num_groups", num_groups)
+        self.num_channels = positive_int("GroupNorm", "num_channels", num_channels)
         if self.num_channels % self.num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels do not divide into {num_groups} groups")
         if activation not in (None, "silu"):
@@ -168,7 +164,7 @@ class LayerNorm(_CachingModule):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta over the last axis.  gamma, beta: (dim,)."""
 
     def __init__(self, dim, eps=1e-5):
-        self.dim = _positive_int("LayerNorm", "dim", dim)
+        self.dim = positive_int("LayerNorm", "dim", dim)
         self.eps = float(eps)
         self.weight = Parameter(np.ones(self.dim, np.float32))             # gamma
         self.bias = Parameter(np.zeros(self.dim, np.float32))              # beta
@@ -238,7 +234,7 @@ class AvgPool2d(_ParameterFree):
     op, op_backward = staticmethod(F.avg_pool2d), staticmethod(F.avg_pool2d_backward)
 
     def __init__(self, kernel_size=2):
-        self.kernel_size = _positive_int("AvgPool2d", "kernel_size", kernel_size)
+        self.kernel_size = positive_int("AvgPool2d", "kernel_size", kernel_size)
 
     def options(self):
         return {"kernel_size": self.kernel_size}
@@ -284,8 +280,8 @@ class Embedding(_CachingModule):
     Integer ids have no gradient: ``backward`` adds into W.grad and returns None."""
 
     def __init__(self, num_embeddings, dim, rng=None):
-        self.num_embeddings = _positive_int("Embedding", "num_embeddings", num_embeddings)
-        self.dim = _positive_int("Embedding", "dim", dim)
+        self.num_embeddings = positive_int("Embedding", "num_embeddings", num_embeddings)
+        self.dim = positive_int("Embedding", "dim", dim)
         rng = _generator(rng)
         self.weight = Parameter(rng.standard_normal((self.num_embeddings, self.dim)).astype(np.float32))
 
@@ -318,12 +314,12 @@ class MultiHeadAttention(_CachingModule):
     store_attention = False
 
     def __init__(self, dim, num_heads, context_dim=None, bias=False, rng=None):
-        self.dim = _positive_int("MultiHeadAttention", "dim", dim)
-        self.num_heads = _positive_int("MultiHeadAttention", "num_heads", num_heads)
+        self.dim = positive_int("MultiHeadAttention", "dim", dim)
+        self.num_heads = positive_int("MultiHeadAttention", "num_heads", num_heads)
         if self.dim % self.num_heads:
             raise ValueError(f"MultiHeadAttention: dim={dim} is not divisible by num_heads={num_heads}")
         self.head_dim = self.dim // self.num_heads
-        self.context_dim = self.dim if context_dim is None else _positive_int(
+        self.context_dim = self.dim if context_dim is None else positive_int(
             "MultiHeadAttention", "context_dim", context_dim)
         rng = _generator(rng)
         self.to_q = Linear(self.dim, self.dim, bias=bias, rng=rng)
