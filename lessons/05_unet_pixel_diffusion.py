@@ -54,7 +54,7 @@ gives the ceiling we start from.
 Read beside: minidiff/models/unet.py (ResBlock, TransformerBlock, the skips, backward),
 minidiff/diffusion/loss.py (training_targets, diffusion_loss), minidiff/optim.py (AdamW, EMA,
 clip_grad_norm, warmup_cosine), minidiff/diffusion/samplers.py (sample), minidiff/evaluate.py
-(classifier features, Frechet distance) and minidiff/train.py (this loop as a command:
+(classifier features, Frechet distance) and minidiff/train/ (this loop as a command:
 python -m minidiff train pixel).
 
 Run: python lessons/05_unet_pixel_diffusion.py [--quick] [--smoke] [--device cpu|gpu]
@@ -70,7 +70,7 @@ import time
 
 import numpy as np
 
-from minidiff import backend, evaluate
+from minidiff import backend, evaluate, train
 from minidiff.checkpoint import load_checkpoint, load_into, save_checkpoint
 from minidiff.datasets import shapes
 from minidiff.diffusion import samplers
@@ -155,7 +155,7 @@ with no_grad():
 print(f"untrained output max |eps_theta| = {float(abs(probe).max()):.1f} (conv_out starts at zero)")
 assert float(abs(probe).max()) == 0.0
 
-# %% train eps_theta with L_simple: the loop of minidiff/train.py, in plain sight
+# %% train eps_theta with L_simple: the loop of minidiff/train/, in plain sight
 optimizer = AdamW(model, lr=settings.lr, weight_decay=0.0)
 ema = EMA(model, decay=settings.ema_decay)           # samples come from the averaged weights
 rng = backend.rng(args.seed)
@@ -216,7 +216,7 @@ elif trained_here.exists():
 if judge is None:
     print(f"classifier: none shipped ({shipped} is missing); training a small one for "
           f"{settings.classifier_steps} steps ...")
-    judge = evaluate.train_classifier(steps=settings.classifier_steps, config=settings.classifier, seed=args.seed,
+    judge = train.train_classifier(steps=settings.classifier_steps, config=settings.classifier, seed=args.seed,
                                       dataset_size=settings.classifier_dataset_size)
     save_checkpoint(trained_here, model=judge, config={"job": "classifier", "model": dataclasses.asdict(judge.config)})
 scores = evaluate.classifier_accuracy(judge, n=256, seed=args.seed)

@@ -124,7 +124,7 @@ lesson_start = time.perf_counter()
 LESSON05 = REPO_ROOT / "outputs" / "05_unet_pixel_diffusion"
 SPACING = "trailing"
 
-# %% one trained model: lesson 05's, else a quick one trained here by minidiff/train.py
+# %% one trained model: lesson 05's, else a quick one trained here by minidiff/train/
 lesson05 = LESSON05 / "unet.npz"
 recorded = load_checkpoint(lesson05).config if lesson05.exists() else None
 if not args.smoke and recorded is not None and recorded.get("train", {}).get("mode") != "smoke":
@@ -144,7 +144,7 @@ else:
                                                         image_size=16),
                                   batch_size=8, dataset_size=64, sample_steps=4, num_samples=4)
     print(f"model: {why}; training a U-Net ({job.model.base_channels} x {job.model.channel_mults} channels) "
-          f"for {job.steps} steps with minidiff/train.py ...")
+          f"for {job.steps} steps with minidiff/train/ ...")
     try:                                      # a finished run from before is loaded, not trained again
         model = train.run_pixel(job, out=out / "model", resume=True, progress=False).model.eval()
     except ValueError as exc:                 # ... unless its settings differ: then start afresh
@@ -196,7 +196,7 @@ else:
     config = evaluate.ClassifierConfig.tiny() if args.smoke else evaluate.ClassifierConfig(
         image_size=S, channels=(16, 32, 64))
     print(f"classifier: none found; training a small one ({config})")
-    judge = evaluate.train_classifier(steps=30 if args.smoke else 600, config=config, seed=args.seed,
+    judge = train.train_classifier(steps=30 if args.smoke else 600, config=config, seed=args.seed,
                                       dataset_size=256 if args.smoke else 8000)
     save_checkpoint(trained_here, model=judge, config={"job": "classifier", "model": dataclasses.asdict(judge.config)})
 

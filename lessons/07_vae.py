@@ -56,7 +56,7 @@ before and after scaling.
 
 Read beside: minidiff/models/vae.py (DiagonalGaussian: sample, kl and their backward; the
 Encoder/Decoder; vae_loss; compute_scale_factor, encode_latents, decode_latents) and
-minidiff/train.py (run_vae: the `vae` job, which stores the scale factor when it finishes).
+minidiff/train/ (run_vae: the `vae` job, which stores the scale factor when it finishes).
 
 Run: python lessons/07_vae.py [--quick] [--smoke] [--device cpu|gpu]
 No flag: the `vae` job's whole quick preset (800 steps of batch 16), meant for a GPU. --quick: 600

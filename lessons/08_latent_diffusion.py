@@ -27,7 +27,7 @@ the FD between two sets of real images, the ceiling an untrained model's).
 The price: the latent model can never beat its VAE. Whatever the decoder cannot draw (lesson 07:
 soft edges, small squares coming back rounded) no latent sample will show.
 
-Read beside: minidiff/train.py (run_latent: the `latent` job, encode_dataset; run_pixel),
+Read beside: minidiff/train/ (run_latent: the `latent` job, encode_dataset; run_pixel),
 minidiff/models/vae.py (encode_latents, decode_latents), minidiff/evaluate.py
 (sample_unconditional with decode=, frechet_distance_from_features), lessons 05 and 07.
 

@@ -32,20 +32,23 @@ Settings: --smoke (seconds), --quick (the small CLIPConfig.quick, 300 steps: a f
 2-core CPU), no flag (CLIPConfig.shipped, 3000 steps: meant for a GPU, --device gpu).
 
 Read beside: minidiff/models/tokenizer.py, minidiff/models/text_encoder.py,
-minidiff/models/clip.py, minidiff/datasets/shapes.py.
+minidiff/models/clip.py, minidiff/datasets/captions.py (which caption fits which image),
+minidiff/train/jobs.py (run_clip) and minidiff/evaluate.py (retrieval_accuracy).
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
+import dataclasses
 import math
 import time
 
 import numpy as np
 
-from minidiff import backend
+from minidiff import backend, evaluate, train
 from minidiff.datasets import shapes
 from minidiff.datasets.captions import POSITION_PHRASES
-from minidiff.models.clip import CLIPConfig, MiniCLIP, caption_matches, train_clip
+from minidiff.datasets.captions import caption_matches
+from minidiff.models.clip import CLIPConfig, MiniCLIP
 from minidiff.models.text_encoder import TextEncoderConfig
 from minidiff.models.tokenizer import WORD_PATTERN, BPETokenizer, normalise
 from minidiff.nn.module import no_grad
@@ -119,31 +122,43 @@ print(f"loss at initialisation {float(loss0):.3f} vs log B = log {BATCH} = {math
       f"{positives.sum(axis=0).mean():.2f} images of the batch on average")
 assert float(loss0) > 0.9 * math.log(BATCH), "an untrained model cannot beat chance by much"
 
-# %% 4. Pretrain mini-CLIP on shapes
+# %% 4. Pretrain mini-CLIP on shapes, with the loop that trains every model (minidiff/train/loop.py)
 start = time.perf_counter()
-model, history = train_clip(CONFIG, steps=STEPS, batch_size=BATCH, lr=LR, seed=args.seed,
-                            tokenizer=tokenizer, progress=not args.smoke, log_every=max(1, STEPS // 20),
-                            eval_batches=EVAL_BATCHES, out_dir=out / "checkpoint")
-print(f"{STEPS} steps of batch {BATCH} in {history['seconds']:.0f} s ({history['seconds'] / STEPS:.2f} s/step, "
-      f"device {backend.device()}); loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}, "
-      f"temperature {history['temperature'][0]:.3f} -> {history['temperature'][-1]:.3f}")
-print(f"saved {', '.join(history['files'].values())}")
-assert history["loss"][-1] < history["loss"][0]
+checkpoints = out / "checkpoint"
+checkpoints.mkdir(parents=True, exist_ok=True)
+tokenizer.save(checkpoints / "lesson_tokenizer.json")
+for name in ("clip.npz", "text_encoder.npz"):          # a rerun of the lesson trains afresh
+    (checkpoints / name).unlink(missing_ok=True)
+job = dataclasses.replace(train.ClipJob.quick(), model=CONFIG, steps=STEPS, batch_size=BATCH, lr=LR,
+                          seed=args.seed, warmup_steps=max(1, STEPS // 20), log_every=max(1, STEPS // 20),
+                          dataset_size=min(STEPS * BATCH, 50_000),
+                          tokenizer=str(checkpoints / "lesson_tokenizer.json"))
+result = train.run_clip(job, out=checkpoints, progress=not args.smoke)
+model = result.model
+steps_logged = [step for step, _ in result.history]
+losses = [loss for _, loss in result.history]
+temperatures = [m["temperature"] for m in result.metrics]
+print(f"{STEPS} steps of batch {BATCH} in {result.seconds:.0f} s ({result.seconds / max(1, result.steps_run):.2f} "
+      f"s/step, device {backend.device()}); loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+      f"temperature {temperatures[0]:.3f} -> {temperatures[-1]:.3f}")
+print(f"saved {', '.join(str(checkpoints / name) for name in ('clip.npz', 'text_encoder.npz', 'tokenizer.json'))}")
+assert losses[-1] < losses[0]
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-axes[0].plot(history["step"], history["loss"])
+axes[0].plot(steps_logged, losses)
 axes[0].axhline(math.log(BATCH), color="grey", ls="--", label=f"log {BATCH} (no information)")
-axes[0].set(xlabel="step", ylabel="symmetric InfoNCE loss", title="contrastive loss")
+axes[0].set(xlabel="step", ylabel="symmetric InfoNCE loss (mean over the log window)", title="contrastive loss")
 axes[0].legend()
-axes[1].plot(history["step"], history["top1"])
-axes[1].set(xlabel="step", ylabel="fraction of captions", title="in-batch text -> image top-1", ylim=(0, 1))
-axes[2].plot(history["step"], history["temperature"])
+axes[1].plot(steps_logged, [m["heldout_top1"] for m in result.metrics])
+axes[1].set(xlabel="step", ylabel="fraction of captions", title="held-out text -> image top-1 (64 pairs)",
+            ylim=(0, 1))
+axes[2].plot(steps_logged, temperatures)
 axes[2].set(xlabel="step", ylabel="1 / s", title="learned temperature")
 fig.tight_layout()
 save_figure(fig, out / "training_curves.png")
 
 # %% 5. Retrieval on held-out pairs
-result = history["eval"]
+result = evaluate.retrieval_accuracy(model, tokenizer, EVAL_BATCHES, 64, args.seed)
 print(f"held-out text -> image top-1 in batches of 64 ({EVAL_BATCHES} batches): {result['top1']:.1%} "
       f"(own image: {result['strict_top1']:.1%}); chance {result['chance']:.1%}")
 if args.smoke:

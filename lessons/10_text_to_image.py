@@ -52,7 +52,7 @@ per prompt; on a GPU with --device gpu).
 
 Read beside: minidiff/pipeline.py (guided_model_fn, guided_prediction, text_to_image),
 minidiff/models/unet.py (TransformerBlock, UNet.cross_attentions), minidiff/nn/layers.py
-(MultiHeadAttention, store_attention), minidiff/train.py (run_text2image: conditioning dropout),
+(MultiHeadAttention, store_attention), minidiff/train/ (run_text2image: conditioning dropout),
 minidiff/evaluate.py (prompt_accuracy, FIXED_PROMPTS).
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702

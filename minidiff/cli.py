@@ -25,7 +25,9 @@ import sys
 from pathlib import Path
 
 from . import backend
-from .utils import REPO_ROOT, atomic_write_bytes, image_grid
+from .diffusion.samplers import SAMPLERS
+from .files import atomic_write_bytes
+from .utils import REPO_ROOT, image_grid
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -49,7 +51,7 @@ def _add_sampling_arguments(parser, default_guidance=4.0):
     parser.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     parser.add_argument("--guidance", type=float, default=default_guidance,
                         help=f"classifier-free guidance scale, >= 0 (default {default_guidance})")
-    parser.add_argument("--sampler", default="ddim", help="ddim (default), ddpm, euler, euler_ancestral, dpmpp_2m")
+    parser.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default ddim)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=1, help="number of images (a grid is written too when > 1)")
     parser.add_argument("--out", help="output PNG (default outputs/<command>/<prompt>_seed<seed>.png)")
@@ -60,7 +62,6 @@ def _add_sampling_arguments(parser, default_guidance=4.0):
 
 
 def _check_sampling_arguments(args):
-    from .diffusion.samplers import SAMPLERS
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if not (math.isfinite(args.guidance) and args.guidance >= 0):
@@ -161,8 +162,9 @@ def run_image_command(args) -> int:
 
 
 # -- the parser --------------------------------------------------------------------------------------
-def build_parser():
-    from . import evaluate, train
+def build_parser(command=None):
+    """The whole command line. The training and evaluation stacks are imported only when
+    ``command`` is theirs, so ``generate`` never loads them."""
     parser = Parser(prog="minidiff", description="Stable Diffusion from scratch in NumPy/CuPy.",
                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -190,9 +192,15 @@ def build_parser():
     outpaint.add_argument("--extend", type=int, default=8, help="pixels added on every side (default 8)")
     _add_sampling_arguments(outpaint)
 
-    train.add_arguments(commands.add_parser("train", help="train a model (see minidiff/train.py)"))
-    evaluate.add_arguments(commands.add_parser("evaluate", help="Frechet distance and prompt accuracy of a checkpoint"))
-    commands.add_parser("bench", help="timing tables (minidiff/bench.py; its own --help)", add_help=False)
+    train = commands.add_parser("train", help="train a model (see minidiff/train/)")
+    evaluate = commands.add_parser("evaluate", help="Frechet distance and prompt accuracy of a checkpoint")
+    if command == "train":
+        from . import train as training
+        training.add_arguments(train)
+    if command == "evaluate":
+        from . import evaluate as evaluation
+        evaluation.add_arguments(evaluate)
+    commands.add_parser("bench", help="timing tables (minidiff/bench/; its own --help)", add_help=False)
     return parser
 
 
@@ -204,7 +212,11 @@ def _dispatch(args) -> int:
             raise ValueError(str(exc)) from None
     if args.command == "train":
         from . import train
-        return train.main(args)
+        try:
+            return train.main(args)
+        except train.TrainingDiverged as exc:
+            print(f"minidiff: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_FAILED
     if args.command == "evaluate":
         from . import evaluate
         return evaluate.main(args)
@@ -215,7 +227,7 @@ def run_bench(argv) -> int:
     """``bench`` hands all its arguments to minidiff/bench.py (which parses them itself)."""
     import importlib.util
     if importlib.util.find_spec("minidiff.bench") is None:
-        raise ValueError("this minidiff has no bench module (minidiff/bench.py)")
+        raise ValueError("this minidiff has no bench package (minidiff/bench/)")
     from . import bench
     return bench.main(list(argv)) or 0
 
@@ -229,18 +241,14 @@ def main(argv=None) -> int:
 
     Every expected failure goes through this one handler: one line on stderr, no traceback."""
     from .checkpoint import CheckpointError
-    from .train import TrainingDiverged
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         if argv[:1] == ["bench"]:
             return run_bench(argv[1:])
-        return _dispatch(build_parser().parse_args(argv))
+        return _dispatch(build_parser(argv[0] if argv else None).parse_args(argv))
     except UsageError as exc:
         print(f"{_one_line(exc)} (try --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TrainingDiverged as exc:
-        print(f"minidiff: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
     except (ValueError, CheckpointError, OSError) as exc:   # FileNotFound, FileExists, Permission, ...
         print(f"minidiff: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT

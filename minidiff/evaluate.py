@@ -27,134 +27,36 @@ Fréchet distance (FD)
     (M is similar to S_1 S_2, so this is the tr((S_1 S_2)^1/2) of the usual FID formula,
     computed without ever taking the square root of a non-symmetric matrix.)
 
-The classifier
-    conv stages (3x3 conv -> GroupNorm -> SiLU, stride 2 between stages) -> average pool to a
-    coarse 4x4 grid -> Linear -> SiLU (the *features*) -> one Linear head per label. Position and
-    relation labels depend on *where* things are, which a global average pool would throw away:
-    the coarse grid keeps it, and two extra input channels holding each pixel's x and y in
-    [-1, 1] ("CoordConv", Liu et al. 2018) give it within each cell. (``pool_grid=1`` is the
-    global pool; position accuracy then stays near chance for many more steps.)
+Text-image retrieval
+    ``retrieval_accuracy``: for each held-out caption, is the image mini-CLIP finds most similar
+    one the caption describes?
 
-    Absent labels (-1: no position in a two-object scene, no second object in a one-object
-    scene) take no part in the loss: every training batch is arranged as [one-object scenes |
-    two-object scenes], and each head's cross-entropy runs over the rows where its label exists.
-
-Read beside: ``minidiff/datasets/shapes.py`` (labels, `parse_caption`), ``minidiff/models/clip.py``
-(ConvNormAct and the coordinate planes, shared with the CLIP image tower),
-``minidiff/train.py`` (the ``classifier`` job that trains and saves it).
+Read beside: ``minidiff/models/classifier.py`` (the judge), ``minidiff/datasets/captions.py``
+(labels, `parse_caption`, FIXED_PROMPTS), ``minidiff/train/jobs.py`` (the ``classifier`` job
+that trains it) and ``minidiff/zoo.py`` (where the shipped judge lives).
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, zoo
 from .datasets import captions, shapes
-from .nn import functional as F
-from .models.clip import ConvNormAct, coordinate_planes
-from .nn.layers import Linear, SiLU
-from .nn.module import Module, no_grad
+from .diffusion import samplers
+from .models.classifier import (HEAD_NAMES, HEADS, AttributeClassifier, ClassifierConfig,  # noqa: F401
+                                classifier_loss, head_rows)
+from .models.clip import MiniCLIP
+from .nn.module import no_grad
 
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "classifier.npz"
+DEFAULT_CLASSIFIER = zoo.PRETRAINED_DIR / zoo.FILES["classifier"]
+FIXED_PROMPTS = captions.FIXED_PROMPTS    # (re-exported: the prompt set lives with the caption grammar)
 
-# One head per label: (label key, number of classes, which scenes have the label).
-HEADS = (("num_objects", 2, "all"),
-         ("shape", len(shapes.SHAPES), "all"),
-         ("colour", len(shapes.COLOURS), "all"),
-         ("size", len(shapes.SIZES), "all"),
-         ("position", len(shapes.POSITIONS), "one"),
-         ("shape2", len(shapes.SHAPES), "two"),
-         ("colour2", len(shapes.COLOURS), "two"),
-         ("size2", len(shapes.SIZES), "two"),
-         ("relation", len(shapes.RELATIONS), "two"))
-HEAD_NAMES = tuple(name for name, _, _ in HEADS)
 HELDOUT_SEED = 7          # evaluation scenes: shapes.sample(n, seed=(seed, 7)), never trained on (train uses 1)
+CLIP_HELDOUT_SEED = 999_983   # retrieval batches use seeds (CLIP_HELDOUT_SEED, seed, k): never trained on
 
 
-@dataclass
-class ClassifierConfig:
-    """Shape of the attribute classifier. ``channels[i]`` is stage i's width; stage i > 0 halves H, W."""
-    image_size: int = 32
-    channels: tuple = (32, 64, 128)
-    convs_per_stage: int = 2
-    num_groups: int = 8
-    pool_grid: int = 4          # average-pool the last feature map to pool_grid x pool_grid (1 = global pool)
-    feature_dim: int = 128
-
-    def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)      # JSON gives back a list
-        if not self.channels or any(c % self.num_groups for c in self.channels):
-            raise ValueError(f"ClassifierConfig: channels {self.channels} must each divide into "
-                             f"num_groups={self.num_groups}")
-
-    @classmethod
-    def tiny(cls):
-        """For tests: seconds on a CPU."""
-        return cls(image_size=16, channels=(8, 16), convs_per_stage=1, num_groups=4, pool_grid=2, feature_dim=16)
-
-
-class AttributeClassifier(Module):
-    """Image (B, 3, S, S) in [-1, 1] -> {label key: logits (B, classes)} for every head in HEADS."""
-
-    def __init__(self, config: ClassifierConfig = ClassifierConfig(), seed: int = 0):
-        self.config = config
-        rng = np.random.default_rng(seed)
-        widths = [3 + 2] + [c for c in config.channels for _ in range(config.convs_per_stage)]
-        strides = [2 if (i > 0 and j == 0) else 1
-                   for i in range(len(config.channels)) for j in range(config.convs_per_stage)]
-        self.blocks = [ConvNormAct(c_in, c_out, s, config.num_groups, rng=rng)
-                       for c_in, c_out, s in zip(widths[:-1], widths[1:], strides)]
-        self.hidden = Linear(config.channels[-1] * config.pool_grid ** 2, config.feature_dim, rng=rng)
-        self.hidden_act = SiLU()
-        self.heads = [Linear(config.feature_dim, classes, rng=rng) for _, classes, _ in HEADS]
-
-    def features(self, x):
-        """(B, 3, S, S) -> (B, feature_dim): the penultimate activations (used for the FD)."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
-            raise ValueError(f"AttributeClassifier: expected square images (B, 3, S, S), got shape {tuple(x.shape)}")
-        xp = backend.get_array_module(x)
-        B, _, S, _ = x.shape
-        h = xp.concatenate([x, coordinate_planes(B, S, xp, x.dtype)], axis=1)      # (B, 5, S, S): + x, y planes
-        for block in self.blocks:
-            h = block(h)                                       # (B, C, H', W')
-        B, C, H, W = h.shape
-        g = self.config.pool_grid
-        if H % g or W % g:
-            raise ValueError(f"AttributeClassifier: a {H}x{W} feature map does not pool to {g}x{g}; "
-                             f"images must be multiples of {g * 2 ** (len(self.config.channels) - 1)} pixels")
-        self._pooled_shape = h.shape
-        # average over (H/g x W/g) windows: (B, C, H, W) -> (B, C, g, g) -> (B, C g g)
-        pooled = h.reshape(B, C, g, H // g, g, W // g).mean(axis=(3, 5)).reshape(B, C * g * g)
-        return self.hidden_act(self.hidden(pooled))            # (B, feature_dim)
-
-    def forward(self, x):
-        f = self.features(x)
-        return {name: head(f) for name, head in zip(HEAD_NAMES, self.heads)}
-
-    def backward(self, d_logits):
-        """d_logits: {label key: (B, classes)} (heads missing from the dict get no gradient).
-        Returns dL/dx (B, 3, S, S)."""
-        df = None
-        for name, head in zip(HEAD_NAMES, self.heads):
-            if name in d_logits:
-                g = head.backward(d_logits[name])              # every head reads the same features
-                df = g if df is None else df + g
-        d_pooled = self.hidden.backward(self.hidden_act.backward(df))          # (B, C g g)
-        B, C, H, W = self._pooled_shape
-        g = self.config.pool_grid
-        xp = backend.get_array_module(d_pooled)
-        # forward was: window means -> each of a window's (H/g)(W/g) positions receives d_pooled / its size
-        d_windows = (d_pooled / ((H // g) * (W // g))).reshape(B, C, g, 1, g, 1)
-        dh = xp.broadcast_to(d_windows, (B, C, g, H // g, g, W // g)).reshape(B, C, H, W)
-        for block in reversed(self.blocks):
-            dh = block.backward(dh)
-        return dh[:, :3]                                       # drop the coordinate channels
-
-
-# ------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------- the classifier's data
 def class_targets(labels: dict) -> dict:
     """shapes labels -> class indices per head (num_objects 1, 2 -> classes 0, 1; -1 stays -1).
 
@@ -180,54 +82,6 @@ def arrange_batch(images, labels: dict):
             raise ValueError(f"arrange_batch: label {name!r} is absent (-1) in a scene that should have it")
     xp = backend.get_array_module(images)
     return images[xp.asarray(order)], targets, num_single
-
-
-def head_rows(name: str, num_single: int, batch: int) -> slice:
-    """The rows of an arranged batch whose label ``name`` exists."""
-    scenes = dict((n, s) for n, _, s in HEADS)[name]
-    return {"all": slice(0, batch), "one": slice(0, num_single), "two": slice(num_single, batch)}[scenes]
-
-
-def classifier_loss(model: AttributeClassifier, images, targets: dict, num_single: int):
-    """Sum over heads of the cross-entropy on the rows where the head's label exists; runs backward.
-
-    images (B, 3, S, S) arranged as [one-object | two-object] (`arrange_batch`), ``num_single``
-    rows of one-object scenes first; targets {head: int (B,)} on the images' device.
-    Returns the loss as a 0-d array (no sync); the parameters' grads are filled.
-    """
-    batch = images.shape[0]
-    logits = model.forward(images)
-    xp = backend.get_array_module(images)
-    total, d_logits = 0.0, {}
-    for name in HEAD_NAMES:
-        rows = head_rows(name, num_single, batch)
-        if rows.stop - rows.start == 0:                 # e.g. no two-object scene in this batch
-            d_logits[name] = xp.zeros_like(logits[name])
-            continue
-        loss, cache = F.cross_entropy(logits[name][rows], targets[name][rows])
-        total = total + loss
-        d_logits[name] = xp.zeros_like(logits[name])
-        d_logits[name][rows] = F.cross_entropy_backward(1.0, cache)
-    model.backward(d_logits)
-    return total
-
-
-def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,
-                     config: ClassifierConfig | None = None, lr: float = 2e-3, dataset_size: int = 8000,
-                     out=None, progress: bool = False):
-    """Train an AttributeClassifier on shapes images with AdamW; returns it in eval mode (EMA weights).
-
-    The ``classifier`` job of ``minidiff/train.py`` (the loop every model trains with) with these
-    settings; ``out`` is a folder for classifier.npz, or None to keep the model in memory only.
-    """
-    from . import train       # train.py imports this module, so import it here, when needed
-    if device is not None:
-        backend.set_device(device)
-    job = train.make_config("classifier", "quick", {"steps": steps, "batch_size": batch_size, "seed": seed,
-                                                     "lr": lr, "dataset_size": dataset_size})
-    if config is not None:
-        job = dataclasses.replace(job, model=config)
-    return train.run_classifier(job, out=out, progress=progress).model
 
 
 def classifier_accuracy(classifier, n: int = 1024, seed: int = 0) -> dict:
@@ -355,55 +209,14 @@ def frechet_distance(real_images, generated_images, classifier, batch_size: int 
                                           classifier_features(classifier, generated_images, batch_size))
 
 
-# ------------------------------------------------------------------------- the fixed prompt set
-def _object(colour, shape, size=None):
-    words = ([size] if size else []) + [colour, shape]
-    return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
-
-
-def _fixed_prompts():
-    """30 one-object prompts: every colour with every shape, and every colour at every position
-    (object i: colour i mod 6, shape (i // 6) mod 3, position i mod 5, a size word on two thirds),
-    then 12 two-object prompts, each relation three times, the two objects of different colours."""
-    one = [_object(shapes.COLOURS[i % 6], shapes.SHAPES[(i // 6) % 3], (None, "small", "large")[(i // 5) % 3])
-           + " " + captions.POSITION_PHRASES[shapes.POSITIONS[i % 5]][0] for i in range(30)]
-    two = [_object(shapes.COLOURS[j % 6], shapes.SHAPES[(j // 4) % 3]) + " " + shapes.RELATIONS[j % 4] + " "
-           + _object(shapes.COLOURS[(j + 3) % 6], shapes.SHAPES[(j // 4 + 1 + j % 2) % 3]) for j in range(12)]
-    return tuple(one + two)
-
-
-FIXED_PROMPTS = _fixed_prompts()     # e.g. "a red circle on the left", "a green square below a yellow triangle"
-
-
 # ------------------------------------------------------------------------------ sampling helpers
 def generate(pipe, prompts, guidance_scale: float, steps: int = 50, seed: int = 0, sampler: str = "ddim",
              batch_size: int = 64, spacing: str = "leading"):
-    """One image per prompt from a text-to-image ``pipeline.Pipeline``, a different prompt in every
-    row of a batch; classifier-free guidance against the empty prompt. Host images (N, 3, H, W).
-
-    ``spacing`` is ``samplers.sample``'s timestep spacing ("leading", "trailing" or "linspace")."""
-    from .diffusion import samplers
-    from .pipeline import guided_prediction
-    prompts = list(prompts)
-    size = pipe.vae.config.latent_size
-    images = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        cond, cond_mask = pipe.encode_prompts(chunk)                       # (b, L, W), (b, L)
-        uncond, uncond_mask = pipe.encode_prompts([""] * len(chunk))
-        xp = backend.get_array_module(cond)
-        context, context_mask = xp.concatenate([uncond, cond]), xp.concatenate([uncond_mask, cond_mask])
-
-        def model_fn(z, t):
-            with no_grad():     # both branches in one batch of 2b: eps = eps_u + s (eps_c - eps_u)
-                out = pipe.unet.forward(xp.concatenate([z, z]), xp.concatenate([t, t]), context, context_mask)
-            return guided_prediction(out[:len(chunk)], out[len(chunk):], guidance_scale)
-
-        latents = samplers.sample(model_fn, pipe.schedule, (len(chunk), pipe.latent_channels, size, size),
-                                  sampler=sampler, steps=steps, rng=backend.rng(seed + start),
-                                  prediction_type=pipe.prediction_type, spacing=spacing, progress=False)
-        images.append(backend.to_numpy(pipe.decode(latents)))
-    return np.concatenate(images)
+    """One image per prompt from a text-to-image ``pipeline.Pipeline`` (``Pipeline.sample_prompts``:
+    a different prompt in every row of a batch, classifier-free guidance against the empty prompt).
+    Host images (N, 3, H, W) in [-1, 1]."""
+    return pipe.sample_prompts(prompts, guidance_scale, steps=steps, seed=seed, sampler=sampler,
+                               batch_size=batch_size, spacing=spacing)
 
 
 def sample_unconditional(model, schedule, n: int, shape, steps: int = 50, seed: int = 0, sampler: str = "ddim",
@@ -415,7 +228,6 @@ def sample_unconditional(model, schedule, n: int, shape, steps: int = 50, seed: 
     ``spacing`` and ``clip_x0`` are ``samplers.sample``'s, with its defaults: the timestep spacing
     ("leading", "trailing" or "linspace"), and whether every x0 prediction is clipped to [-1, 1]
     (for pixel models; a latent's x0 is not an image and must not be clipped)."""
-    from .diffusion import samplers
     images = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
@@ -447,14 +259,36 @@ def match_size(images, size: int):
                      "(or square images an integer multiple or fraction of it)")
 
 
+# ---------------------------------------------------------------------- text-image retrieval
+def retrieval_accuracy(model: MiniCLIP, tokenizer, num_batches: int = 8, batch_size: int = 64, seed: int = 0):
+    """Text -> image top-1 of a mini-CLIP within held-out batches of ``batch_size`` pairs.
+
+    For each caption the image with the highest cosine similarity is retrieved; it is a hit when
+    the caption describes it (``captions.caption_matches``), so a duplicate is not counted as a miss.
+    Returns dict(top1=..., strict_top1=... (hit only on the caption's own image),
+    chance=... (expected top-1 of a random pick: mean fraction of images each caption describes)).
+    """
+    xp = backend.get_array_module(model.logit_scale.data)
+    hits = strict = chance = 0.0
+    total = 0
+    for k in range(num_batches):
+        batch = shapes.sample(batch_size, seed=(CLIP_HELDOUT_SEED, seed, k), size=model.config.image_size)
+        ids, mask = tokenizer.encode_batch(batch["captions"], max_length=model.config.text.max_length)
+        with no_grad():
+            sim = backend.to_numpy(model.similarity(xp.asarray(batch["images"]), ids, mask))   # (B_img, B_txt)
+        best = sim.argmax(axis=0)                                     # top-1 image of each caption
+        match = captions.caption_matches(batch["labels"], batch["captions"])
+        hits += match[best, np.arange(batch_size)].sum()
+        strict += (best == np.arange(batch_size)).sum()
+        chance += match.mean(axis=0).sum()
+        total += batch_size
+    return {"top1": hits / total, "strict_top1": strict / total, "chance": chance / total}
+
+
 # ------------------------------------------------------------------------ evaluating a checkpoint
 def load_classifier(path=DEFAULT_CLASSIFIER, device=None):
     """The AttributeClassifier in a classifier checkpoint (``python -m minidiff train classifier``)."""
-    from . import train
-    model, _ = train.load_trained(path, device, hint="train it with: python -m minidiff train classifier")
-    if not isinstance(model, AttributeClassifier):
-        raise ValueError(f"{path} is not a classifier checkpoint")
-    return model
+    return zoo.load_classifier(path, device)
 
 
 def _sibling_or_recorded(ckpt, file_name, recorded):
@@ -477,8 +311,15 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
     noise floor), "fd": ... (unconditional models) or, for text-to-image (prompts cycling through
     FIXED_PROMPTS), "reference_accuracy" (the prompt accuracy of true renders of the prompts: the
     classifier's ceiling) and "guidance": {scale: {"fd", "accuracy", "per_attribute"}}}.
+    ``device``: where to run (None: the current device; the caller's device is left as it was).
     """
-    from . import train
+    with backend.using(device):
+        return _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed, classifier,
+                                    batch_size, verbose, spacing, clip_x0)
+
+
+def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed, classifier, batch_size,
+                         verbose, spacing, clip_x0):
     from .diffusion.schedule import NoiseSchedule
     from .pipeline import Pipeline
     if num_images < 2:
@@ -487,12 +328,9 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
         raise ValueError(f"evaluate: steps must be >= 1, got {steps}")
     if any(not g >= 0 for g in guidance_scales):
         raise ValueError(f"evaluate: guidance scales must be >= 0, got {list(guidance_scales)}")
-    from .diffusion.samplers import SPACINGS
-    if spacing not in SPACINGS:
-        raise ValueError(f"evaluate: spacing must be one of {SPACINGS}, got {spacing!r}")
-    if device is not None:
-        backend.set_device(device)
-    model, ckpt = train.load_trained(path)
+    if spacing not in samplers.SPACINGS:
+        raise ValueError(f"evaluate: spacing must be one of {samplers.SPACINGS}, got {spacing!r}")
+    model, ckpt = zoo.load_trained(path)
     job = ckpt.config["job"]
     if job not in ("pixel", "latent", "text2image"):
         raise ValueError(f"evaluate: {path} is a {job!r} checkpoint; give a pixel, latent or text2image one")
@@ -502,13 +340,13 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
     judge = load_classifier(classifier)
     size = judge.config.image_size
     recorded = ckpt.config.get("train", {})
-    diffusion = ckpt.config.get("diffusion", {})
-    schedule = NoiseSchedule.make(diffusion.get("schedule", "linear"), int(diffusion.get("num_steps", 1000)))
-    prediction_type = diffusion.get("prediction_type", "epsilon")
+    diffusion = zoo.diffusion_settings(ckpt)
+    schedule = NoiseSchedule.make(diffusion["schedule"], diffusion["num_steps"])
+    prediction_type = diffusion["prediction_type"]
 
     vae = None
     if job in ("latent", "text2image"):
-        vae, _ = train.load_trained(_sibling_or_recorded(ckpt, train.FILES["vae"], recorded.get("vae")))
+        vae = zoo.load_vae(_sibling_or_recorded(ckpt, zoo.FILES["vae"], recorded.get("vae")))
     image_size = vae.config.image_size if vae is not None else model.config.image_size
     real = shapes.sample(num_images, seed=(seed, HELDOUT_SEED), size=image_size)["images"]
     real_features = classifier_features(judge, match_size(real, size))
@@ -536,10 +374,10 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
         say(f"  Fréchet distance, samples vs real: {results['fd']:.3f}")
         return results
 
-    from .models.tokenizer import BPETokenizer
-    text_encoder = train._frozen_text_encoder(
-        _sibling_or_recorded(ckpt, train.TEXT_ENCODER_FILE, recorded.get("text_encoder")))
-    tokenizer = BPETokenizer.load(_sibling_or_recorded(ckpt, train.TOKENIZER_FILE, recorded.get("tokenizer")))
+    text_encoder = zoo.load_text_encoder(
+        _sibling_or_recorded(ckpt, zoo.FILES["text_encoder"], recorded.get("text_encoder")))
+    tokenizer = zoo.load_tokenizer(_sibling_or_recorded(ckpt, zoo.FILES["tokenizer"], recorded.get("tokenizer")),
+                                   text_encoder.config.vocab_size)
     pipe = Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
                     prediction_type=prediction_type, max_length=text_encoder.config.max_length)
     prompts = [FIXED_PROMPTS[i % len(FIXED_PROMPTS)] for i in range(num_images)]
@@ -566,7 +404,7 @@ def add_arguments(parser):
     parser.add_argument("--n", type=int, default=512,
                         help="images to sample (per guidance scale); the FD's noise floor shrinks with more")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps")
-    parser.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler, euler_ancestral or dpmpp_2m")
+    parser.add_argument("--sampler", default="ddim", help=f"one of {', '.join(samplers.SAMPLERS)}")
     parser.add_argument("--spacing", default="leading",
                         help="timestep spacing: leading (default), trailing (starts at t = T-1) or linspace")
     parser.add_argument("--clip-x0", action="store_true",
@@ -582,11 +420,10 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    from .diffusion.samplers import SAMPLERS, SPACINGS
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler must be one of {SAMPLERS}, got {args.sampler!r}")
-    if args.spacing not in SPACINGS:
-        raise ValueError(f"--spacing must be one of {SPACINGS}, got {args.spacing!r}")
+    if args.sampler not in samplers.SAMPLERS:
+        raise ValueError(f"--sampler must be one of {samplers.SAMPLERS}, got {args.sampler!r}")
+    if args.spacing not in samplers.SPACINGS:
+        raise ValueError(f"--spacing must be one of {samplers.SPACINGS}, got {args.spacing!r}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     evaluate_checkpoint(args.checkpoint, args.n, args.steps, args.sampler, args.guidance, args.seed,

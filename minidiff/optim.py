@@ -1,12 +1,12 @@
 """Optimisation: AdamW, an exponential moving average (EMA) of the weights, gradient clipping
 and the warmup + cosine learning-rate schedule.
 
-A training step with all four, as ``minidiff/train.py`` runs it:
+A training step with all four, as ``minidiff/train/loop.py`` runs it:
 
     model.zero_grad()
     loss = ...; model.backward(...)                  # fills p.grad
     clip_grad_norm(model, max_norm=1.0)              # rescale the grads if ||g|| > 1
-    optimizer.step(lr=warmup_cosine(step, 1e-3, warmup_steps=500, total_steps=20_000))
+    optimizer.step()                                 # at lr(t), e.g. AdamW(model, lr=lambda t: warmup_cosine(t, ...))
     ema.update()                                     # shadow <- decay shadow + (1 - decay) theta
 
 Everything here stays on the parameters' device: the optimiser and EMA states are arrays beside
@@ -97,8 +97,10 @@ class AdamW:
         m_hat  = m / (1 - beta1^t),  v_hat = v / (1 - beta2^t)     bias corrections
         theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)
 
-    Parameters whose ``grad`` is None are skipped. ``step(lr=...)`` overrides the learning rate for
-    that step and keeps it (so a schedule can be applied step by step).
+    ``lr`` is a number, or a schedule: a function ``lr(t)`` of the step t = 1, 2, ... that the optimizer
+    calls itself at every step (``lr=lambda t: warmup_cosine(t, 1e-3, 500, 20_000)``), so the rate
+    it holds (``self.lr``: the one of its latest step) is always the one it used. ``step(lr=...)``
+    sets a fixed rate from that step on. Parameters whose ``grad`` is None are skipped.
 
     On a GPU (fused kernels on) the first step lays every parameter end to end in one flat buffer:
     each ``p.data`` becomes a view of it, the moments m and v are views of two more, and each
@@ -111,6 +113,9 @@ class AdamW:
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        self.lr_schedule = lr if callable(lr) else None
+        if self.lr_schedule is not None:
+            lr = self.lr_schedule(1)
         if not lr >= 0.0:
             raise ValueError(f"AdamW: lr must be >= 0, got {lr!r}")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -137,8 +142,10 @@ class AdamW:
 
     def step(self, lr=None):
         """One AdamW update of every parameter that has a gradient."""
-        if lr is not None:
-            self.lr = float(lr)
+        if lr is not None:                      # a fixed rate from now on
+            self.lr, self.lr_schedule = float(lr), None
+        elif self.lr_schedule is not None:      # the schedule's rate for this step, t = step_count + 1
+            self.lr = float(self.lr_schedule(self.step_count + 1))
         lr, (beta1, beta2), eps = self.lr, self.betas, self.eps
         self.step_count += 1
         t = self.step_count
@@ -255,6 +262,38 @@ class AdamW:
         self.betas = tuple(float(b) for b in np.asarray(state["betas"]))
         self.eps = float(np.asarray(state["eps"]))
         self.weight_decay = float(np.asarray(state["weight_decay"]))
+        return self
+
+
+class AdamWGroups:
+    """AdamW with weight decay on matrices and kernels (ndim >= 2) but not on biases, norm scales
+    or scalars such as CLIP's temperature: decaying those toward 0 only hurts."""
+
+    def __init__(self, model, lr, betas=(0.9, 0.999), weight_decay=0.0):
+        """lr: a number or a schedule lr(t), as for AdamW (both groups follow it)."""
+        named = model.named_parameters()
+        decay = [(n, p) for n, p in named if p.data.ndim >= 2]
+        no_decay = [(n, p) for n, p in named if p.data.ndim < 2]
+        self.groups = {"decay": AdamW(decay, lr=lr, betas=betas, weight_decay=weight_decay)}
+        if no_decay:
+            self.groups["no_decay"] = AdamW(no_decay, lr=lr, betas=betas, weight_decay=0.0)
+
+    def step(self, lr=None):
+        for optimizer in self.groups.values():
+            optimizer.step(lr=lr)
+
+    @property
+    def lr(self):
+        return self.groups["decay"].lr
+
+    def state_dict(self):
+        return {name: optimizer.state_dict() for name, optimizer in self.groups.items()}
+
+    def load_state_dict(self, state):
+        for name, optimizer in self.groups.items():
+            if name not in state:
+                raise ValueError(f"optimizer state has no {name!r} group")
+            optimizer.load_state_dict(state[name])
         return self
 
 

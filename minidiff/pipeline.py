@@ -6,7 +6,7 @@ The pieces, each trained by ``python -m minidiff train ...`` and shipped in ``da
     z_T ~ N(0, I)  (B, 4, 8, 8)  --U-Net eps(z_t, t, c), T steps of a sampler-->  z_0
     z_0 / scale_factor --VAE decoder--> image (B, 3, 32, 32)
 
-Classifier-free guidance
+Classifier-free guidance (``minidiff/diffusion/guidance.py``)
 ------------------------
 The U-Net was trained with the caption replaced by the empty prompt ~10% of the time, so the same
 network predicts both eps(z_t, t, c) and the unconditional eps(z_t, t, empty). At sampling time we
@@ -17,6 +17,9 @@ extrapolate from the unconditional prediction towards the conditional one:
 s = 1 is plain conditional sampling, s = 0 ignores the prompt, s > 1 follows it more strictly (at
 some cost in variety). A negative prompt simply takes the place of the empty prompt in eps_uncond,
 so guidance pushes *away* from it. Both branches run as one batch of 2B through the U-Net.
+
+Read beside: ``minidiff/diffusion/samplers.py``, ``minidiff/diffusion/guidance.py``,
+``minidiff/zoo.py`` (which file holds which model), ``lessons/10_text_to_image.py``.
 
 Editing
 -------
@@ -30,25 +33,20 @@ Editing
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from .checkpoint import CheckpointError, load_checkpoint, load_into
-from .diffusion import samplers
+from . import backend, zoo
+from .diffusion import guidance, samplers
+from .diffusion.guidance import guided_prediction  # noqa: F401  (re-exported: its old home)
 from .diffusion.schedule import NoiseSchedule
 from .nn.module import no_grad
-from .utils import REPO_ROOT, from_uint8, image_grid, to_uint8
+from .utils import from_uint8, image_grid, to_uint8
 
-DEFAULT_DIR = REPO_ROOT / "data" / "pretrained"
-FILES = {"vae": "vae.npz", "tokenizer": "tokenizer.json", "text_encoder": "text_encoder.npz",
-         "unet": "unet.npz"}
-HOW_TO_GET = ("the shipped checkpoints live in data/pretrained/ (restore them with "
-              "`git checkout -- data/pretrained`), or train your own with "
-              "`python -m minidiff train all --out DIR` and pass --checkpoints DIR")
+DEFAULT_DIR = zoo.PRETRAINED_DIR
+HOW_TO_GET = zoo.HOW_TO_GET
 
 
 # -- argument checks: one clear ValueError each ------------------------------------------------
@@ -128,16 +126,6 @@ def to_pil(images):
     return [Image.fromarray(tile) for tile in to_uint8(images)]
 
 
-# -- classifier-free guidance --------------------------------------------------------------------
-def guided_prediction(eps_uncond, eps_cond, guidance_scale):
-    """eps = eps_uncond + s (eps_cond - eps_uncond); s = 1 is exactly eps_cond, s = 0 exactly eps_uncond."""
-    if guidance_scale == 1:
-        return eps_cond
-    if guidance_scale == 0:
-        return eps_uncond
-    return eps_uncond + eps_cond.dtype.type(guidance_scale) * (eps_cond - eps_uncond)
-
-
 # -- the pipeline ----------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Pipeline:
@@ -153,79 +141,72 @@ class Pipeline:
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, directory=None, device=None):
-        """Load tokenizer, text encoder, VAE and U-Net from ``directory`` (default data/pretrained)."""
-        from .models.text_encoder import TextEncoder, TextEncoderConfig
-        from .models.tokenizer import BPETokenizer
-        from .models.unet import UNet, UNetConfig
-        from .models.vae import AutoencoderKL, VAEConfig
-
-        directory = Path(directory) if directory else DEFAULT_DIR
+        """Load tokenizer, text encoder, VAE and U-Net from ``directory`` (default data/pretrained)
+        onto ``device`` (None: the current one). The process-wide device is left as it was: the
+        pipeline runs wherever its weights live."""
+        directory = Path(directory) if directory else zoo.PRETRAINED_DIR
         if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {directory} not found: {HOW_TO_GET}")
-        dev = backend.set_device(device) if device else backend.device()
-        paths = {name: directory / file for name, file in FILES.items()}
+            raise FileNotFoundError(f"checkpoint folder {directory} not found: {zoo.HOW_TO_GET}")
+        paths = {name: directory / zoo.FILES[name] for name in ("vae", "tokenizer", "text_encoder", "text2image")}
         for name, path in paths.items():
             if not path.is_file():
-                raise FileNotFoundError(f"{name} checkpoint {path} not found: {HOW_TO_GET}")
+                raise FileNotFoundError(f"{name} checkpoint {path} not found: {zoo.HOW_TO_GET}")
+        dev = device or backend.device()
+        text_encoder = zoo.load_text_encoder(paths["text_encoder"], dev)
+        tokenizer = zoo.load_tokenizer(paths["tokenizer"], text_encoder.config.vocab_size)
+        vae = zoo.load_vae(paths["vae"], dev)
+        unet, unet_ckpt = zoo.load_trained(paths["text2image"], dev, hint=zoo.HOW_TO_GET, expect="text2image")
+        diffusion = zoo.diffusion_settings(unet_ckpt)
+        schedule = NoiseSchedule.make(diffusion["schedule"], num_steps=diffusion["num_steps"])
+        return cls(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
+                   prediction_type=diffusion["prediction_type"], max_length=text_encoder.config.max_length)
 
-        try:
-            tokenizer = BPETokenizer.load(paths["tokenizer"])
-        except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"tokenizer {paths['tokenizer']} is corrupt ({exc}): {HOW_TO_GET}") from None
+    @property
+    def device(self) -> str:
+        """Where the pipeline's weights live ("cpu" or "gpu"): every array it makes goes there."""
+        return "gpu" if backend.is_gpu_array(self.unet.parameters()[0].data) else "cpu"
 
-        text_ckpt = load_checkpoint(paths["text_encoder"], hint=HOW_TO_GET)
-        text_config = TextEncoderConfig(**_model_config(text_ckpt))
-        tokenizer.check_vocab_size(text_config.vocab_size)
-        text_encoder = _loaded(TextEncoder(text_config), text_ckpt)
-
-        vae_ckpt = load_checkpoint(paths["vae"], hint=HOW_TO_GET)
-        vae = _loaded(AutoencoderKL(VAEConfig(**_tuples(_model_config(vae_ckpt)))), vae_ckpt)
-        vae.scale_factor = _scale_factor(vae_ckpt)
-
-        unet_ckpt = load_checkpoint(paths["unet"], hint=HOW_TO_GET)
-        unet = _loaded(UNet(UNetConfig(**_tuples(_model_config(unet_ckpt)))), unet_ckpt)
-        diffusion = (unet_ckpt.config or {}).get("diffusion", {})
-        schedule = NoiseSchedule.make(diffusion.get("schedule", "scaled_linear"),
-                                      num_steps=int(diffusion.get("num_steps", 1000)))
-        pipe = cls(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
-                   prediction_type=diffusion.get("prediction_type", "epsilon"),
-                   max_length=text_config.max_length)
-        for model in (vae, unet, text_encoder):
-            model.eval()
-            model.to(dev)
-        return pipe
+    @property
+    def xp(self):
+        return backend.get_array_module(self.unet.parameters()[0].data)
 
     # -- conditioning --------------------------------------------------------------------------
     def encode_prompts(self, prompts):
         """Prompts -> (context states (B, L, width), mask (B, L)) from the frozen text encoder."""
         ids, mask = self.tokenizer.encode_batch(list(prompts), self.max_length)
-        xp = backend.get_xp()
-        ids, mask = xp.asarray(ids), xp.asarray(mask)
+        ids, mask = self.xp.asarray(ids), self.xp.asarray(mask)
         with no_grad():
             states, _ = self.text_encoder.forward(ids, mask)
         return states, mask
 
-    def guided_model_fn(self, prompt, negative_prompt, guidance_scale, batch):
-        """model_fn(z_t, t) for the samplers: the U-Net with classifier-free guidance.
+    def guided_model_fn(self, prompts, negative_prompts, guidance_scale, batch=None):
+        """model_fn(z_t, t) for the samplers: the U-Net under classifier-free guidance
+        (``diffusion/guidance.py``). ``prompts`` and ``negative_prompts``: one string for every row
+        (repeated ``batch`` times), or a list with one string per row."""
+        rows = lambda p: [p] * batch if isinstance(p, str) else list(p)          # noqa: E731
+        cond, cond_mask = self.encode_prompts(rows(prompts))
+        uncond, uncond_mask = self.encode_prompts(rows(negative_prompts))
 
-        Guidance 1 (or 0) needs one U-Net call per step; any other scale runs the unconditional and
-        conditional branches as one batch of 2B."""
-        cond, cond_mask = self.encode_prompts([prompt] * batch)
-        uncond, uncond_mask = self.encode_prompts([negative_prompt] * batch)
-        xp = backend.get_array_module(cond)
-        both = xp.concatenate([uncond, cond])
-        both_mask = xp.concatenate([uncond_mask, cond_mask])
-
-        def model_fn(z, t):
+        def unet(z, t, context, context_mask):
             with no_grad():
-                if guidance_scale == 1:
-                    return self.unet.forward(z, t, cond, cond_mask)
-                if guidance_scale == 0:
-                    return self.unet.forward(z, t, uncond, uncond_mask)
-                out = self.unet.forward(xp.concatenate([z, z]), xp.concatenate([t, t]), both, both_mask)
-                eps_uncond, eps_cond = out[:batch], out[batch:]
-                return guided_prediction(eps_uncond, eps_cond, guidance_scale)
-        return model_fn
+                return self.unet.forward(z, t, context, context_mask)
+        return guidance.guided_model_fn(unet, cond, cond_mask, uncond, uncond_mask, guidance_scale)
+
+    def sample_prompts(self, prompts, guidance_scale, steps=50, seed=0, sampler="ddim", batch_size=64,
+                       spacing="leading"):
+        """One image per prompt, a different prompt in every row, guided against the empty prompt;
+        in batches of ``batch_size``. Host images (N, 3, H, W) in [-1, 1] (what the evaluation scores)."""
+        prompts = list(prompts)
+        size = self.vae.config.latent_size
+        images = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            model_fn = self.guided_model_fn(chunk, [""] * len(chunk), guidance_scale)
+            latents = samplers.sample(model_fn, self.schedule, (len(chunk), self.latent_channels, size, size),
+                                      sampler=sampler, steps=steps, rng=backend.rng(seed + start, self.device),
+                                      prediction_type=self.prediction_type, spacing=spacing, progress=False)
+            images.append(backend.to_numpy(self.decode(latents)))
+        return np.concatenate(images)
 
     # -- latents <-> images --------------------------------------------------------------------
     @property
@@ -247,7 +228,7 @@ class Pipeline:
 
     def encode(self, images):
         """Host images (B, 3, H, W) in [-1, 1] -> scaled latents on the device (posterior means)."""
-        return self.vae.encode_latents(backend.to_device(images))
+        return self.vae.encode_latents(backend.to_device(images, self.device))
 
     def decode(self, latents):
         """Scaled latents -> images in [-1, 1] (on the device)."""
@@ -257,7 +238,7 @@ class Pipeline:
     def _sample(self, model_fn, shape, steps, sampler, seed, eta=0.0, x_T=None, start_step=0,
                 step_callback=None, return_intermediates=False, progress=False):
         return samplers.sample(model_fn, self.schedule, shape, sampler=sampler, steps=steps,
-                               rng=backend.rng(seed), eta=eta, prediction_type=self.prediction_type,
+                               rng=backend.rng(seed, self.device), eta=eta, prediction_type=self.prediction_type,
                                x_T=x_T, start_step=start_step, step_callback=step_callback,
                                return_intermediates=return_intermediates, progress=progress)
 
@@ -300,7 +281,7 @@ class Pipeline:
         if start_step == steps:                       # strength 0: nothing to denoise
             return to_pil(self.decode(z0))
         t_start = int(samplers.sampler_timesteps(self.schedule, steps, sampler)[start_step])
-        rng = backend.rng(seed + 1)
+        rng = backend.rng(seed + 1, self.device)
         xp = backend.get_array_module(z0)
         noise = rng.standard_normal(z0.shape, dtype=np.float32)
         # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps        (closed-form forward process)
@@ -327,10 +308,10 @@ class Pipeline:
         f = self.factor
         # (H, W) -> (h, w): a latent cell is repainted when any of its f x f pixels is
         mask_latent = mask_px.reshape(height // f, f, width // f, f).max(axis=(1, 3))
-        xp = backend.get_xp()
+        xp = self.xp
         keep = xp.asarray(1.0 - mask_latent, dtype=np.float32)[None, None]     # (1, 1, h, w)
         z0 = self.encode(np.repeat(pixels, num_images, axis=0))
-        known_noise = backend.rng(seed + 1).standard_normal(z0.shape, dtype=np.float32)
+        known_noise = backend.rng(seed + 1, self.device).standard_normal(z0.shape, dtype=np.float32)
 
         def blend_known(i, t_prev, z):
             # known cells: z_known = sqrt(abar_t') z_0 + sqrt(1 - abar_t') eps  (t' < 0: z_0 itself)
@@ -371,41 +352,12 @@ class Pipeline:
                             eta=eta, progress=progress)
 
 
-# -- loading helpers ---------------------------------------------------------------------------------
-def _model_config(ckpt):
-    """The model's constructor config inside a checkpoint's JSON header."""
-    config = ckpt.config or {}
-    model = config.get("model", config)
-    if not isinstance(model, dict):
-        raise CheckpointError(f"checkpoint {ckpt.path} has no model config: {HOW_TO_GET}")
-    return model
-
-
-def _tuples(config: dict):
-    """JSON turns tuples into lists; dataclass configs want tuples back."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-
-
-def _loaded(model, ckpt):
-    load_into(model, ckpt, use_ema=bool(ckpt.ema_state))
-    return model
-
-
-def _scale_factor(ckpt):
-    extra = ckpt.extra or {}
-    config = ckpt.config or {}
-    value = extra.get("scale_factor", config.get("scale_factor"))
-    if value is None:
-        raise CheckpointError(f"VAE checkpoint {ckpt.path} stores no latent scale factor: {HOW_TO_GET}")
-    return float(np.asarray(value))
-
-
 _loaded_pipelines = {}
 
 
 def load_pipeline(directory=None, device=None) -> Pipeline:
     """The pipeline for ``directory`` (default data/pretrained), loaded once per process."""
-    key = (str(Path(directory).resolve()) if directory else str(DEFAULT_DIR), device or backend.device())
+    key = (str(Path(directory).resolve()) if directory else str(zoo.PRETRAINED_DIR), device or backend.device())
     if key not in _loaded_pipelines:
         _loaded_pipelines[key] = Pipeline.load(directory, device)
     return _loaded_pipelines[key]

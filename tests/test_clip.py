@@ -1,5 +1,6 @@
 """mini-CLIP: the contrastive loss and its gradients, the whole model's gradients, which captions
 describe which images, bad input, and a short training run that learns."""
+import dataclasses
 import math
 
 import numpy as np
@@ -8,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidiff.datasets import shapes
-from minidiff.models.clip import (CLIPConfig, MiniCLIP, caption_matches, clip_loss_and_backward,
+from minidiff import evaluate, train, zoo
+from minidiff.datasets.captions import caption_matches
+from minidiff.models.clip import (CLIPConfig, MiniCLIP, clip_loss_and_backward,
                                   contrastive_loss, contrastive_loss_backward, l2_normalize,
-                                  l2_normalize_backward, load_clip, retrieval_accuracy, train_clip)
+                                  l2_normalize_backward)
 from minidiff.checkpoint import load_checkpoint, load_into
 from minidiff.models.text_encoder import TextEncoder, TextEncoderConfig
 from minidiff.nn.gradcheck import check_module, gradcheck
@@ -189,31 +192,35 @@ def test_bad_config_raises():
 
 
 def test_short_training_run_learns_and_checkpoint_round_trips(tmp_path):
-    """80 steps of a small model on 16x16 shapes: the loss falls, held-out retrieval beats chance
-    clearly (seeds 0-3 reach 12-47% against 2% chance), and the saved model, text encoder and
+    """80 steps of a small model on 16x16 shapes through the one training loop (the clip job): the
+    loss falls, held-out retrieval beats chance clearly, and the saved model, text encoder and
     tokenizer give the same outputs after loading."""
-    from minidiff.models.clip import train_tokenizer
-    tokenizer = train_tokenizer(384, corpus_size=4000)
+    tokenizer = train.train_tokenizer(384, corpus_size=4000)
+    tokenizer.save(tmp_path / "given_tokenizer.json")
     config = CLIPConfig(text=TextEncoderConfig(vocab_size=384, max_length=24, width=32, num_layers=1,
                                                num_heads=2, mlp_ratio=2),
                         image_size=16, channels=(16, 32, 32), norm_groups=4, embed_dim=16)
-    model, history = train_clip(config, steps=80, batch_size=32, lr=3e-3, seed=0, tokenizer=tokenizer,
-                                progress=False, log_every=5, eval_batches=2,
-                                out_dir=tmp_path)
-    first, last = np.mean(history["loss"][:2]), np.mean(history["loss"][-2:])
-    print(f"loss {first:.3f} -> {last:.3f}; held-out {history['eval']}; {history['seconds']:.1f} s")
-    assert last < first - 1.0
-    assert history["eval"]["top1"] > 4 * history["eval"]["chance"]
-    loaded, loaded_tokenizer = load_clip(tmp_path)
+    job = dataclasses.replace(train.ClipJob.quick(), model=config, steps=80, batch_size=32, lr=3e-3,
+                              warmup_steps=4, dataset_size=2048, log_every=5,
+                              tokenizer=str(tmp_path / "given_tokenizer.json"))
+    result = train.run_clip(job, out=tmp_path, progress=False)
+    model = result.model
+    losses = [loss for _, loss in result.history]
+    first, last = np.mean(losses[:2]), np.mean(losses[-2:])
+    print(f"loss {first:.3f} -> {last:.3f}; held-out {result.evaluation}; {result.seconds:.1f} s")
+    assert result.complete and last < first - 1.0
+    assert result.evaluation["top1"] > 4 * result.evaluation["chance"]
+    assert len(result.metrics) == len(result.history) and {"temperature", "heldout_top1"} <= set(result.metrics[0])
+    loaded, loaded_tokenizer = zoo.load_clip(tmp_path)
     assert loaded_tokenizer.merges == tokenizer.merges
     batch = shapes.sample(8, seed=5, size=16)
     ids, mask = tokenizer.encode_batch(batch["captions"], max_length=24)
     np.testing.assert_allclose(loaded.similarity(batch["images"], ids, mask),
                                model.similarity(batch["images"], ids, mask), rtol=1e-6, atol=1e-6)
-    again = retrieval_accuracy(loaded, loaded_tokenizer, num_batches=2, batch_size=64)
-    assert again == pytest.approx(history["eval"])
-    text_encoder = TextEncoder(TextEncoderConfig(**load_checkpoint(history["files"]["text_encoder"]).config["model"]))
-    load_into(text_encoder, history["files"]["text_encoder"])
+    again = evaluate.retrieval_accuracy(loaded, loaded_tokenizer, num_batches=4, batch_size=64, seed=job.seed)
+    assert again == pytest.approx(result.evaluation)
+    text_encoder = zoo.load_text_encoder(tmp_path / "text_encoder.npz")
+    assert zoo.checkpoint_job(load_checkpoint(tmp_path / "text_encoder.npz")) == "text_encoder"
     np.testing.assert_array_equal(text_encoder(ids, mask)[0], model.text_encoder(ids, mask)[0])
 
 

@@ -5,6 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidiff import evaluate as E
+from minidiff import train
+from minidiff.datasets import captions
+from minidiff.models import classifier as C
 from minidiff.datasets import shapes
 from minidiff.nn.gradcheck import check_module
 from minidiff.nn.module import Module
@@ -207,7 +210,7 @@ def test_adamw_steps_on_a_batch_lower_the_classifier_loss():
 
 
 def test_train_classifier_returns_an_eval_mode_model():
-    classifier = E.train_classifier(steps=2, batch_size=8, device="cpu", config=E.ClassifierConfig.tiny(),
+    classifier = train.train_classifier(steps=2, batch_size=8, device="cpu", config=E.ClassifierConfig.tiny(),
                                     dataset_size=32)
     assert isinstance(classifier, E.AttributeClassifier) and not classifier.training
     scores = E.classifier_accuracy(classifier, n=16)
@@ -223,3 +226,13 @@ def test_match_size_pools_larger_and_repeats_smaller_images():
     assert grown.shape == (2, 3, 8, 8) and (grown[:, :, 2:4, 6:8] == images[:, :, 1:2, 3:4]).all()
     with pytest.raises(ValueError, match="classifier takes 3x3"):
         E.match_size(images, 3)
+
+
+def test_classifier_heads_count_the_grammar_vocabulary():
+    """The model's class counts are literal numbers (models/ knows no data): they must be the
+    grammar's vocabulary sizes."""
+    sizes = {"num_objects": 2, "shape": len(captions.SHAPES), "colour": len(captions.COLOURS),
+             "size": len(captions.SIZES), "position": len(captions.POSITIONS), "shape2": len(captions.SHAPES),
+             "colour2": len(captions.COLOURS), "size2": len(captions.SIZES), "relation": len(captions.RELATIONS)}
+    assert {name: classes for name, classes, _ in C.HEADS} == sizes
+    assert tuple(name for name, _, _ in C.HEADS) == tuple(k for k in captions.LABEL_KEYS)

@@ -7,7 +7,7 @@ import pytest
 
 from minidiff import train
 from minidiff.checkpoint import load_checkpoint
-from minidiff.models.clip import caption_matches
+from minidiff.datasets import captions
 from minidiff.models.unet import UNetConfig
 from minidiff.models.vae import VAEConfig
 from minidiff.nn.layers import Linear
@@ -123,7 +123,7 @@ def test_make_config_applies_overrides_and_rejects_bad_values():
     cfg = train.make_config("vae", "quick", {"steps": 20, "lr": 3e-4, "vae": None})
     assert cfg.steps == 20 and cfg.lr == 3e-4 and cfg.warmup_steps <= 2
     assert train.make_config("text2image", "full").model.context_dim == 128
-    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
         train.make_config("pixel", "quick", {"steps": 0})
     with pytest.raises(ValueError, match="unknown job"):
         train.make_config("gan")
@@ -135,13 +135,15 @@ def test_step_rng_depends_on_seed_and_step_only():
     assert not np.allclose(draw(0, 5), draw(0, 6)) and not np.allclose(draw(0, 5), draw(1, 5))
 
 
-def test_caption_positives_equal_clip_caption_matches():
+def test_label_matches_agree_with_parsing_each_caption():
+    """The (device-friendly) label-matrix match equals matching each caption's parse to each scene."""
     batch = shapes.sample(24, seed=3)
-    have = train._label_matrix(batch["labels"])
-    from minidiff.models.clip import caption_labels
-    wanted = train._label_matrix(caption_labels(batch["captions"]))
-    np.testing.assert_array_equal(train.caption_positives(have, wanted),
-                                  caption_matches(batch["labels"], batch["captions"]))
+    matrix = captions.caption_matches(batch["labels"], batch["captions"])
+    for i in range(24):
+        scene = captions.attributes_from_labels(batch["labels"], i)
+        for j, caption in enumerate(batch["captions"]):
+            assert matrix[i, j] == captions.matches_prompt(captions.parse_caption(caption), scene), (i, j)
+    assert matrix.diagonal().all()
 
 
 def test_weight_decay_skips_biases_and_norms():
@@ -160,8 +162,8 @@ def test_vae_job_stores_the_latent_scale_factor(tmp_path):
     assert vae.scale_factor == pytest.approx(float(ckpt.extra["scale_factor"])) and vae.scale_factor > 0
 
 
-class RecordingEMA(train.EMA):
-    """train.EMA that remembers the last one made and the raw (not averaged) weights of its last update."""
+class RecordingEMA(train.loop.EMA):
+    """The loop's EMA, remembering the last one made and the raw (not averaged) weights of its last update."""
     last = None
 
     def __init__(self, *args, **kwargs):
@@ -175,7 +177,7 @@ class RecordingEMA(train.EMA):
 
 @pytest.mark.parametrize("keep", ["in memory", "on disk"])
 def test_finished_run_returns_the_ema_weights_with_or_without_an_output_folder(keep, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "EMA", RecordingEMA)
+    monkeypatch.setattr(train.loop, "EMA", RecordingEMA)
     out = None if keep == "in memory" else tmp_path
     result = run(tiny_pixel_job(ema_decay=0.5), out)
     ema = RecordingEMA.last

@@ -241,3 +241,51 @@ def prompt_agreement(prompt: dict, scene: dict) -> dict:
 def matches_prompt(prompt: dict, scene: dict) -> bool:
     """True when the scene has every attribute the (parsed) prompt asks for."""
     return all(prompt_agreement(prompt, scene).values())
+
+
+# -- which caption describes which image ------------------------------------------------------------
+# Used by contrastive training (several images of a batch may fit one caption: "a red circle" fits
+# every red circle) and by retrieval scoring. Written once; the arithmetic is array broadcasting, so
+# the same function runs on host label matrices and on device ones.
+def label_matrix(labels: dict):
+    """A labels dict -> int64 (N, K) matrix, columns in LABEL_KEYS order (-1 = absent / not said)."""
+    return np.stack([np.asarray(labels[key], np.int64) for key in LABEL_KEYS], axis=1)
+
+
+def caption_label_matrix(captions) -> np.ndarray:
+    """(N, K) labels of what each caption *says* (-1 where it says nothing: any value fits)."""
+    return label_matrix(labels_from_attributes([parse_caption(c) for c in captions]))
+
+
+def label_matches(image_labels, caption_labels):
+    """(N_img, N_txt) bool: [i, j] True when caption j describes image i, i.e. every attribute the
+    caption states (label >= 0) equals image i's. Both arguments are (N, K) label matrices, NumPy
+    or CuPy (the result lives where they do)."""
+    not_said = caption_labels[None, :, :] == -1                           # (1, N_txt, K): any value fits
+    agrees = image_labels[:, None, :] == caption_labels[None, :, :]       # (N_img, N_txt, K)
+    return (not_said | agrees).all(axis=2)
+
+
+def caption_matches(image_labels: dict, captions) -> np.ndarray:
+    """``label_matches`` from a labels dict and caption strings, on the host."""
+    return label_matches(label_matrix(image_labels), caption_label_matrix(captions))
+
+
+# -- the fixed prompt set of the evaluation ---------------------------------------------------------
+def _object(colour, shape, size=None):
+    words = ([size] if size else []) + [colour, shape]
+    return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
+
+
+def _fixed_prompts():
+    """30 one-object prompts: every colour with every shape, and every colour at every position
+    (object i: colour i mod 6, shape (i // 6) mod 3, position i mod 5, a size word on two thirds),
+    then 12 two-object prompts, each relation three times, the two objects of different colours."""
+    one = [_object(COLOURS[i % 6], SHAPES[(i // 6) % 3], (None, "small", "large")[(i // 5) % 3])
+           + " " + POSITION_PHRASES[POSITIONS[i % 5]][0] for i in range(30)]
+    two = [_object(COLOURS[j % 6], SHAPES[(j // 4) % 3]) + " " + RELATIONS[j % 4] + " "
+           + _object(COLOURS[(j + 3) % 6], SHAPES[(j // 4 + 1 + j % 2) % 3]) for j in range(12)]
+    return tuple(one + two)
+
+
+FIXED_PROMPTS = _fixed_prompts()     # e.g. "a red circle on the left", "a green square below a yellow triangle"

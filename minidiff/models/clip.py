@@ -25,7 +25,7 @@ of each row is uniform over its positives:
     T_img->txt[i, j] = positives[i, j] / sum_j' positives[i, j']    (and likewise per column)
 
 With ``positives = I`` this is exactly CLIP's loss. Retrieval is scored the same way: a caption's
-top-1 image is a hit when the caption describes it (``retrieval_accuracy``).
+top-1 image is a hit when the caption describes it (``evaluate.retrieval_accuracy``).
 
 Everything has a hand-written backward, including the normalisation and the temperature:
 
@@ -35,25 +35,20 @@ Everything has a hand-written backward, including the normalisation and the temp
     dL/du      = (dL/du_hat - u_hat (u_hat . dL/du_hat)) / ||u||        (projection off u_hat)
 
 Read beside: ``minidiff/models/text_encoder.py``, ``minidiff/nn/layers.py``,
-``minidiff/datasets/shapes.py`` (captions and labels), ``lessons/09_text_encoder.py``.
+``minidiff/datasets/captions.py`` (which caption fits which image), ``minidiff/train/jobs.py`` (the
+``clip`` job: the one training loop trains it), ``lessons/09_text_encoder.py``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import backend
 from ..backend import get_array_module
 from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
 from ..nn.module import Module, Parameter, no_grad
 from .text_encoder import TextEncoder, TextEncoderConfig
-
-HELDOUT_SEED = 999_983      # evaluation batches use seeds (HELDOUT_SEED, seed, k): never trained on
-
 
 # -- configuration -------------------------------------------------------------------------------
 @dataclass
@@ -192,12 +187,6 @@ def l2_normalize_backward(d_x_hat, cache):
     return (d_x_hat - x_hat * (d_x_hat * x_hat).sum(axis=-1, keepdims=True)) / norm
 
 
-def _softmax(z, axis):
-    xp = get_array_module(z)
-    e = xp.exp(z - z.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def contrastive_loss(image_embeds, text_embeds, logit_scale, positives=None, logit_scale_max=math.log(100.0)):
     """Symmetric InfoNCE between L2-normalised embeddings.
 
@@ -239,17 +228,17 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, positives=None, log
     loss_rows = -(t_rows * log_p_rows).sum() / B
     loss_cols = -(t_cols * log_p_cols).sum() / B
     loss = 0.5 * (loss_rows + loss_cols)
-    cache = (u_cache, v_cache, s, below_cap, cosine, logits, t_rows, t_cols)
+    cache = (u_cache, v_cache, s, below_cap, cosine, log_p_rows, log_p_cols, t_rows, t_cols)
     return loss, logits, cache
 
 
 def contrastive_loss_backward(d_loss, cache):
     """-> (d_image_embeds, d_text_embeds, d_logit_scale), see the module docstring for the math."""
-    u_cache, v_cache, s, below_cap, cosine, logits, t_rows, t_cols = cache
-    xp = get_array_module(logits)
-    B = logits.shape[0]
-    # forward was: loss = (CE_rows + CE_cols) / 2
-    d_logits = d_loss * ((_softmax(logits, 1) - t_rows) + (_softmax(logits, 0) - t_cols)) / (2 * B)
+    u_cache, v_cache, s, below_cap, cosine, log_p_rows, log_p_cols, t_rows, t_cols = cache
+    xp = get_array_module(cosine)
+    B = cosine.shape[0]
+    # forward was: loss = (CE_rows + CE_cols) / 2; d CE / d logits = softmax - targets, softmax = exp(log softmax)
+    d_logits = d_loss * ((xp.exp(log_p_rows) - t_rows) + (xp.exp(log_p_cols) - t_cols)) / (2 * B)
     # forward was: logits = s cos,  s = exp(logit_scale)  -> ds/dlogit_scale = s (0 above the cap)
     d_logit_scale = (d_logits * cosine).sum() * s * below_cap
     d_cosine = s * d_logits
@@ -344,185 +333,15 @@ def clip_loss_and_backward(model: MiniCLIP, images, ids, mask, positives=None):
     return loss, logits
 
 
-# -- which caption describes which image ---------------------------------------------------------
-def caption_labels(captions) -> dict:
-    """Parse captions into label arrays (as in shapes' labels); -1 = not said (any value is fine)."""
-    from ..datasets import captions as grammar
-    return grammar.labels_from_attributes([grammar.parse_caption(c) for c in captions])
-
-
-def caption_matches(image_labels: dict, captions) -> np.ndarray:
-    """(B_img, B_txt) bool on the host: [i, j] True when caption j describes image i, i.e. every
-    attribute the caption names agrees with image i's labels (an omitted one matches anything)."""
-    said = caption_labels(captions)
-    match = np.ones((len(image_labels["num_objects"]), len(captions)), dtype=bool)
-    for key, wanted in said.items():
-        have = np.asarray(image_labels[key])
-        match &= (wanted[None, :] == -1) | (have[:, None] == wanted[None, :])
-    return match
-
-
-# -- training ------------------------------------------------------------------------------------
-def train_tokenizer(vocab_size: int, corpus_size: int = 20_000, seed: int = 0):
-    """A byte-level BPE tokenizer trained on ``corpus_size`` shapes captions."""
-    from ..datasets import shapes
-    from .tokenizer import BPETokenizer
-    return BPETokenizer.train(shapes.caption_corpus(corpus_size, seed=seed), vocab_size)
-
-
-def retrieval_accuracy(model: MiniCLIP, tokenizer, num_batches: int = 8, batch_size: int = 64, seed: int = 0):
-    """Text -> image top-1 within held-out batches of ``batch_size`` pairs.
-
-    For each caption the image with the highest cosine similarity is retrieved; it is a hit when
-    the caption describes it (``caption_matches``), so a duplicate is not counted as a miss.
-    Returns dict(top1=..., strict_top1=... (hit only on the caption's own image),
-    chance=... (expected top-1 of a random pick: mean fraction of images each caption describes)).
-    """
-    from ..datasets import shapes
-    xp = get_array_module(model.logit_scale.data)
-    hits = strict = chance = 0.0
-    total = 0
-    for k in range(num_batches):
-        batch = shapes.sample(batch_size, seed=(HELDOUT_SEED, seed, k), size=model.config.image_size)
-        ids, mask = tokenizer.encode_batch(batch["captions"], max_length=model.config.text.max_length)
-        sim = backend.to_numpy(model.similarity(xp.asarray(batch["images"]), ids, mask))   # (B_img, B_txt)
-        best = sim.argmax(axis=0)                                     # top-1 image of each caption
-        match = caption_matches(batch["labels"], batch["captions"])
-        hits += match[best, np.arange(batch_size)].sum()
-        strict += (best == np.arange(batch_size)).sum()
-        chance += match.mean(axis=0).sum()
-        total += batch_size
-    return {"top1": hits / total, "strict_top1": strict / total, "chance": chance / total}
-
-
-def train_clip(config: CLIPConfig, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-               device: str | None = None, tokenizer=None, progress: bool = True, log_every: int = 50,
-               out_dir=None, weight_decay: float = 0.1, warmup_steps: int | None = None,
-               grad_clip: float = 1.0, eval_batches: int = 4):
-    """Pretrain mini-CLIP on shapes captions. Returns (model, history).
-
-    config:     CLIPConfig (config.text.vocab_size must match the tokenizer).
-    tokenizer:  a BPETokenizer; None trains one on shapes captions with config.text.vocab_size.
-    device:     "cpu" | "gpu" | None (the current device).
-    AdamW with decoupled weight decay on matrices only (not on norms, biases or logit_scale),
-    a warmup + cosine learning-rate schedule, and global gradient-norm clipping.
-    history:    dict of lists logged every ``log_every`` steps: step, loss, top1 (in-batch,
-                attribute-aware), temperature, lr; plus seconds (wall time of training),
-                eval (``retrieval_accuracy`` on ``eval_batches`` held-out batches, {} if 0) and
-                files ({} or the paths written by ``save_clip`` when ``out_dir`` is given).
-    """
-    from ..datasets import shapes
-    from ..optim import AdamW, clip_grad_norm, warmup_cosine
-
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"train_clip: {name} must be a positive integer, got {value!r}")
-    if batch_size < 2:
-        raise ValueError(f"train_clip: batch_size must be at least 2 for a contrastive loss, got {batch_size}")
-    dev = backend.set_device(device) if device is not None else backend.device()
-    if tokenizer is None:
-        tokenizer = train_tokenizer(config.text.vocab_size, seed=seed)
-    tokenizer.check_vocab_size(config.text.vocab_size)
-    model = MiniCLIP(config, seed=seed).to(dev)
-    xp = get_array_module(model.logit_scale.data)
-
-    named = model.named_parameters()
-    optimizers = [AdamW([(n, p) for n, p in named if p.data.ndim >= 2], lr=lr, betas=(0.9, 0.98),
-                        weight_decay=weight_decay),
-                  AdamW([(n, p) for n, p in named if p.data.ndim < 2], lr=lr, betas=(0.9, 0.98),
-                        weight_decay=0.0)]
-    warmup = max(1, steps // 20) if warmup_steps is None else warmup_steps
-
-    history = {"step": [], "loss": [], "top1": [], "temperature": [], "lr": []}
-    stream = shapes.batches(batch_size, seed=seed, size=config.image_size)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, desc="mini-CLIP", unit="step")
-    start = time.perf_counter()
-    model.train()
-    for step in range(steps):
-        batch = next(stream)
-        images = xp.asarray(batch["images"])
-        # ids, mask and the positives stay on the host: they are checked there and copied over
-        ids, mask = tokenizer.encode_batch(batch["captions"], max_length=config.text.max_length)
-        match = caption_matches(batch["labels"], batch["captions"])
-        model.zero_grad()
-        loss, logits = clip_loss_and_backward(model, images, ids, mask, match)
-        clip_grad_norm(model, grad_clip)
-        step_lr = warmup_cosine(step + 1, lr, warmup, steps, min_lr=0.1 * lr)
-        for optimizer in optimizers:
-            optimizer.step(lr=step_lr)
-        if step % log_every == 0 or step == steps - 1:
-            best = backend.to_numpy(logits).argmax(axis=0)           # each caption's top-1 image
-            history["step"].append(step)
-            history["loss"].append(float(loss))
-            history["top1"].append(float(match[best, np.arange(batch_size)].mean()))
-            history["temperature"].append(model.temperature)
-            history["lr"].append(step_lr)
-            if bar is not None:
-                bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", top1=f"{history['top1'][-1]:.2f}",
-                                T=f"{history['temperature'][-1]:.3f}")
-        if bar is not None:
-            bar.update(1)
-    backend.synchronize()
-    history["seconds"] = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-    model.eval()
-    history["eval"] = retrieval_accuracy(model, tokenizer, eval_batches, 64, seed) if eval_batches else {}
-    training = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "eval": history["eval"]}
-    history["files"] = save_clip(model, tokenizer, out_dir, training) if out_dir is not None else {}
-    return model, history
-
-
-CLIP_FILES = {"clip": "clip.npz", "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json"}
-
-
-def save_clip(model: MiniCLIP, tokenizer, out_dir, training=None) -> dict:
-    """Write into ``out_dir``: clip.npz (the whole model), text_encoder.npz (the text tower alone,
-    as ``pipeline`` loads it) and tokenizer.json. Configs go in each header as {"model": ...,
-    "training": ...}. Returns {"clip": path, "text_encoder": path, "tokenizer": path}."""
-    from pathlib import Path
-
-    from ..checkpoint import save_checkpoint
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {key: out_dir / name for key, name in CLIP_FILES.items()}
-    info = {"training": training or {}}
-    save_checkpoint(paths["clip"], model=model, config={"model": dataclasses.asdict(model.config), **info})
-    save_checkpoint(paths["text_encoder"], model=model.text_encoder,
-                    config={"model": dataclasses.asdict(model.config.text), "source": "mini-CLIP", **info})
-    tokenizer.save(paths["tokenizer"])
-    return {key: str(path) for key, path in paths.items()}
-
-
-def load_clip(directory, device: str | None = None):
-    """(MiniCLIP, BPETokenizer) from a folder written by ``save_clip`` / ``train_clip(out_dir=...)``."""
-    from pathlib import Path
-
-    from ..checkpoint import load_checkpoint, load_into
-    from .tokenizer import BPETokenizer
-    directory = Path(directory)
-    ckpt = load_checkpoint(directory / CLIP_FILES["clip"], hint="train one with: python -m minidiff train clip")
-    model = MiniCLIP(CLIPConfig.from_dict(ckpt.config["model"]), seed=0)
-    load_into(model, ckpt)
-    model.to(device or backend.device()).eval()
-    tokenizer = BPETokenizer.load(directory / CLIP_FILES["tokenizer"])
-    tokenizer.check_vocab_size(model.config.text.vocab_size)
-    return model, tokenizer
-
-
-if __name__ == "__main__":          # python -m minidiff.models.clip
-    from ..datasets import shapes
+if __name__ == "__main__":          # python -m minidiff.models.clip: a random batch through an untrained model
     config = CLIPConfig.quick()
-    tokenizer = train_tokenizer(config.text.vocab_size, corpus_size=2000)
+    rng = np.random.default_rng(0)
     model = MiniCLIP(config, seed=0)
-    batch = shapes.sample(16, seed=0)
-    ids, mask = tokenizer.encode_batch(batch["captions"], max_length=config.text.max_length)
-    positives = caption_matches(batch["labels"], batch["captions"])
-    loss, logits = clip_loss_and_backward(model, batch["images"], ids, mask, positives)
-    print(f"MiniCLIP.quick: {model.num_parameters():,} parameters; a batch of 16 pairs, "
-          f"{int(positives.sum()) - 16} extra caption-image matches")
-    print(f"untrained loss {float(loss):.3f} (log 16 = {math.log(16):.3f}), logits {logits.shape}, "
+    B, L = 16, config.text.max_length
+    images = rng.uniform(-1, 1, (B, 3, config.image_size, config.image_size)).astype(np.float32)
+    ids = rng.integers(3, config.text.vocab_size, (B, L))
+    mask = np.ones((B, L), dtype=bool)
+    loss, logits = clip_loss_and_backward(model, images, ids, mask)
+    print(f"MiniCLIP.quick: {model.num_parameters():,} parameters; a batch of {B} random pairs")
+    print(f"untrained loss {float(loss):.3f} (log {B} = {math.log(B):.3f}), logits {logits.shape}, "
           f"temperature {model.temperature:.3f}, d loss / d logit_scale = {float(model.logit_scale.grad):+.4f}")

@@ -1,0 +1,29 @@
+"""Training: every model minidiff ships is trained by one loop, ``fit``, that you can read top to bottom.
+
+    python -m minidiff train pixel        # unconditional U-Net on shapes images (or --data folder:PATH / idx:PATH)
+    python -m minidiff train vae          # the KL autoencoder; stores the latent scale factor at the end
+    python -m minidiff train latent       # unconditional U-Net on the latents of a trained VAE (--vae)
+    python -m minidiff train clip         # BPE tokenizer + mini-CLIP -> tokenizer.json, text_encoder.npz
+    python -m minidiff train text2image   # U-Net on latents, cross-attending to the frozen text encoder
+    python -m minidiff train classifier   # the attribute classifier behind `python -m minidiff evaluate`
+    python -m minidiff train all --out DIR --preset full --max-minutes 8    # clip, vae, text2image, classifier;
+                                          # run it again (same command) until it prints "all stages complete"
+
+The package, in reading order:
+
+    config.py   the job configs (dataclasses with quick() and full() instances), make_config
+    loop.py     fit: the one training loop (AdamW, EMA, clipping, checkpoints, resume, samples)
+    data.py     the training data, prepared once and kept on the device
+    jobs.py     one function per job: data + model + a loss function, handed to fit
+    cli.py      the command line and `train all`
+"""
+from .config import (JOB_CONFIGS, JOBS, OVERRIDES, ClassifierJob, ClipJob, DiffusionTrainConfig,  # noqa: F401
+                     LatentJob, PixelJob, Text2ImageJob, TrainConfig, VAEJob, make_config)
+from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states  # noqa: F401
+from .loop import RESUMABLE_CHANGES, FitResult, TrainingDiverged, check_resumable, fit, step_rng  # noqa: F401
+from .jobs import (RUNNERS, run_classifier, run_clip, run_latent, run_pixel, run_text2image,  # noqa: F401
+                   run_vae, train_classifier, train_tokenizer)
+from .cli import ALL_STAGES, OUTPUT_DIR, add_arguments, main, run_all  # noqa: F401
+from ..optim import AdamWGroups  # noqa: F401  (its old home)
+from ..zoo import (FILES, MODEL_CLASSES, PRETRAINED_DIR, TEXT_ENCODER_FILE, TOKENIZER_FILE,  # noqa: F401
+                   checkpoint_job, config_from_dict, is_complete, load_trained)

@@ -1,0 +1,115 @@
+"""``python -m minidiff train JOB [options]``: the arguments, and ``train all`` (the shipped
+checkpoints, stage by stage, in pieces of at most --max-minutes)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, zoo
+from .config import JOB_CONFIGS, JOBS, OVERRIDES, make_config
+from .jobs import RUNNERS
+
+OUTPUT_DIR = zoo.REPO_ROOT / "outputs" / "train"
+
+ALL_STAGES = ("clip", "vae", "text2image", "classifier")
+
+
+def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, ship_dtype=None) -> bool:
+    """clip (+ tokenizer), vae, text2image, classifier into ``out``; each stage resumes its checkpoint
+    and a complete one is skipped. Returns True when every stage is complete.
+
+    ``overrides`` reach every stage that has the setting; one that no stage uses is a ValueError
+    (text2image always reads the VAE and text encoder trained into ``out``, so ``vae`` and
+    ``text_encoder`` are not accepted)."""
+    out = Path(out)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    fields = {job: {f.name for f in dataclasses.fields(JOB_CONFIGS[job])} for job in ALL_STAGES}
+    used = set().union(*fields.values()) - {"vae", "text_encoder"}
+    unused = sorted(set(overrides) - used)
+    if unused:
+        k = unused[0]
+        raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: no stage of `train all` uses it "
+                         f"(stages: {', '.join(ALL_STAGES)}); train that job on its own")
+    for job in ALL_STAGES:
+        path = out / zoo.FILES[job]
+        if zoo.is_complete(path):
+            print(f"{job}: complete ({path}); skipping")
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"train all: --max-minutes is up before {job}; run the same command again to continue")
+            return False
+        cfg = make_config(job, preset, {k: v for k, v in overrides.items() if k in fields[job]})
+        if job == "text2image":
+            cfg = dataclasses.replace(cfg, vae=str(out / zoo.FILES["vae"]),
+                                      text_encoder=str(out / zoo.FILES["text_encoder"]),
+                                      tokenizer=str(out / zoo.FILES["tokenizer"]))
+        result = RUNNERS[job](cfg, out=out, resume=True, deadline=deadline, progress=progress,
+                              ship_dtype=ship_dtype)
+        if not result.complete:
+            print(f"train all: {job} stopped at step {result.step}/{cfg.steps}; run the same command again "
+                  "to continue")
+            return False
+    print(f"train all: all stages complete in {out}")
+    return True
+
+
+def add_arguments(parser):
+    parser.add_argument("job", choices=JOBS + ("all",), help="what to train")
+    parser.add_argument("--preset", choices=("quick", "full"), default="quick",
+                        help="quick: minutes on a CPU (default); full: the shipped models, on a GPU")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default outputs/train)")
+    parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="save a checkpoint and stop after this many minutes (continue with --resume)")
+    parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop at this step")
+    for flag, kind, what in (("--steps", int, "training steps"), ("--batch-size", int, "batch size"),
+                             ("--lr", float, "peak learning rate"), ("--seed", int, "seed of data, init and noise"),
+                             ("--dataset-size", int, "images rendered once and kept on the device"),
+                             ("--log-every", int, "steps between loss read-outs"),
+                             ("--checkpoint-every", int, "steps between checkpoints"),
+                             ("--sample-every", int, "steps between sample grids")):
+        parser.add_argument(flag, type=kind, help=f"{what} (default: the preset's)")
+    parser.add_argument("--data", help="pixel job: shapes (default), folder:PATH or idx:PATH")
+    parser.add_argument("--vae", help="latent, text2image: the VAE checkpoint (default data/pretrained/vae.npz)")
+    parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")
+    parser.add_argument("--tokenizer", help="clip (optional: else one is trained), text2image: tokenizer.json")
+    parser.add_argument("--model", help="a named model config of the job (e.g. vae: f4_32, f8_64; pixel: quick16, pixel32)")
+    parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune)")
+    parser.add_argument("--two-object-fraction", type=float,
+                        help="text2image: share of two-object scenes in the training data (default 0.3)")
+    parser.add_argument("--half", action="store_true",
+                        help="store the final weights as float16 (half the file size)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    backend.add_device_argument(parser)
+    return parser
+
+
+def main(args) -> int:
+    """Run ``python -m minidiff train`` from parsed arguments; returns the exit code."""
+    backend.set_device(args.device)
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ValueError(f"--stop-at must be >= 1, got {args.stop_at}")
+    if args.stop_at is not None and args.job == "all":
+        raise ValueError(f"--stop-at {args.stop_at} names a step of one job; `train all` runs several "
+                         "(stop it with --max-minutes)")
+    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
+    out = Path(args.out) if args.out else OUTPUT_DIR
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = {name: getattr(args, name) for name in OVERRIDES}
+    ship_dtype = np.float16 if args.half else None
+    print(f"train {args.job}: preset {args.preset}, device {backend.device()}, output {out}")
+    if args.job == "all":
+        run_all(out, args.preset, overrides, deadline, not args.no_progress, ship_dtype)
+        return 0
+    cfg = make_config(args.job, args.preset, overrides)
+    RUNNERS[args.job](cfg, out=out, resume=args.resume, deadline=deadline, stop_at=args.stop_at,
+                      progress=not args.no_progress, ship_dtype=ship_dtype)
+    return 0

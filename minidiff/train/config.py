@@ -1,0 +1,223 @@
+"""Training configs: what every job shares, then one dataclass per job with two named instances.
+
+``quick()`` is a few minutes on a 2-core CPU (the default); ``full()`` (``--preset full``) trains
+the shipped models, on a GPU. ``make_config(job, preset, overrides)`` is what the command line
+builds, e.g. ``make_config("vae", "quick", {"steps": 100})``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .. import zoo
+from ..checks import positive_int
+from ..models.classifier import ClassifierConfig
+from ..models.clip import CLIPConfig
+from ..models.unet import UNetConfig
+from ..models.vae import VAEConfig
+
+JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier")
+
+
+# =================================================================================================
+# configs: what every job shares, then one dataclass per job with quick() and full() instances
+# =================================================================================================
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-5              # the cosine decays to this
+    warmup_steps: int = 100
+    weight_decay: float = 0.0         # decoupled, on weight matrices and kernels only
+    betas: tuple = (0.9, 0.999)
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    dataset_size: int = 5000          # images rendered (or encoded) once and kept on the device
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_every: int = 500
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        for name in ("steps", "batch_size", "dataset_size", "log_every", "checkpoint_every", "sample_every"):
+            setattr(self, name, positive_int(type(self).__name__, name, getattr(self, name)))
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{type(self).__name__}: lr must be a number > 0, got {self.lr!r}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"{type(self).__name__}: warmup_steps must be in [0, steps={self.steps}], "
+                             f"got {self.warmup_steps!r}")
+        self.min_lr = min(self.min_lr, self.lr)
+
+
+@dataclass
+class DiffusionTrainConfig(TrainConfig):
+    schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    min_snr_gamma: float | None = None
+    sample_steps: int = 50            # DDIM steps for the periodic sample grid
+    num_samples: int = 16
+
+    def diffusion(self) -> dict:
+        """What pipeline.py and evaluate.py need to rebuild the noise schedule."""
+        return {"schedule": self.schedule, "num_steps": self.num_train_timesteps,
+                "prediction_type": self.prediction_type}
+
+
+@dataclass
+class PixelJob(DiffusionTrainConfig):
+    """Unconditional U-Net on images: shapes (default), ``folder:PATH`` or ``idx:PATH`` (MNIST files)."""
+    model: UNetConfig = field(default_factory=UNetConfig.quick16)
+    data: str = "shapes"
+    image_size: int = 16
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=1500, batch_size=32, lr=1e-3, dataset_size=4000, sample_steps=25)
+
+    @classmethod
+    def full(cls):
+        return cls(model=UNetConfig.pixel32(), image_size=32, steps=20000, batch_size=128, lr=2e-4,
+                   warmup_steps=500, dataset_size=50000, checkpoint_every=2000, sample_every=2000)
+
+
+@dataclass
+class VAEJob(TrainConfig):
+    """KL autoencoder with Stable Diffusion's L1 + 1e-6 KL objective."""
+    model: VAEConfig = field(default_factory=VAEConfig.f4_32)
+    kl_weight: float = 1e-6
+    recon: str = "l1"
+    scale_images: int = 2048          # images whose latents set the scale factor at the end
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=800, batch_size=16, lr=1e-3, dataset_size=4000, scale_images=512)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=1300, batch_size=64, lr=1e-3, warmup_steps=130, dataset_size=40000,
+                   checkpoint_every=1000, sample_every=1000)
+
+
+def _latent_unet(**changes):
+    """An unconditional U-Net for 4 x 8 x 8 latents (the text-to-image one without cross-attention)."""
+    return dataclasses.replace(UNetConfig.latent8(), context_dim=None, **changes)
+
+
+@dataclass
+class LatentJob(DiffusionTrainConfig):
+    """Unconditional U-Net on the scaled latents of a trained VAE checkpoint."""
+    model: UNetConfig = field(default_factory=lambda: _latent_unet(base_channels=32, num_res_blocks=1))
+    vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
+    schedule: str = "scaled_linear"
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=1500, batch_size=32, lr=1e-3, dataset_size=4000, sample_steps=25)
+
+    @classmethod
+    def full(cls):
+        return cls(model=_latent_unet(), steps=15000, batch_size=128, lr=2e-4, warmup_steps=500,
+                   dataset_size=50000, checkpoint_every=2000, sample_every=2000)
+
+
+@dataclass
+class ClipJob(TrainConfig):
+    """mini-CLIP: the text encoder learns from matching captions to images. No --tokenizer: train one."""
+    model: CLIPConfig = field(default_factory=CLIPConfig.quick)
+    tokenizer: str | None = None
+    tokenizer_corpus: int = 20000
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.98)
+    ema_decay: float = 0.995
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=600, batch_size=64, lr=1e-3, dataset_size=8000)
+
+    @classmethod
+    def full(cls):
+        return cls(model=CLIPConfig.shipped(), steps=600, batch_size=128, lr=1e-3, warmup_steps=60,
+                   dataset_size=50000, checkpoint_every=1000, sample_every=1000)
+
+
+@dataclass
+class Text2ImageJob(DiffusionTrainConfig):
+    """Conditional latent U-Net; captions swapped for "" with probability ``cond_dropout`` (for guidance)."""
+    model: UNetConfig = field(default_factory=lambda: dataclasses.replace(
+        UNetConfig.latent8(), base_channels=32, num_res_blocks=1))
+    vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
+    text_encoder: str = str(zoo.PRETRAINED_DIR / zoo.FILES["text_encoder"])
+    tokenizer: str = str(zoo.PRETRAINED_DIR / zoo.FILES["tokenizer"])
+    cond_dropout: float = 0.1
+    schedule: str = "scaled_linear"
+    guidance_scale: float = 4.0       # for the periodic sample grid
+    two_object_fraction: float = 0.3  # share of two-object scenes ("A above B") in the training images
+    init: str | None = None           # start from the weights of this finished unet.npz (fine-tuning)
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=2000, batch_size=32, lr=1e-3, dataset_size=4000, sample_steps=25)
+
+    @classmethod
+    def full(cls):
+        """The first stage of the shipped U-Net (data/pretrained/README.md has the second)."""
+        return cls(model=UNetConfig.latent8(), steps=4500, batch_size=256, lr=4e-4, warmup_steps=450,
+                   dataset_size=60000, checkpoint_every=500, sample_every=1500)
+
+
+@dataclass
+class ClassifierJob(TrainConfig):
+    """The attribute classifier (models/classifier.py) that evaluate.py judges with (cross-entropy per head)."""
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    ema_decay: float = 0.99
+
+    @classmethod
+    def quick(cls):
+        return cls(model=ClassifierConfig(channels=(16, 32, 64)), steps=600, batch_size=32,
+                   dataset_size=8000, warmup_steps=50)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=4000, batch_size=128, dataset_size=40000, warmup_steps=200,
+                   checkpoint_every=1000, sample_every=1000)
+
+
+JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": ClipJob,
+               "text2image": Text2ImageJob, "classifier": ClassifierJob}
+
+
+OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
+             "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model")
+
+
+def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
+    """The job's ``quick()`` or ``full()`` config with command-line overrides (None = keep).
+
+    An override the job has no setting for (e.g. ``data`` for the vae job) is a ValueError."""
+    if job not in JOB_CONFIGS:
+        raise ValueError(f"unknown job {job!r}; choose one of {JOBS}")
+    if preset not in ("quick", "full"):
+        raise ValueError(f"preset must be 'quick' or 'full', got {preset!r}")
+    cfg = getattr(JOB_CONFIGS[job], preset)()
+    model_name = (overrides or {}).get("model")
+    if model_name is not None:                 # a named model config, e.g. --model f8_64 for the vae job
+        config_class = type(cfg.model)
+        named = sorted(n for n, v in vars(config_class).items() if isinstance(v, classmethod))
+        if model_name not in named:
+            raise ValueError(f"--model {model_name!r} is not a named {config_class.__name__}; choose one of {named}")
+        cfg = dataclasses.replace(cfg, model=getattr(config_class, model_name)())
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unused = sorted(k for k, v in (overrides or {}).items() if v is not None and k not in names)
+    if unused:
+        k = unused[0]
+        raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: the {job} job has no {k!r} setting")
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None and k != "model"}
+    if changes.get("steps") is not None and "warmup_steps" not in changes:
+        changes["warmup_steps"] = min(cfg.warmup_steps, changes["steps"] // 10)
+    return dataclasses.replace(cfg, **changes)

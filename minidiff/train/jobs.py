@@ -1,0 +1,287 @@
+"""The jobs behind ``python -m minidiff train JOB``: each prepares its data and model, then hands
+``fit`` (``loop.py``) a loss function. Nothing here is a second training loop.
+
+    pixel       unconditional U-Net on images (shapes, or --data folder:PATH / idx:PATH)
+    vae         the KL autoencoder; its latent scale factor is measured at the end
+    latent      unconditional U-Net on the latents of a trained VAE
+    clip        BPE tokenizer + mini-CLIP -> tokenizer.json, clip.npz and text_encoder.npz
+    text2image  U-Net on latents, cross-attending to the frozen text encoder, captions dropped 10%
+    classifier  the attribute classifier that ``evaluate`` judges with
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, evaluate, zoo
+from ..checkpoint import load_checkpoint, load_into
+from ..datasets import captions, shapes
+from ..diffusion import samplers
+from ..diffusion.loss import diffusion_loss, training_targets
+from ..diffusion.schedule import NoiseSchedule
+from ..models.classifier import AttributeClassifier, classifier_loss
+from ..models.clip import MiniCLIP, clip_loss_and_backward
+from ..models.tokenizer import BPETokenizer
+from ..models.unet import UNet
+from ..models.vae import AutoencoderKL, vae_loss
+from ..pipeline import Pipeline
+from .config import ClassifierJob, ClipJob, DiffusionTrainConfig, LatentJob, PixelJob, Text2ImageJob, VAEJob
+from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states
+from .loop import fit
+
+
+def train_tokenizer(vocab_size: int, corpus_size: int = 20_000, seed: int = 0):
+    """A byte-level BPE tokenizer trained on ``corpus_size`` shapes captions."""
+    return BPETokenizer.train(shapes.caption_corpus(corpus_size, seed=seed), vocab_size)
+
+
+def _checkpoint_config(job, model, cfg):
+    """The checkpoint's JSON config in the zoo's one schema: job, model config, training settings."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model"}
+    diffusion = cfg.diffusion() if isinstance(cfg, DiffusionTrainConfig) else None
+    return zoo.checkpoint_config(job, model, train, diffusion)
+
+
+def _diffusion_loss_fn(model, schedule, cfg, draw_batch):
+    """loss_fn for the diffusion jobs: x_0 (and context) from ``draw_batch(rng)``, then L_simple."""
+    def loss_fn(rng):
+        x0, context, context_mask = draw_batch(rng)
+        x_t, t, noise, _ = training_targets(schedule, x0, rng, cfg.prediction_type)
+        out = model.forward(x_t, t, context, context_mask)
+        loss, d_out = diffusion_loss(out, x0, noise, t, schedule, cfg.prediction_type, cfg.min_snr_gamma)
+        model.backward(d_out)
+        return loss
+    return loss_fn
+
+
+def _unconditional_sampler(schedule, cfg, shape, decode=None):
+    """sample_fn for the periodic grid: DDIM from fixed noise (the same seed every time)."""
+    def sample_fn(model):
+        x = samplers.sample(lambda x_t, t: model.forward(x_t, t), schedule, shape, sampler="ddim",
+                            steps=cfg.sample_steps, rng=backend.rng(cfg.seed), prediction_type=cfg.prediction_type,
+                            progress=False)
+        return decode(x) if decode else x
+    return sample_fn
+
+
+def run_pixel(cfg: PixelJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
+    xp = backend.get_xp()
+    images = load_images(cfg.data, cfg.image_size, cfg.dataset_size, cfg.seed)
+    model_config = dataclasses.replace(cfg.model, in_channels=images.shape[1], out_channels=images.shape[1],
+                                       image_size=cfg.image_size)
+    model = UNet(model_config, seed=cfg.seed).to(backend.device())
+    data = xp.asarray(images)                                          # (N, C, S, S) on the device
+    schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
+
+    def draw_batch(rng):
+        (x0,) = gather(rng, data, batch_size=cfg.batch_size)
+        return x0, None, None
+
+    shape = (cfg.num_samples,) + data.shape[1:]
+    return fit("pixel", model, _diffusion_loss_fn(model, schedule, cfg, draw_batch), cfg,
+               _checkpoint_config("pixel", model, cfg), out, resume, deadline, stop_at,
+               sample_fn=_unconditional_sampler(schedule, cfg, shape), progress=progress, ship_dtype=ship_dtype)
+
+
+def run_vae(cfg: VAEJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
+    xp = backend.get_xp()
+    model = AutoencoderKL(cfg.model, seed=cfg.seed).to(backend.device())
+    data = xp.asarray(load_images("shapes", cfg.model.image_size, cfg.dataset_size, cfg.seed))
+
+    def loss_fn(rng):
+        (x,) = gather(rng, data, batch_size=cfg.batch_size)
+        loss, _ = vae_loss(model, x, rng, kl_weight=cfg.kl_weight, recon=cfg.recon)
+        return loss
+
+    def sample_fn(vae):                    # top row: images, bottom row: their reconstructions
+        x = data[:8]
+        return xp.concatenate([x, vae.decode(vae.encode(x).mode())])
+
+    def finalize(vae):
+        # scale_factor = 1 / std(z): the latents the diffusion model sees have about unit variance
+        scale = vae.compute_scale_factor(data[:cfg.scale_images])
+        print(f"vae: latent scale factor {scale:.4f} (1 / std of {min(cfg.scale_images, len(data))} latents)")
+        return {"scale_factor": np.asarray(scale, np.float64)}
+
+    return fit("vae", model, loss_fn, cfg, _checkpoint_config("vae", model, cfg), out, resume, deadline, stop_at,
+               sample_fn=sample_fn, finalize=finalize, progress=progress, ship_dtype=ship_dtype)
+
+
+def _latent_model_config(cfg, vae, **changes):
+    return dataclasses.replace(cfg.model, in_channels=vae.config.latent_channels,
+                               out_channels=vae.config.latent_channels, image_size=vae.config.latent_size, **changes)
+
+
+def run_latent(cfg: LatentJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
+    xp = backend.get_xp()
+    vae = zoo.load_vae(cfg.vae)
+    model = UNet(_latent_model_config(cfg, vae), seed=cfg.seed).to(backend.device())
+    means, stds = encode_dataset(vae, load_images("shapes", vae.config.image_size, cfg.dataset_size, cfg.seed))
+    schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
+
+    def draw_batch(rng):
+        mean, std = gather(rng, means, stds, batch_size=cfg.batch_size)
+        # z ~ q(z | x), already scaled: z = mean + std * eps
+        return mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype), None, None
+
+    shape = (cfg.num_samples,) + means.shape[1:]
+    decode = lambda z: xp.clip(vae.decode_latents(z), -1, 1)           # noqa: E731
+    return fit("latent", model, _diffusion_loss_fn(model, schedule, cfg, draw_batch), cfg,
+               _checkpoint_config("latent", model, cfg), out, resume, deadline, stop_at,
+               sample_fn=_unconditional_sampler(schedule, cfg, shape, decode), progress=progress,
+               ship_dtype=ship_dtype)
+
+
+def _load_or_train_tokenizer(cfg: ClipJob, out):
+    """The job's tokenizer: --tokenizer FILE, else DIR/tokenizer.json from an earlier run, else a new one."""
+    saved = Path(out) / zoo.FILES["tokenizer"] if out is not None else None
+    if cfg.tokenizer:
+        tokenizer = BPETokenizer.load(cfg.tokenizer)
+    elif saved is not None and saved.exists():
+        tokenizer = BPETokenizer.load(saved)
+    else:
+        print(f"clip: training a BPE tokenizer (vocabulary {cfg.model.text.vocab_size}) on "
+              f"{cfg.tokenizer_corpus} captions")
+        tokenizer = train_tokenizer(cfg.model.text.vocab_size, corpus_size=cfg.tokenizer_corpus, seed=cfg.seed)
+    tokenizer.check_vocab_size(cfg.model.text.vocab_size)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(saved)
+    return tokenizer
+
+
+def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
+    """mini-CLIP; when complete, also writes DIR/text_encoder.npz (the text tower alone) for text2image."""
+    xp = backend.get_xp()
+    tokenizer = _load_or_train_tokenizer(cfg, out)
+    model = MiniCLIP(cfg.model, seed=cfg.seed).to(backend.device())
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=cfg.model.image_size)
+    ids, mask = tokenizer.encode_batch(batch["captions"], max_length=cfg.model.text.max_length)
+    images, ids, mask = xp.asarray(batch["images"]), xp.asarray(ids), xp.asarray(mask)
+    image_labels = xp.asarray(captions.label_matrix(batch["labels"]))                  # (N, K)
+    said = xp.asarray(captions.caption_label_matrix(batch["captions"]))                # (N, K), -1 = not said
+
+    def loss_fn(rng):
+        x, ids_b, mask_b, have, wanted = gather(rng, images, ids, mask, image_labels, said,
+                                                batch_size=cfg.batch_size)
+        loss, _ = clip_loss_and_backward(model, x, ids_b, mask_b, captions.label_matches(have, wanted))
+        return loss
+
+    def finalize(clip):
+        if out is not None:
+            text_path = Path(out) / zoo.FILES["text_encoder"]
+            zoo.save_text_encoder(text_path, clip, source=Path(out) / zoo.FILES["clip"], step=cfg.steps,
+                                  dtype=ship_dtype)
+            print(f"clip: text encoder -> {text_path}, tokenizer -> {Path(out) / zoo.FILES['tokenizer']}")
+        return {}
+
+    heldout = shapes.sample(64, seed=(evaluate.CLIP_HELDOUT_SEED, cfg.seed, 10 ** 6), size=cfg.model.image_size)
+    heldout_ids, heldout_mask = tokenizer.encode_batch(heldout["captions"], max_length=cfg.model.text.max_length)
+    heldout_match = captions.caption_matches(heldout["labels"], heldout["captions"])
+    heldout_images = xp.asarray(heldout["images"])
+
+    def metrics_fn(clip):
+        """Read at every log window: the learned temperature and top-1 on one held-out batch."""
+        best = backend.to_numpy(clip.similarity(heldout_images, heldout_ids, heldout_mask)).argmax(axis=0)
+        return {"temperature": clip.temperature,
+                "heldout_top1": heldout_match[best, np.arange(len(best))].mean()}
+
+    result = fit("clip", model, loss_fn, cfg, _checkpoint_config("clip", model, cfg), out, resume, deadline,
+                 stop_at, finalize=finalize, progress=progress, ship_dtype=ship_dtype,
+                 metrics_fn=metrics_fn)
+    if result.complete:
+        scores = evaluate.retrieval_accuracy(result.model, tokenizer, num_batches=4, batch_size=64, seed=cfg.seed)
+        result.evaluation = scores
+        print(f"clip: held-out text->image top-1 {scores['top1']:.3f} (chance {scores['chance']:.3f})")
+    return result
+
+
+def run_text2image(cfg: Text2ImageJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
+                   ship_dtype=None):
+    xp = backend.get_xp()
+    vae = zoo.load_vae(cfg.vae)
+    text_encoder = zoo.load_text_encoder(cfg.text_encoder)
+    tokenizer = zoo.load_tokenizer(cfg.tokenizer, text_encoder.config.vocab_size)
+    model = UNet(_latent_model_config(cfg, vae, context_dim=text_encoder.config.width), seed=cfg.seed)
+    model.to(backend.device())
+    if cfg.init is not None:                          # fine-tune: start from a finished model's weights
+        init = load_checkpoint(cfg.init, hint="--init takes a finished text2image unet.npz")
+        if zoo.checkpoint_job(init) != "text2image":
+            raise ValueError(f"--init {cfg.init} is a {zoo.checkpoint_job(init)} checkpoint, not a text2image one")
+        load_into(model, init)
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=vae.config.image_size,
+                          two_object_fraction=cfg.two_object_fraction)
+    means, stds = encode_dataset(vae, batch["images"])
+    # the text encoder is frozen, so every caption's states are computed once
+    states, masks = text_states(text_encoder, tokenizer, batch["captions"])         # (N, L, W), (N, L)
+    empty_state, empty_mask = text_states(text_encoder, tokenizer, [""])            # (1, L, W), (1, L)
+    schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
+
+    def draw_batch(rng):
+        mean, std, context, context_mask = gather(rng, means, stds, states, masks, batch_size=cfg.batch_size)
+        z0 = mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype)         # z ~ q(z | x), scaled
+        # conditioning dropout: with probability cond_dropout the caption becomes "" (for guidance)
+        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout
+        context = xp.where(drop[:, None, None], empty_state, context)
+        context_mask = xp.where(drop[:, None], empty_mask, context_mask)
+        return z0, context, context_mask
+
+    pipe = Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
+                    prediction_type=cfg.prediction_type, max_length=text_encoder.config.max_length)
+    prompts = [captions.FIXED_PROMPTS[i % len(captions.FIXED_PROMPTS)] for i in range(cfg.num_samples)]
+
+    def sample_fn(unet):
+        return pipe.sample_prompts(prompts, cfg.guidance_scale, steps=cfg.sample_steps, seed=cfg.seed)
+
+    return fit("text2image", model, _diffusion_loss_fn(model, schedule, cfg, draw_batch), cfg,
+               _checkpoint_config("text2image", model, cfg), out, resume, deadline, stop_at,
+               sample_fn=sample_fn, progress=progress, ship_dtype=ship_dtype)
+
+
+def run_classifier(cfg: ClassifierJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
+                   ship_dtype=None):
+    xp = backend.get_xp()
+    model = AttributeClassifier(cfg.model, seed=cfg.seed).to(backend.device())
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=cfg.model.image_size)
+    # the whole set arranged as [one-object | two-object scenes]; a batch takes its rows from each part
+    # in the data's proportion, so every head's label block is known without looking at the labels
+    images, targets, num_single = evaluate.arrange_batch(batch["images"], batch["labels"])
+    images = xp.asarray(images)
+    targets = {name: xp.asarray(t) for name, t in targets.items()}
+    batch_single = int(round(cfg.batch_size * num_single / cfg.dataset_size))
+    batch_pair = cfg.batch_size - batch_single
+
+    parts = [(low, high, count) for low, high, count in ((0, num_single, batch_single),
+                                                          (num_single, cfg.dataset_size, batch_pair)) if count]
+
+    def loss_fn(rng):
+        idx = xp.concatenate([rng.integers(low, high, size=(count,)) for low, high, count in parts])
+        return classifier_loss(model, images[idx], {k: t[idx] for k, t in targets.items()},
+                                        batch_single)
+
+    result = fit("classifier", model, loss_fn, cfg, _checkpoint_config("classifier", model, cfg), out, resume,
+                 deadline, stop_at, progress=progress, ship_dtype=ship_dtype)
+    if result.complete:
+        scores = evaluate.classifier_accuracy(result.model, n=1024, seed=cfg.seed)
+        print("classifier: held-out accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return result
+
+
+RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
+           "text2image": run_text2image, "classifier": run_classifier}
+
+
+def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,
+                     config=None, lr: float = 2e-3, dataset_size: int = 8000, out=None, progress: bool = False):
+    """Train an AttributeClassifier (the ``classifier`` job with these settings) and return it in
+    eval mode with its EMA weights. ``out``: a folder for classifier.npz, or None (memory only).
+    ``device``: where to train (None: the current device; the caller's device is left as it was)."""
+    from .config import make_config
+    job = make_config("classifier", "quick", {"steps": steps, "batch_size": batch_size, "seed": seed,
+                                              "lr": lr, "dataset_size": dataset_size})
+    if config is not None:
+        job = dataclasses.replace(job, model=config)
+    with backend.using(device):
+        return run_classifier(job, out=out, progress=progress).model

@@ -1,0 +1,273 @@
+"""The training loop: every model minidiff ships is trained by this one ``fit``, read top to bottom.
+
+Each job has a config dataclass with two named instances: ``quick()`` (a few minutes on a 2-core
+CPU, the default) and ``full()`` (``--preset full``: the shipped models, on a GPU).
+
+The loop (`fit`), the same for every job:
+
+    for step in range(start, steps):
+        rng = step_rng(seed, step)        # batch indices, noise, t, dropout: a function of (seed, step)
+                                          # alone, so a resumed run continues the very same run
+        model.zero_grad()
+        loss = job_loss(rng)              # forward + hand-written backward: fills every p.grad
+        clip_grad_norm(model, grad_clip)  # ||g|| <= grad_clip
+        optimizer.step()                  # AdamW at lr(t) = warmup_cosine(t, lr, warmup_steps, steps, min_lr)
+        ema.update()                      # shadow <- decay shadow + (1 - decay) theta; samples use the shadow
+        every log_every steps:            read the mean loss back (the only sync) and stop if it is not finite
+        every checkpoint_every steps:     save model + optimizer + EMA + step (atomically)
+        every sample_every steps:         save a sample grid and the loss curve under DIR/samples/
+        when --max-minutes is up:         save and stop cleanly; `--resume` continues
+
+Nothing in the loop copies between host and device or reads a number back inside a step: the
+training data is rendered (or encoded) once and kept on the device, and batches are gathered
+there with indices drawn on the device. (One exception: mini-CLIP's forward validates its token
+ids and positives matrix, which reads a few numbers back each step.)
+
+Checkpoints
+-----------
+``DIR/<job>.npz`` (``unet.npz`` for text2image, as ``pipeline.py`` expects) holds, in its JSON
+config, ``{"job": ..., "model": <model config>, "train": <job config>, "diffusion": {"schedule",
+"num_steps", "prediction_type"}}`` so that ``evaluate``, ``pipeline`` and ``--resume`` can rebuild
+the model. While training it also holds the optimizer and EMA states. When the last step is done
+it is rewritten as the *final* checkpoint: the EMA weights as the model's, no optimizer, and
+``extra/complete = 1`` (and the latent ``scale_factor`` for the VAE). Resuming with a different
+job or config is an error that names the first difference.
+
+Read beside: ``minidiff/optim.py`` (AdamW, EMA, clipping, the schedule), ``minidiff/checkpoint.py``
+and ``minidiff/zoo.py`` (the files), ``minidiff/diffusion/loss.py`` (the objective), and
+``minidiff/train/jobs.py`` (what each job feeds this loop).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, zoo
+from ..checkpoint import load_checkpoint, load_into, save_checkpoint
+from ..files import atomic_write_bytes
+from ..nn.layers import Dropout
+from ..nn.module import no_grad
+from ..optim import EMA, AdamWGroups, clip_grad_norm, warmup_cosine
+from ..utils import image_grid
+from .config import TrainConfig
+
+# fields that may change when a run is resumed (bookkeeping and where the inputs live)
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "sample_every", "vae", "text_encoder", "tokenizer")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the gradient norm) stopped being a finite number."""
+
+
+def step_rng(seed: int, step: int):
+    """The generator for one step, on the current device: determined by (seed, step) alone."""
+    return backend.rng(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+@dataclass
+class FitResult:
+    model: object
+    step: int                 # the step the model is at
+    complete: bool            # reached cfg.steps (the final checkpoint is written)
+    steps_run: int            # steps run by this call
+    seconds: float
+    final_loss: float | None
+    checkpoint: Path | None
+    history: list             # [(step, mean loss over the last log window)]
+    metrics: list = dataclasses.field(default_factory=list)   # [{"step": s, **metrics_fn(model)}] per log window
+    evaluation: dict = dataclasses.field(default_factory=dict)  # a job's held-out scores once complete
+
+
+def _json_normalised(value):
+    return json.loads(json.dumps(value))
+
+
+def check_resumable(ckpt, config: dict):
+    """Raise ValueError unless the checkpoint was trained by the same job with the same settings."""
+    stored = ckpt.config or {}
+    if stored.get("job") != config["job"]:
+        raise ValueError(f"cannot resume: {ckpt.path} is a {stored.get('job')!r} checkpoint, not {config['job']!r}")
+    for section in ("model", "train"):
+        mine, theirs = _json_normalised(config[section]), stored.get(section, {})
+        for key in sorted(set(mine) | set(theirs)):
+            if (section == "train" and key in RESUMABLE_CHANGES) or key not in theirs:
+                continue                        # (a setting newer than the checkpoint: nothing to compare)
+            if mine.get(key) != theirs.get(key):
+                raise ValueError(f"cannot resume {ckpt.path}: it was trained with {section}.{key}="
+                                 f"{theirs.get(key)!r}, this run has {mine.get(key)!r}. Resume with the same "
+                                 "settings, or train a new model into another --out folder")
+
+
+def _save_loss_curve(history, path, title):
+    from ..utils import pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps, losses = zip(*history)
+    ax.plot(steps, losses)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mean over the log window)")
+    ax.set_title(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _evaluated(model, metrics_fn):
+    """metrics_fn(model) in eval mode (no caches, dropout off), the model back in training mode after."""
+    model.eval()
+    try:
+        with no_grad():
+            return {name: float(value) for name, value in metrics_fn(model).items()}
+    finally:
+        model.train()
+
+
+def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resume=False, deadline=None,
+        stop_at=None, sample_fn=None, finalize=None, progress=True, ship_dtype=None,
+        metrics_fn=None) -> FitResult:
+    """Train ``model`` for ``cfg.steps`` steps; the loop of the module docstring.
+
+    loss_fn(rng) -> loss: one forward and backward pass (grads filled), the loss a 0-d device array.
+    config:     the checkpoint's JSON config ({"job", "model", "train", ...}).
+    out:        folder for ``FILES[job]`` and samples/ (None: keep nothing on disk).
+    resume:     continue from the checkpoint in ``out`` (a missing one starts afresh; a complete one
+                is returned as it is). Without it an existing checkpoint is an error.
+    deadline:   a ``time.perf_counter()`` value; at it, save and stop (``--max-minutes``).
+    stop_at:    save and stop once this step is reached (a run in pieces; ``--resume`` continues).
+    sample_fn(model) -> images in [-1, 1] (N, C, H, W), called with the EMA weights.
+    finalize(model) -> {name: array}: extra arrays for the final checkpoint (e.g. the VAE's scale factor).
+    ship_dtype: storage dtype of the final checkpoint's weights (e.g. np.float16), None = float32.
+    metrics_fn(model) -> {name: float}: extra numbers read at every log window (it may sync).
+    """
+    path = Path(out) / zoo.FILES[job] if out is not None else None
+    samples_dir = Path(out) / "samples" if out is not None else None
+    # lr(t) at the optimizer's step t = 1, 2, ...: linear warmup, then cosine down to min_lr
+    optimizer = AdamWGroups(model, lr=lambda t: warmup_cosine(t, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr),
+                            betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = EMA(model, decay=cfg.ema_decay)
+    start, history, metrics = 0, [], []
+    if path is not None and path.exists():
+        if not resume:
+            raise ValueError(f"{path} already exists: pass --resume to continue it, or choose another --out")
+        ckpt = load_checkpoint(path)
+        check_resumable(ckpt, config)
+        if int(np.asarray(ckpt.extra.get("complete", 0))):
+            print(f"{job}: {path} is complete (step {ckpt.step}); nothing to do")
+            load_into(model, ckpt)
+            return FitResult(model.eval(), ckpt.step, True, 0, 0.0, None, path,
+                             [tuple(r) for r in np.asarray(ckpt.extra.get("loss_history", np.zeros((0, 2))))])
+        load_into(model, ckpt, optimizer=optimizer, ema=ema)
+        start = ckpt.step
+        history = [(int(s), float(v)) for s, v in np.asarray(ckpt.extra.get("loss_history", np.zeros((0, 2))))]
+        print(f"{job}: resuming {path} at step {start}/{cfg.steps}")
+    end = cfg.steps if stop_at is None else min(cfg.steps, max(stop_at, start))
+    dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+
+    def save(step, final_extra=None):
+        """A training checkpoint (model, optimizer, EMA), or with ``final_extra`` the final one."""
+        if path is None:
+            return
+        extra = {"loss_history": np.asarray(history, np.float64).reshape(-1, 2)}
+        if final_extra is None:
+            save_checkpoint(path, model=model, optimizer=optimizer, ema=ema, config=config, step=step, extra=extra)
+        else:
+            extra.update(final_extra, complete=np.asarray(1))
+            save_checkpoint(path, model=model, config=config, step=step, extra=extra, dtype=ship_dtype)
+
+    def save_samples(step):
+        if sample_fn is None or samples_dir is None:
+            return
+        samples_dir.mkdir(parents=True, exist_ok=True)
+        ema.swap()                              # sample with the averaged weights ...
+        model.eval()
+        try:
+            with no_grad():
+                images = sample_fn(model)
+        finally:
+            model.train()
+            ema.swap()                          # ... and put the training weights back
+        buffer = io.BytesIO()
+        image_grid(images, nrow=int(math.ceil(math.sqrt(len(images)))), scale=4).save(buffer, format="PNG")
+        atomic_write_bytes(samples_dir / f"{job}_step{step:06d}.png", buffer.getvalue())
+        if history:
+            _save_loss_curve(history, samples_dir / f"{job}_loss.png", f"{job}: training loss")
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=end, initial=start, desc=job, unit="step", disable=not progress, dynamic_ncols=True)
+    xp = backend.get_array_module(model.parameters()[0].data)
+    running_loss = xp.zeros((), np.float32)     # sums on the device, read back every log_every steps
+    running_norm = xp.zeros((), np.float32)
+    window, last_good, began = 0, start, time.perf_counter()
+    model.train()
+    step = start
+    try:
+        while step < end:
+            rng = step_rng(cfg.seed, step)
+            for layer in dropouts:              # dropout masks from this step's generator too
+                layer.rng = rng
+            model.zero_grad()
+            loss = loss_fn(rng)
+            grad_norm = clip_grad_norm(model, cfg.grad_clip)
+            optimizer.step()
+            ema.update()
+            running_loss += loss
+            running_norm += grad_norm
+            window += 1
+            step += 1
+            bar.update(1)
+            checkpoint_due = step % cfg.checkpoint_every == 0 or step == end
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            if step % cfg.log_every == 0 or checkpoint_due or out_of_time:
+                # the only device -> host reads of the loop
+                mean_loss, norm = float(running_loss) / window, float(running_norm)
+                if not (math.isfinite(mean_loss) and math.isfinite(norm)):
+                    kept = (f"the last good checkpoint {path} (step {last_good}) is kept"
+                            if path is not None and path.exists() else "no checkpoint was written")
+                    raise TrainingDiverged(
+                        f"{job}: the loss became {mean_loss} (gradient norm {norm}) between steps "
+                        f"{step - window} and {step}; stopped without saving, {kept}. Try a lower --lr "
+                        "or check the data")
+                history.append((step, mean_loss))
+                if metrics_fn is not None:
+                    metrics.append({"step": step, **_evaluated(model, metrics_fn)})
+                running_loss[...] = 0
+                running_norm[...] = 0
+                window = 0
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if not progress:                # no bar (e.g. a log file): one line per log window
+                    print(f"{job}: step {step}/{cfg.steps} loss {mean_loss:.4f}", flush=True)
+            if step % cfg.sample_every == 0 and step < cfg.steps:
+                save_samples(step)
+            if step == cfg.steps:                # done: the model takes the averaged weights for good
+                ema.copy_to(model)
+                save(step, final_extra=finalize(model) if finalize else {})
+                save_samples(step)
+                last_good = step
+            elif checkpoint_due or out_of_time:
+                save(step)
+                last_good = step
+            if out_of_time and step < cfg.steps:
+                print(f"\n{job}: time limit reached at step {step}/{cfg.steps}; checkpoint saved, "
+                      "continue with --resume")
+                break
+    finally:
+        bar.close()
+    backend.synchronize()
+    seconds = time.perf_counter() - began
+    steps_run = step - start
+    final_loss = history[-1][1] if history else None
+    complete = step >= cfg.steps
+    if complete:
+        model.eval()
+    rate = steps_run / seconds if seconds > 0 else float("nan")
+    loss_text = f"{final_loss:.4f}" if final_loss is not None else "n/a"
+    print(f"{job}: {steps_run} steps (now at {step}/{cfg.steps}) in {seconds:.1f} s, {rate:.2f} steps/s, "
+          f"final loss {loss_text}" + (f" -> {path}" if path is not None and steps_run else ""))
+    return FitResult(model, step, complete, steps_run, seconds, final_loss, path, history, metrics)

@@ -1,0 +1,200 @@
+"""The model zoo: which file holds which model, and how every model is saved and loaded.
+
+One checkpoint schema for every model minidiff trains. The JSON config inside each ``.npz``
+(``minidiff/checkpoint.py`` writes the file) is
+
+    {"job":       "pixel" | "vae" | "latent" | "clip" | "text_encoder" | "text2image" | "classifier",
+     "model":     the model's config dataclass, as a dict (enough to rebuild the model),
+     "train":     the training job's settings (or, for text_encoder.npz, {"from": the clip.npz}),
+     "diffusion": {"schedule", "num_steps", "prediction_type"}       (diffusion models only)}
+
+``load_trained(path)`` rebuilds any of them from that config alone; the registry below says which
+class each job builds. The shipped models live in ``data/pretrained/`` under the names in FILES,
+the same names ``python -m minidiff train all --out DIR`` writes, so ``--checkpoints DIR`` works
+for either.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from .models.classifier import AttributeClassifier, ClassifierConfig
+from .models.clip import CLIPConfig, MiniCLIP
+from .models.text_encoder import TextEncoder, TextEncoderConfig
+from .models.tokenizer import BPETokenizer
+from .models.unet import UNet, UNetConfig
+from .models.vae import AutoencoderKL, VAEConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRETRAINED_DIR = REPO_ROOT / "data" / "pretrained"
+
+# file names inside a checkpoint folder (data/pretrained/ or a `train all --out DIR`)
+FILES = {"pixel": "pixel.npz", "vae": "vae.npz", "latent": "latent.npz", "clip": "clip.npz",
+         "text2image": "unet.npz", "classifier": "classifier.npz",
+         "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json"}
+TEXT_ENCODER_FILE, TOKENIZER_FILE = FILES["text_encoder"], FILES["tokenizer"]
+
+# job -> (model class, its config class)
+MODEL_CLASSES = {"pixel": (UNet, UNetConfig), "latent": (UNet, UNetConfig), "text2image": (UNet, UNetConfig),
+                 "vae": (AutoencoderKL, VAEConfig), "clip": (MiniCLIP, CLIPConfig),
+                 "text_encoder": (TextEncoder, TextEncoderConfig),
+                 "classifier": (AttributeClassifier, ClassifierConfig)}
+
+HOW_TO_GET = ("the shipped checkpoints live in data/pretrained/ (restore them with "
+              "`git checkout -- data/pretrained`), or train your own with "
+              "`python -m minidiff train all --out DIR` and pass --checkpoints DIR")
+
+
+# -- the schema ----------------------------------------------------------------------------------
+def checkpoint_config(job: str, model, train: dict | None = None, diffusion: dict | None = None) -> dict:
+    """The JSON config of a checkpoint of ``model`` trained by ``job`` (the schema above)."""
+    if job not in MODEL_CLASSES:
+        raise ValueError(f"unknown job {job!r}; expected one of {tuple(MODEL_CLASSES)}")
+    config = {"job": job, "model": dataclasses.asdict(model.config), "train": dict(train or {})}
+    if diffusion is not None:
+        config["diffusion"] = dict(diffusion)
+    return config
+
+
+def config_from_dict(cls, values, where="the checkpoint"):
+    """A model config dataclass from its JSON form (lists back to tuples); anything that does not
+    build one is a CheckpointError naming the class and the problem."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{cls.__name__}: the model config in {where} must be a JSON object, "
+                              f"got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CheckpointError(f"{cls.__name__}: unknown fields {unknown} in {where}'s config")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{cls.__name__}: the model config in {where} is invalid ({exc})") from None
+
+
+def checkpoint_job(ckpt) -> str:
+    """The job recorded in a checkpoint's config ("pixel", "vae", ..., "text_encoder")."""
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    job = config.get("job")
+    if not isinstance(job, str) or job not in MODEL_CLASSES:
+        raise CheckpointError(f"checkpoint {ckpt.path} records no known job (job={job!r}); "
+                              f"expected one of {tuple(MODEL_CLASSES)}")
+    return job
+
+
+def diffusion_settings(ckpt) -> dict:
+    """{"schedule", "num_steps", "prediction_type"} of a diffusion checkpoint, checked."""
+    settings = (ckpt.config or {}).get("diffusion", {})
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"checkpoint {ckpt.path}: its diffusion settings must be a JSON object")
+    try:
+        num_steps = int(settings.get("num_steps", 1000))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {ckpt.path}: diffusion.num_steps must be an integer, "
+                              f"got {settings.get('num_steps')!r}") from None
+    return {"schedule": settings.get("schedule", "linear"), "num_steps": num_steps,
+            "prediction_type": settings.get("prediction_type", "epsilon")}
+
+
+def _scale_factor(ckpt) -> float:
+    """A finished VAE's latent scale factor (1 / std of its latents): a finite positive number."""
+    value = (ckpt.extra or {}).get("scale_factor")
+    if value is None:
+        raise CheckpointError(f"VAE checkpoint {ckpt.path} has no latent scale factor: it is not "
+                              "finished; resume its training to the end (train vae --resume)")
+    value = np.asarray(value)
+    if value.shape != () or not np.issubdtype(value.dtype, np.number) or not (np.isfinite(value) and value > 0):
+        raise CheckpointError(f"VAE checkpoint {ckpt.path}: the latent scale factor must be one finite "
+                              f"number > 0, got {value!r}")
+    return float(value)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def load_trained(path, device=None, hint=None, expect=None):
+    """(model in eval mode on ``device``, Checkpoint) from any checkpoint in the schema above.
+
+    Loads the EMA weights when the checkpoint has them (a final checkpoint already stores them as
+    the model's). A VAE gets its latent ``scale_factor`` back. ``expect``: a job name or a tuple
+    of them; any other job is a CheckpointError."""
+    ckpt = load_checkpoint(path, hint=hint)
+    job = checkpoint_job(ckpt)
+    if expect is not None and job not in ((expect,) if isinstance(expect, str) else tuple(expect)):
+        raise CheckpointError(f"{path} is a {job!r} checkpoint, not {expect!r}")
+    model_class, config_class = MODEL_CLASSES[job]
+    model = model_class(config_from_dict(config_class, ckpt.config.get("model", {}), where=str(path)))
+    load_into(model, ckpt, use_ema=bool(ckpt.ema_state))
+    if job == "vae":
+        model.scale_factor = _scale_factor(ckpt)
+    _check_finite(model, ckpt.path)
+    return model.to(device or backend.device()).eval(), ckpt
+
+
+def _check_finite(model, path):
+    """A weight that is NaN or infinite would make every image black (or grey): refuse it here."""
+    for name, p in model.named_parameters():
+        if not np.isfinite(backend.to_numpy(p.data)).all():
+            raise CheckpointError(f"checkpoint {path}: weight {name!r} holds NaN or infinite values; "
+                                  "the file is damaged, train or restore it again")
+
+
+def load_vae(path, device=None):
+    """A finished VAE (with its scale factor)."""
+    vae, _ = load_trained(path, device, hint="train one with: python -m minidiff train vae", expect="vae")
+    return vae
+
+
+def load_text_encoder(path, device=None):
+    """A TextEncoder from text_encoder.npz, or the text tower of a clip.npz."""
+    model, _ = load_trained(path, device, hint="train one with: python -m minidiff train clip",
+                            expect=("text_encoder", "clip"))
+    return model.text_encoder if isinstance(model, MiniCLIP) else model
+
+
+def load_tokenizer(path, vocab_size: int | None = None):
+    """A BPETokenizer from tokenizer.json; checked against the text encoder's vocabulary size."""
+    try:
+        tokenizer = BPETokenizer.load(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"tokenizer {path} is corrupt ({exc})") from None
+    if vocab_size is not None:
+        tokenizer.check_vocab_size(vocab_size)
+    return tokenizer
+
+
+def load_clip(directory, device=None):
+    """(MiniCLIP, BPETokenizer) from a folder holding clip.npz and tokenizer.json (``train clip``)."""
+    directory = Path(directory)
+    model, _ = load_trained(directory / FILES["clip"], device,
+                            hint="train one with: python -m minidiff train clip", expect="clip")
+    return model, load_tokenizer(directory / FILES["tokenizer"], model.config.text.vocab_size)
+
+
+def load_classifier(path=None, device=None):
+    """The attribute classifier (default: the shipped one)."""
+    path = PRETRAINED_DIR / FILES["classifier"] if path is None else path
+    model, _ = load_trained(path, device, hint="train it with: python -m minidiff train classifier",
+                            expect="classifier")
+    return model
+
+
+def is_complete(path) -> bool:
+    """True when ``path`` is a final checkpoint (training reached its last step)."""
+    try:
+        return bool(int(np.asarray(load_checkpoint(path).extra.get("complete", 0))))
+    except (FileNotFoundError, CheckpointError):
+        return False
+
+
+# -- saving --------------------------------------------------------------------------------------
+def save_text_encoder(path, clip: MiniCLIP, source, step: int = 0, dtype=None):
+    """The text tower of a trained mini-CLIP on its own, as the pipeline and text2image load it."""
+    config = checkpoint_config("text_encoder", clip.text_encoder, train={"from": str(source)})
+    return save_checkpoint(path, model=clip.text_encoder, config=config, step=step, dtype=dtype)
