@@ -1,5 +1,6 @@
 """The building blocks the U-Net, the VAE and the text encoder are made of: one definition each.
 
+    TimestepEmbedding   temb = Linear(SiLU(Linear(sinusoid(t)))): the U-Net's clock, fed to every ResBlock
     ResBlock            h = conv(SiLU(GN(x))) [+ proj(SiLU(temb))];  y = skip(x) + conv(SiLU(GN(h)))
     Downsample          a stride-2 3x3 conv (symmetric padding, or Stable Diffusion's VAE asymmetric pad)
     Upsample            nearest 2x, then a 3x3 conv
@@ -38,7 +39,7 @@ from ..nn.layers import Conv2d, Dropout, GELU, GroupNorm, LayerNorm, Linear, Mul
 from ..nn.layers import _CachingModule   # _keep(cache) stores only while caching; _take_cache() hands it back
 from ..nn.module import Module
 
-__all__ = ["ResBlock", "Downsample", "Upsample", "FeedForward", "LayerNames", "DIFFUSERS_NAMES", "CLIP_NAMES",
+__all__ = ["TimestepEmbedding", "ResBlock", "Downsample", "Upsample", "FeedForward", "LayerNames", "DIFFUSERS_NAMES", "CLIP_NAMES",
            "TransformerBlock", "SpatialTransformer", "AttnBlock", "groups_for", "zero_init", "to_tokens",
            "to_image"]
 
@@ -69,6 +70,28 @@ def to_tokens(x):
 def to_image(tokens, shape):
     """(B, H*W, C) -> (B, C, H, W), the inverse of ``to_tokens`` (``shape`` = (B, C, H, W))."""
     return tokens.transpose(0, 2, 1).reshape(shape)
+
+
+# -- the time embedding --------------------------------------------------------------------------
+class TimestepEmbedding(Module):
+    """temb = Linear_2(SiLU(Linear_1(sinusoid(t))))        t (B,) -> (B, time_embed_dim)
+
+    sinusoid(t)_i = cos(t w_i) for i < C/2, sin(t w_{i-C/2}) after, w_i = 10000^(-i / (C/2)).
+    t is an input, not a parameter, so backward returns nothing: it only fills the Linears' grads."""
+
+    def __init__(self, sinusoid_dim, time_embed_dim, rng=None):
+        self.sinusoid_dim = sinusoid_dim
+        self.linear_1 = Linear(sinusoid_dim, time_embed_dim, rng=rng)
+        self.act = SiLU()
+        self.linear_2 = Linear(time_embed_dim, time_embed_dim, rng=rng)
+
+    def forward(self, t):
+        emb = F.sinusoidal_embedding(t, self.sinusoid_dim, dtype=self.linear_1.weight.data.dtype)  # (B, C)
+        return self.linear_2(self.act(self.linear_1(emb)))               # (B, temb)
+
+    def backward(self, dtemb):
+        self.linear_1.backward(self.act.backward(self.linear_2.backward(dtemb)))
+        return None
 
 
 # -- the residual block --------------------------------------------------------------------------
@@ -344,3 +367,18 @@ class AttnBlock(Module):
         dtokens, _ = self.attn.backward(to_tokens(dy))                  # self-attention: q, k, v paths summed
         # y = x + attention(GroupNorm(x)): the residual gradient rejoins here
         return dy + self.group_norm.backward(to_image(dtokens, dy.shape))
+
+
+if __name__ == "__main__":      # python -m minidiff.models.blocks
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((2, 8, 4, 4)).astype(np.float32)
+    temb = np.zeros((2, 16), np.float32)
+    print("ResBlock 8 -> 16 with a time embedding:", tuple(ResBlock(8, 16, 4, time_embed_dim=16)(x, temb).shape))
+    print("Downsample (VAE padding):", tuple(Downsample(8, asymmetric=True)(x).shape),
+          " Upsample:", tuple(Upsample(8)(x).shape))
+    for label, block in (("U-Net (diffusers names)", TransformerBlock(8, 2, 32, context_dim=6, gated_ff=True)),
+                         ("text encoder (CLIP names)", TransformerBlock(8, 2, 32, attention_bias=True,
+                                                                        names=CLIP_NAMES))):
+        names = sorted({name.rsplit(".", 1)[0] for name, _ in block.named_parameters()})
+        print(f"TransformerBlock, {label}: {block.num_parameters()} parameters in {names}")

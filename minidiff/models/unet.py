@@ -55,10 +55,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..checks import positive_int, positive_ints
-from ..nn import functional as F
-from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
+from ..nn.layers import Conv2d, GroupNorm
 from ..nn.module import Module
-from .blocks import Downsample, ResBlock, SpatialTransformer, Upsample
+from .blocks import Downsample, ResBlock, SpatialTransformer, TimestepEmbedding, Upsample
 from .blocks import groups_for, zero_init
 
 __all__ = ["UNetConfig", "UNet", "TimestepEmbedding", "DownBlock", "MidBlock", "UpBlock", "unet_resblock",
@@ -194,28 +193,6 @@ def _add(total, term):
     if term is None:
         return total
     return term if total is None else total + term
-
-
-# -- time embedding ------------------------------------------------------------------------------
-class TimestepEmbedding(Module):
-    """temb = Linear_2(SiLU(Linear_1(sinusoid(t))))        t (B,) -> (B, time_embed_dim)
-
-    sinusoid(t)_i = cos(t w_i) for i < C/2, sin(t w_{i-C/2}) after, w_i = 10000^(-i / (C/2)).
-    t is an input, not a parameter, so backward returns nothing: it only fills the Linears' grads."""
-
-    def __init__(self, sinusoid_dim, time_embed_dim, rng=None):
-        self.sinusoid_dim = sinusoid_dim
-        self.linear_1 = Linear(sinusoid_dim, time_embed_dim, rng=rng)
-        self.act = SiLU()
-        self.linear_2 = Linear(time_embed_dim, time_embed_dim, rng=rng)
-
-    def forward(self, t):
-        emb = F.sinusoidal_embedding(t, self.sinusoid_dim, dtype=self.linear_1.weight.data.dtype)  # (B, C)
-        return self.linear_2(self.act(self.linear_1(emb)))               # (B, temb)
-
-    def backward(self, dtemb):
-        self.linear_1.backward(self.act.backward(self.linear_2.backward(dtemb)))
-        return None
 
 
 # -- the U-Net's blocks (defined in blocks.py) ---------------------------------------------------
@@ -496,27 +473,13 @@ def _trace_shapes(model, x, t, context=None):
     return model(x, t, context)
 
 
-if __name__ == "__main__":
-    import time
-
+if __name__ == "__main__":      # python -m minidiff.models.unet (speed: python -m minidiff bench)
     for name in ("tiny", "quick16", "pixel32", "latent8"):
         cfg = getattr(UNetConfig, name)()
-        model = UNet(cfg).eval()
         rng = np.random.default_rng(0)
-        B = 2
-        x = rng.standard_normal((B, cfg.in_channels, cfg.image_size, cfg.image_size)).astype(np.float32)
-        t = np.array([10, 500])
-        context = None
-        if cfg.context_dim is not None:
-            context = rng.standard_normal((B, 8, cfg.context_dim)).astype(np.float32)
-        model(x, t, context)                                      # warm up
-        runs = 20
-        start = time.perf_counter()
-        for _ in range(runs):
-            model(x, t, context)
-        ms = (time.perf_counter() - start) / runs * 1e3
-        print(f"{name}: {model.num_parameters():,} parameters, CPU forward (eval, batch {B}) {ms:.1f} ms")
-        if name in ("pixel32", "latent8"):
-            print(f"shape trace of {name} (x {tuple(x.shape)}, context "
-                  f"{None if context is None else tuple(context.shape)}):")
-            _trace_shapes(UNet(cfg), x, t, context)
+        x = rng.standard_normal((2, cfg.in_channels, cfg.image_size, cfg.image_size)).astype(np.float32)
+        context = None if cfg.context_dim is None else rng.standard_normal((2, 8, cfg.context_dim)).astype(np.float32)
+        model = UNet(cfg)
+        print(f"{name}: {model.num_parameters():,} parameters; shape trace (x {tuple(x.shape)}, context "
+              f"{None if context is None else tuple(context.shape)}):")
+        _trace_shapes(model, x, np.array([10, 500]), context)

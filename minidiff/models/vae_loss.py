@@ -158,3 +158,17 @@ def vae_loss(vae, images, rng, kl_weight=1e-6, recon="l1", perceptual_fn=None, p
     vae.backward(d_xrec, kl_weight=kl_per_value)
     parts["loss"] = loss
     return loss, parts
+
+
+if __name__ == "__main__":      # python -m minidiff.models.vae_loss
+    import numpy as np
+
+    from .discriminator import DiscriminatorConfig, PatchDiscriminator
+    from .vae import AutoencoderKL, VAEConfig
+
+    vae, disc = AutoencoderKL(VAEConfig.tiny()), PatchDiscriminator(DiscriminatorConfig.tiny())
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    for weight in (0.0, 0.1):           # before and after the "discriminator start"
+        vae.zero_grad(), disc.zero_grad()
+        loss, parts = vae_loss(vae, images, np.random.default_rng(1), discriminator=disc, adversarial_weight=weight)
+        print(f"adversarial_weight={weight}: " + ", ".join(f"{k} {float(v):.4f}" for k, v in parts.items()))
