@@ -181,6 +181,24 @@ def test_geglu_is_a_times_gelu_of_gate(xp):
     np.testing.assert_allclose(to_numpy(y), h[..., :4] * F.gelu(h[..., 4:])[0], rtol=1e-14, atol=0)
 
 
+@FAST
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), classes=st.integers(1, 6),
+       axis=st.sampled_from([-1, 0]), seed=st.integers(0, 2**16))
+def test_log_softmax_gradients_match_finite_differences(xp, lead, classes, axis, seed):
+    assert_gradients(lambda x: F.log_softmax(x, axis=axis), {"x": randn(seed, *lead, classes) * 3},
+                     F.log_softmax_backward, xp)
+
+
+def test_log_softmax_is_the_log_of_softmax_without_overflow(xp):
+    x = randn(0, 3, 4, 7) * 30
+    log_p, _ = F.log_softmax(on(xp, x))
+    np.testing.assert_allclose(to_numpy(log_p), np.log(to_numpy(F.softmax(on(xp, x))[0])), rtol=1e-10, atol=1e-12)
+    big, _ = F.log_softmax(on(xp, x * 1e4 + 1e6))                  # exp(x) alone would overflow
+    big = to_numpy(big)
+    assert np.all(np.isfinite(big)) and np.all(big <= 0)
+    np.testing.assert_allclose(np.exp(big).sum(axis=-1), 1.0, rtol=1e-12)
+
+
 def make_mask(kind, rng, B, Lq, Lk):
     """None, a causal mask (query i sees keys <= i) or a key-padding mask (per-sample key lengths,
     a length of 0 leaves whole rows masked)."""
@@ -453,6 +471,7 @@ def float32_cases():
         "gelu_tanh": (lambda x: F.gelu(x, "tanh"), F.gelu_backward, (f32(3, 4),)),
         "geglu": (F.geglu, F.geglu_backward, (f32(3, 4),)),
         "softmax": (F.softmax, F.softmax_backward, (f32(3, 4),)),
+        "log_softmax": (F.log_softmax, F.log_softmax_backward, (f32(3, 4),)),
         "attention": (lambda q, k, v: F.attention(q, k, v, np.tril(np.ones((3, 3), bool))), F.attention_backward,
                       (f32(1, 2, 3, 4), f32(1, 2, 3, 4), f32(1, 2, 3, 4))),
         "dropout": (lambda x: F.dropout(x, 0.5, np.random.default_rng(0)), F.dropout_backward, (f32(3, 4),)),
@@ -505,6 +524,7 @@ BAD_INPUTS = {
     "attention mask dtype": (lambda: F.attention(z(1, 1, 2, 4), z(1, 1, 2, 4), z(1, 1, 2, 4), np.ones((2, 2))), ["bool", "float64"]),
     "mixed dtypes": (lambda: F.linear(z(2, 3, dtype=np.float32), z(4, 3)), ["float64", "float32"]),
     "integer input": (lambda: F.silu(np.arange(3)), ["floating", "int"]),
+    "log_softmax integer input": (lambda: F.log_softmax(np.arange(3)), ["log_softmax", "floating"]),
     "gelu approximate": (lambda: F.gelu(z(3), approximate="fast"), ["'none'", "'tanh'", "'fast'"]),
     "geglu odd width": (lambda: F.geglu(z(2, 5)), ["even", "(2, 5)"]),
     "embedding id range": (lambda: F.embedding(np.array([0, 4]), z(4, 2)), ["[0, 4)", "4"]),
@@ -558,6 +578,8 @@ def torch_cases():
         "attention": ((randn(0, 2, 3, 3, 4), randn(1, 2, 3, 5, 4), randn(2, 2, 3, 5, 2)),
                       lambda q, k, v: F.attention(q, k, v, mask), F.attention_backward,
                       lambda t, q, k, v: t.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=t.tensor(mask))),
+        "log_softmax": ((randn(0, 3, 5) * 2,), F.log_softmax, F.log_softmax_backward,
+                        lambda t, z: t.nn.functional.log_softmax(z, dim=-1)),
         "cross_entropy": ((randn(0, 3, 5) * 2,), lambda z: F.cross_entropy(z, ce_targets),
                           lambda d, cache: (F.cross_entropy_backward(d, cache),),
                           lambda t, z: t.nn.functional.cross_entropy(z, t.tensor(ce_targets))),

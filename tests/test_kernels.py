@@ -1,10 +1,15 @@
-"""minidiff/nn/kernels.py: every fused CuPy kernel agrees with the plain code it replaces.
+"""minidiff/nn/fast/: every op's fast route agrees with its derivation, and the fused CuPy kernels
+with the code they replace.
 
-Three layers of checks:
-* on a GPU (marked gpu): each case of ``bench.fused_cases()`` (forward and backward of an op, or
-  AdamW steps) run with fused kernels on and off gives the same arrays to float32 rounding;
-* everywhere: the switch (MINIDIFF_FUSED, set_fused, NumPy arrays never fused) and the wiring
-  (each op calls its kernel exactly when the switch says so);
+Four layers of checks:
+* the two routes (NumPy, and CuPy where a GPU is usable): each case below, an op's forward and
+  backward, run with the fast routes on and off (``fast.disabled()``) gives the same arrays to
+  rounding, in float64 and float32, on shapes that take every branch (batch-last columns for
+  small images, batch-first for large ones, stride and padding, 1x1 kernels, masks); a cache
+  made by either route feeds the other route's backward;
+* the switch (MINIDIFF_FAST, its old name MINIDIFF_FUSED, set_enabled, disabled, NumPy arrays
+  never fused);
+* the wiring: each op calls its kernel exactly when the fast routes are on;
 * where g++ exists: the kernel bodies themselves, compiled as C++ and run over NumPy arrays by
   a small stand-in for cupy.ElementwiseKernel / ReductionKernel (broadcasting, reduction axes,
   scalars, raw arrays), so a wrong formula or index in a kernel fails on a CPU too.
@@ -21,56 +26,216 @@ import numpy as np
 import pytest
 
 from conftest import gpu
-from minidiff import backend, bench
+from minidiff import backend
+from minidiff.backend import to_numpy
+from minidiff.nn import fast
 from minidiff.nn import functional as F
-from minidiff.nn import host
-from minidiff.nn import kernels
+from minidiff.nn.fast import blocks, kernels
 from minidiff.nn.module import Parameter
 from minidiff.optim import AdamW
 
-CASES = bench.fused_cases()
-CASE_IDS = [name for name, _ in CASES]
+
+# -- the cases: one op's forward and backward (or AdamW's steps) -------------------------------------
+class Pair:
+    """forward(*inputs, **options) -> (y, cache); backward(dy, cache) -> grads. ``shapes``: the
+    inputs' shapes, then dy's; ``extra(xp, rng)``: more inputs drawn after those (a mask)."""
+
+    def __init__(self, forward, backward, *shapes, extra=None, **options):
+        self.forward, self.backward, self.shapes, self.extra, self.options = forward, backward, shapes, extra, options
+
+    def inputs(self, xp, rng, dtype):
+        arrays = [xp.asarray(rng.standard_normal(s).astype(dtype)) for s in self.shapes]
+        extra = self.extra(xp, rng) if self.extra else ()
+        return arrays[:-1] + list(extra), arrays[-1]
+
+    def run(self, xp, rng, dtype, forward_fast, backward_fast):
+        """{name: host array} of y, what the cache holds for pictures, and the grads."""
+        args, dy = self.inputs(xp, rng, dtype)
+        with route(forward_fast):
+            y, cache = self.forward(*args, **self.options)
+        with route(backward_fast):
+            grads = self.backward(dy, cache)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        out = {"y": y, **{f"d{i}": g for i, g in enumerate(grads) if g is not None}}
+        if self.forward is F.attention:
+            out["P"] = F.attention_probs(cache)
+        return {k: to_numpy(v) for k, v in out.items()}
 
 
-# -- on a GPU: the real kernels --------------------------------------------------------------------
-@gpu
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_fused_kernel_matches_plain_code_on_the_gpu(case):
+def route(on):
+    """The fast routes on (True) or off (False) inside a with block."""
+    return fast.disabled() if not on else _fast_on()
+
+
+class _fast_on:
+    def __enter__(self):
+        self.previous = fast.set_enabled(True)
+
+    def __exit__(self, *exc):
+        fast.set_enabled(self.previous)
+
+
+def _mask(per_sample):
+    def draw(xp, rng):
+        mask = rng.random((2, 1, 7, 5) if per_sample else (7, 5)) < 0.7
+        mask[..., 0, :] = False                                   # one fully masked query row
+        return (xp.asarray(mask),)
+    return draw
+
+
+def _adamw(xp, rng, dtype):
+    data, grad, bias, bias_grad = (xp.asarray(rng.standard_normal(s).astype(dtype))
+                                   for s in [(33, 17), (33, 17), (17,), (17,)])
+    params = [Parameter(data), Parameter(bias)]
+    optimizer = AdamW(params, lr=1e-2, weight_decay=0.1)
+    for step in range(4):                                         # fused: from step 2 on, one flat update
+        optimizer.zero_grad()
+        for p, g in zip(params, (grad, bias_grad)):
+            p.accumulate(g * (step + 1))
+        optimizer.step()
+    return {k: to_numpy(v) for k, v in {"theta": params[0].data, "bias": params[1].data,
+                                         "m": optimizer.exp_avg["0"], "v": optimizer.exp_avg_sq["1"]}.items()}
+
+
+x4 = (3, 8, 5, 6)
+PAIRS = {
+    "linear": Pair(F.linear, F.linear_backward, (2, 7, 6), (5, 6), (5,), (2, 7, 5)),
+    "silu": Pair(F.silu, F.silu_backward, x4, x4),
+    "gelu (erf)": Pair(F.gelu, F.gelu_backward, x4, x4),
+    "gelu (tanh)": Pair(F.gelu, F.gelu_backward, x4, x4, approximate="tanh"),
+    "geglu": Pair(F.geglu, F.geglu_backward, (3, 5, 12), (3, 5, 6)),
+    "softmax": Pair(F.softmax, F.softmax_backward, (4, 9, 33), (4, 9, 33)),
+    "softmax (axis 0)": Pair(F.softmax, F.softmax_backward, (4, 9, 3), (4, 9, 3), axis=0),
+    "attention": Pair(F.attention, F.attention_backward, (2, 3, 7, 8), (2, 3, 5, 8), (2, 3, 5, 4), (2, 3, 7, 4)),
+    "attention (causal-style mask)": Pair(F.attention, F.attention_backward, (2, 3, 7, 8), (2, 3, 5, 8),
+                                          (2, 3, 5, 4), (2, 3, 7, 4), extra=_mask(per_sample=False)),
+    "attention (mask per sample)": Pair(F.attention, F.attention_backward, (2, 3, 7, 8), (2, 3, 5, 8),
+                                        (2, 3, 5, 4), (2, 3, 7, 4), extra=_mask(per_sample=True)),
+    "attention (head dim 64)": Pair(F.attention, F.attention_backward, (2, 3, 7, 64), (2, 3, 5, 64),
+                                    (2, 3, 5, 4), (2, 3, 7, 4)),
+    "group_norm": Pair(F.group_norm, F.group_norm_backward, x4, (8,), (8,), x4, num_groups=4),
+    "group_norm + SiLU": Pair(F.group_norm_silu, F.group_norm_silu_backward, x4, (8,), (8,), x4, num_groups=2),
+    "group_norm, 64x64 groups": Pair(F.group_norm, F.group_norm_backward, (2, 8, 64, 64), (8,), (8,),
+                                     (2, 8, 64, 64), num_groups=2),
+    "group_norm, no spatial axes": Pair(F.group_norm, F.group_norm_backward, (3, 6), (6,), (6,), (3, 6), num_groups=3),
+    "layer_norm": Pair(F.layer_norm, F.layer_norm_backward, (4, 7, 24), (24,), (24,), (4, 7, 24)),
+    "conv2d 3x3 pad 1, 9x7 (batch-last columns)": Pair(F.conv2d, F.conv2d_backward, (2, 3, 9, 7), (5, 3, 3, 3),
+                                                       (5,), (2, 5, 9, 7), padding=1),
+    "conv2d 3x3 stride 2": Pair(F.conv2d, F.conv2d_backward, (2, 4, 8, 8), (6, 4, 3, 3), (6,), (2, 6, 4, 4),
+                                stride=2, padding=1),
+    "conv2d 4x4 stride 2 pad 2": Pair(F.conv2d, F.conv2d_backward, (2, 3, 7, 6), (4, 3, 4, 4), (4,), (2, 4, 4, 4),
+                                      stride=2, padding=2),
+    "conv2d 3x3 no padding": Pair(F.conv2d, F.conv2d_backward, (2, 3, 6, 6), (4, 3, 3, 3), (4,), (2, 4, 4, 4)),
+    "conv2d 1x1": Pair(F.conv2d, F.conv2d_backward, (2, 6, 5, 5), (4, 6, 1, 1), (4,), (2, 4, 5, 5)),
+    "conv2d 3x3 on 17x17 (batch-first columns)": Pair(F.conv2d, F.conv2d_backward, (2, 3, 17, 17), (4, 3, 3, 3),
+                                                      (4,), (2, 4, 17, 17), padding=1),
+    "conv_transpose2d stride 2": Pair(F.conv_transpose2d, F.conv_transpose2d_backward, (2, 3, 4, 5), (3, 4, 3, 3),
+                                      (4,), (2, 4, 8, 10), stride=2, padding=1, output_padding=1),
+    "conv_transpose2d 4x4 stride 2, 17x17": Pair(F.conv_transpose2d, F.conv_transpose2d_backward, (2, 3, 17, 17),
+                                                 (3, 2, 4, 4), (2,), (2, 2, 34, 34), stride=2, padding=1),
+    "conv_transpose2d 1x1": Pair(F.conv_transpose2d, F.conv_transpose2d_backward, (2, 3, 4, 4), (3, 2, 1, 1),
+                                 (2,), (2, 2, 4, 4)),
+}
+TOLERANCE = {np.float64: 1e-12, np.float32: 2e-5}
+
+
+def _differences(got, expected):
+    """{output name: max |got - expected|} and the largest |expected| value."""
+    diffs = {k: float(np.max(np.abs(got[k].astype(np.float64) - expected[k]), initial=0.0)) for k in expected}
+    return diffs, max(float(np.max(np.abs(v), initial=0.0)) for v in expected.values())
+
+
+# -- the two routes agree ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_fast_route_matches_the_derivation(xp, name, dtype):
+    backend.set_device("cpu" if xp is np else "gpu")
+    pair = PAIRS[name]
+    derivation = pair.run(xp, np.random.default_rng(0), dtype, False, False)
+    quick = pair.run(xp, np.random.default_rng(0), dtype, True, True)
+    diffs, scale = _differences(quick, derivation)
+    assert max(diffs.values()) <= TOLERANCE[dtype] * max(scale, 1.0), f"{name}: max |fast - derivation| = {diffs}"
+
+
+@pytest.mark.parametrize("forward_fast", [True, False], ids=["fast forward", "derivation forward"])
+@pytest.mark.parametrize("name", [n for n in PAIRS if "conv" in n or "norm" in n or n in ("silu", "geglu")])
+def test_a_cache_from_either_route_feeds_the_other_backward(xp, name, forward_fast):
+    backend.set_device("cpu" if xp is np else "gpu")
+    pair = PAIRS[name]
+    same = pair.run(xp, np.random.default_rng(0), np.float64, forward_fast, forward_fast)
+    crossed = pair.run(xp, np.random.default_rng(0), np.float64, forward_fast, not forward_fast)
+    diffs, scale = _differences(crossed, same)
+    assert max(diffs.values()) <= 1e-12 * max(scale, 1.0), f"{name}: {diffs}"
+
+
+def test_normal_cdf_in_blocks_matches_the_derivation():
+    x = np.linspace(-12, 9, 7 * (blocks.BLOCK // 2 + 1)).astype(np.float32).reshape(-1, 7)
+    with route(True):
+        quick = F.normal_cdf(x)
+    with fast.disabled():
+        np.testing.assert_array_equal(quick, F.normal_cdf(x))
+
+
+def test_the_batch_last_layout_is_taken_for_small_host_images():
+    x = np.ones((2, 3, 8, 8))
+    with route(True):
+        assert F.conv2d(x, np.ones((4, 3, 3, 3)), padding=1)[1][-1] is True
+        assert F.conv2d(np.ones((2, 3, 17, 17)), np.ones((4, 3, 3, 3)), padding=1)[1][-1] is False
+    with fast.disabled():
+        assert F.conv2d(x, np.ones((4, 3, 3, 3)), padding=1)[1][-1] is False
+
+
+def test_adamw_fused_update_matches_the_plain_one_on_the_gpu():
+    if not backend.gpu_available():
+        pytest.skip("needs CuPy and a CUDA device")
     backend.set_device("gpu")
-    name, run = case
-    diffs, scale = bench.compare_fused(run)
-    assert max(diffs.values()) <= 1e-5 * max(scale, 1.0), f"{name}: max |fused - plain| = {diffs}"
+    import cupy
+    with fast.disabled():
+        plain = _adamw(cupy, np.random.default_rng(0), np.float32)
+    with route(True):
+        fused = _adamw(cupy, np.random.default_rng(0), np.float32)
+    diffs, scale = _differences(fused, plain)
+    assert max(diffs.values()) <= 1e-5 * max(scale, 1.0), diffs
 
 
 # -- the switch ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value, enabled", [("0", False), ("off", False), ("1", True), ("", True)])
-def test_minidiff_fused_environment_variable_sets_the_switch(value, enabled):
-    out = subprocess.run([sys.executable, "-c", "from minidiff import backend; print(backend.fused_enabled())"],
-                         env={"MINIDIFF_FUSED": value, "PATH": ""}, cwd=Path(__file__).resolve().parents[1],
+@pytest.mark.parametrize("variables, enabled", [
+    ({"MINIDIFF_FAST": "0"}, False), ({"MINIDIFF_FAST": "off"}, False), ({"MINIDIFF_FAST": "1"}, True),
+    ({"MINIDIFF_FUSED": "0"}, False), ({"MINIDIFF_FUSED": ""}, True), ({}, True),
+    ({"MINIDIFF_FAST": "1", "MINIDIFF_FUSED": "0"}, True),          # the new name wins
+])
+def test_minidiff_fast_environment_variable_sets_the_switch(variables, enabled):
+    out = subprocess.run([sys.executable, "-c", "from minidiff import backend; print(backend.fast_enabled(), "
+                          "backend.fused_enabled())"],
+                         env={**variables, "PATH": ""}, cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(enabled)
+    assert out.stdout.split() == [str(enabled)] * 2
 
 
-def test_set_fused_returns_the_previous_setting():
-    first = backend.set_fused(False)
+def test_set_enabled_and_its_old_name_return_the_previous_setting():
+    first = fast.set_enabled(False)
     try:
-        assert backend.set_fused(True) is False
-        assert backend.fused_enabled()
+        assert fast.set_enabled(True) is False
+        assert backend.set_fused(False) is True
+        assert not fast.enabled(np.ones(3)) and not backend.fused_enabled()
+        with route(True):
+            assert fast.enabled(np.ones(3))
+            with fast.disabled():
+                assert not fast.enabled(np.ones(3))
+            assert fast.enabled(np.ones(3))
     finally:
-        backend.set_fused(first)
+        fast.set_enabled(first)
 
 
-def test_numpy_arrays_never_take_the_fused_path():
-    previous = backend.set_fused(True)
-    try:
+def test_numpy_arrays_never_take_the_fused_kernels():
+    with route(True):
+        assert fast.enabled(np.ones(3, np.float32))
         assert not backend.use_fused(np.ones(3, np.float32))
-    finally:
-        backend.set_fused(previous)
 
 
-# -- the wiring: each op calls its kernel exactly when fused kernels are on --------------------------
+# -- the wiring: each op calls its kernel exactly when the fast routes are on --------------------------
 ONES, ZEROS = np.ones(4), np.zeros(4)
-WIRING = [  # (kernel, inputs(x) built with the plain code, the public op that should reach the kernel)
+WIRING = [  # (kernel, inputs(x) built with the derivation, the public op that should reach the kernel)
     ("silu", lambda x: (x,), F.silu),
     ("silu_backward", lambda x: (x, F.silu(x)[1]), F.silu_backward),
     ("gelu", lambda x: (x, "tanh"), F.gelu),
@@ -92,7 +257,7 @@ WIRING = [  # (kernel, inputs(x) built with the plain code, the public op that s
 @pytest.fixture
 def numpy_counts_as_gpu(monkeypatch):
     """Let NumPy arrays take the fused branches (so the wiring can be seen without a GPU)."""
-    monkeypatch.setattr(backend, "use_fused", lambda x: backend.fused_enabled() and x.dtype.char in "fd")
+    monkeypatch.setattr(backend, "use_fused", lambda x: backend.fast_enabled() and x.dtype.char in "fd")
 
 
 class Called(Exception):
@@ -100,25 +265,22 @@ class Called(Exception):
 
 
 @pytest.mark.parametrize("kernel, inputs, op", WIRING, ids=[k for k, _, _ in WIRING])
-@pytest.mark.parametrize("fused", [True, False])
-def test_op_calls_its_kernel_exactly_when_fused_kernels_are_on(kernel, inputs, op, fused, numpy_counts_as_gpu,
-                                                               monkeypatch):
+@pytest.mark.parametrize("on", [True, False], ids=["fast", "derivation"])
+def test_op_calls_its_kernel_exactly_when_the_fast_routes_are_on(kernel, inputs, op, on, numpy_counts_as_gpu,
+                                                                 monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 4, 5, 3))
-    previous = backend.set_fused(False)
-    try:
-        args = inputs(x)                                          # caches made by the plain code
+    with fast.disabled():
+        args = inputs(x)                                          # caches made by the derivation
 
-        def called(*args, **kwargs):
-            raise Called
-        monkeypatch.setattr(kernels, kernel, called)
-        backend.set_fused(fused)
-        if fused:
+    def called(*args, **kwargs):
+        raise Called
+    monkeypatch.setattr(kernels, kernel, called)
+    with route(on):
+        if on:
             with pytest.raises(Called):
                 op(*args)
         else:
             op(*args)
-    finally:
-        backend.set_fused(previous)
 
 
 def test_adamw_calls_the_fused_update_once_per_parameter(numpy_counts_as_gpu, monkeypatch):
@@ -127,11 +289,8 @@ def test_adamw_calls_the_fused_update_once_per_parameter(numpy_counts_as_gpu, mo
     params = [Parameter(np.ones((3, 2))), Parameter(np.ones(5))]
     for p in params:
         p.grad = np.ones_like(p.data)
-    previous = backend.set_fused(True)
-    try:
+    with route(True):
         AdamW(params).step()
-    finally:
-        backend.set_fused(previous)
     assert updates == [(3, 2), (5,)]
 
 
@@ -279,25 +438,30 @@ def kernels_on_the_cpu(tmp_path_factory):
         broadcast_to=np.broadcast_to)
     patch = pytest.MonkeyPatch()
     patch.setattr(backend, "cupy_module", lambda: fake_cupy)
-    patch.setattr(backend, "use_fused", lambda x: backend.fused_enabled() and x.dtype.char in "fd")
+    patch.setattr(backend, "use_fused", lambda x: backend.fast_enabled() and x.dtype.char in "fd")
     kernels._kernels.cache_clear()
-    # NumPy arrays now take the fused branches, also inside nn/host.py's blocks; one thread, so
-    # that two blocks never build (and compile) the stand-in kernels at once
-    threads = host.set_threads(1)
+    # NumPy arrays now take the fused branches, also inside nn/fast/blocks.py's blocks; one thread,
+    # so that two blocks never build (and compile) the stand-in kernels at once
+    threads = blocks.set_threads(1)
     yield
-    host.set_threads(threads)
+    blocks.set_threads(threads)
     patch.undo()
     kernels._kernels.cache_clear()
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_kernel_body_matches_plain_code_when_compiled_for_the_cpu(case, dtype, tolerance, kernels_on_the_cpu):
-    name, run = case
-    cast = types.SimpleNamespace(asarray=lambda a: np.asarray(a).astype(dtype) if np.asarray(a).dtype.kind == "f"
-                                 else np.asarray(a))
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(PAIRS) + ["AdamW (4 steps)"])
+def test_kernel_body_matches_the_derivation_when_compiled_for_the_cpu(name, dtype, tolerance, kernels_on_the_cpu):
     try:
-        diffs, scale = bench.compare_fused(lambda xp, rng: run(cast, rng))
+        if name == "AdamW (4 steps)":
+            with fast.disabled():
+                plain = _adamw(np, np.random.default_rng(0), dtype)
+            with route(True):
+                fused = _adamw(np, np.random.default_rng(0), dtype)
+        else:
+            plain = PAIRS[name].run(np, np.random.default_rng(0), dtype, False, False)
+            fused = PAIRS[name].run(np, np.random.default_rng(0), dtype, True, True)
     except NeedsAGPU:
         pytest.skip(f"{name}: a warp-level RawModule kernel, checked on a GPU only")
+    diffs, scale = _differences(fused, plain)
     assert max(diffs.values()) <= tolerance * max(scale, 1.0), f"{name} ({np.dtype(dtype)}): {diffs}"
