@@ -19,8 +19,9 @@ Convolution as a matrix product (im2col)
     and its backward is linear's backward: dW2d = dY2d col^T, dcol = W2d^T dY2d. Finally
     col2im sends every entry of dcol back to the pixel it was copied from, adding where windows
     overlap (a pixel copied into 9 columns collects 9 gradient contributions). Which column
-    holds which window is a free choice: for small images minidiff orders them (oy, ox, b), the
-    batch innermost, because NumPy then copies long contiguous runs (functional.batch_last).
+    holds which window is a free choice: the derivation orders them (b, oy, ox); minidiff's fast
+    route orders them (oy, ox, b) for small images, because NumPy then copies long contiguous
+    runs (minidiff/nn/fast/conv.py), and is tested equal.
 
 GroupNorm   x_hat = (x - mu) / sqrt(var + eps) per (sample, group of channels),  y = gamma x_hat + beta
     dbeta = sum dy,   dgamma = sum dy x_hat,   g = dL/dx_hat = gamma dy
@@ -43,8 +44,11 @@ What you will see: the derivations (printed from the code's own docstrings), the
 picture, a table of gradient-check errors for every op in minidiff (all < 1e-6), a deliberately
 broken GroupNorm backward caught by the check, and the speed of a convolution on this machine.
 
-Read beside: minidiff/nn/functional.py (every pair, derivation beside the code),
-minidiff/nn/reference.py (the loop versions), minidiff/nn/gradcheck.py (the checker).
+Read beside: minidiff/nn/ops/linear.py, conv.py (im2col, conv2d, col2im), norm.py (group_norm and
+layer_norm, one normalize_backward), attention.py (every pair, derivation beside the code; all
+gathered in minidiff/nn/functional.py), minidiff/nn/reference.py (the loop versions),
+minidiff/nn/gradcheck.py (the checker). The faster routes an op may hand off to are in
+minidiff/nn/fast/; MINIDIFF_FAST=0 runs the derivations you read here everywhere.
 
 Run: python lessons/04_backprop.py [--quick] [--smoke] [--device cpu|gpu]
 """
@@ -61,6 +65,7 @@ from minidiff import backend
 from minidiff.nn import functional as F
 from minidiff.nn import reference
 from minidiff.nn.gradcheck import gradcheck
+from minidiff.nn.ops import norm
 from minidiff.utils import output_dir, parse_lesson_args, pyplot, save_figure
 
 
@@ -147,7 +152,7 @@ assert np.array_equal(picture_col[:, 1 * 3 + 2], [8, 9, 10, 13, 14, 15, 18, 19, 
 
 # %% GroupNorm
 show_derivation(F.group_norm_backward)
-show_derivation(F._normalize_backward)
+show_derivation(norm.normalize_backward)
 errors = gradcheck(lambda x, g, b: F.group_norm(x, g, b, num_groups=2),
                    {"x": randn(2, 4, 3, 3) * 2 + 1, "gamma": randn(4), "beta": randn(4)}, F.group_norm_backward)
 print("group_norm: relative errors", {k: f"{v:.1e}" for k, v in errors.items()})
@@ -203,6 +208,7 @@ CHECKS = {
     "gelu (tanh)": (lambda x: F.gelu(x, "tanh"), {"x": randn(4, 5) * 3}, F.gelu_backward),
     "geglu (a * gelu(gate))": (F.geglu, {"h": randn(4, 6) * 3}, F.geglu_backward),
     "softmax": (F.softmax, {"x": randn(3, 5)}, F.softmax_backward),
+    "log_softmax": (F.log_softmax, {"x": randn(3, 5)}, F.log_softmax_backward),
     "attention": (F.attention, {"q": randn(2, 2, 3, 4), "k": randn(2, 2, 3, 4), "v": randn(2, 2, 3, 4)},
                   F.attention_backward),
     "attention (padding mask)": (lambda q, k, v: F.attention(q, k, v, padding_mask),
