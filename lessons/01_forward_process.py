@@ -33,7 +33,11 @@ docstring derives the closed form), minidiff/datasets/shapes.py.
 
 Run: python lessons/01_forward_process.py [--quick] [--smoke] [--device cpu|gpu]
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -60,7 +64,7 @@ FULL = Settings()
 QUICK = Settings(chains=6000)
 SMOKE = Settings(num_images=2, strip_columns=5, chains=600, pixels=8)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 01: the forward process — how an image dissolves into noise, one small step at a time.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out_dir = output_dir("01_forward_process", args.out)
 xp = backend.get_xp()

@@ -44,7 +44,11 @@ derivations), minidiff/diffusion/samplers.py (ddpm_step, ddim_step, sample), min
 
 Run: python lessons/02_reverse_process.py [--quick] [--smoke] [--device cpu|gpu]
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -74,7 +78,7 @@ QUICK = Settings(num_samples=4000, weight_tol=0.03, cov_tol=0.08)
 SMOKE = Settings(num_samples=400, ddpm_steps=100, ddim_steps=20, mean_tol=0.2, cov_tol=0.3, weight_tol=0.1,
                  spread_tol=0.4)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 02: the reverse process — the posterior, the ELBO and L_simple, and sampling with a perfect denoiser.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out_dir = output_dir("02_reverse_process", args.out)
 xp = backend.get_xp()

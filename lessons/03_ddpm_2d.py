@@ -38,7 +38,11 @@ minidiff/optim.py, minidiff/checkpoint.py.
 
 Run: python lessons/03_ddpm_2d.py [--quick] [--smoke] [--device cpu|gpu]
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -77,7 +81,7 @@ QUICK = Settings(MLPConfig.quick(), train_steps=3000)
 SMOKE = Settings(MLPConfig(hidden_dim=64, num_blocks=2, time_embed_dim=16), train_steps=400, lr=5e-3,
                  warmup_steps=10, num_samples=300, ddpm_steps=40, ddim_steps=10, mmd_margin=1.0)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 03: DDPM on 2-D points — train a noise predictor, then sample with DDPM and DDIM.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("03_ddpm_2d", args.out)
 device = backend.device()

@@ -52,7 +52,11 @@ minidiff/nn/fast/; MINIDIFF_FAST=0 runs the derivations you read here everywhere
 
 Run: python lessons/04_backprop.py [--quick] [--smoke] [--device cpu|gpu]
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -81,7 +85,7 @@ FULL = Settings(batch=64, channels=64, size=32, repeats=5)
 QUICK = Settings(batch=16, channels=64, size=32, repeats=5)
 SMOKE = Settings(batch=2, channels=8, size=8, repeats=2)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 04: manual backprop')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("04_backprop", args.out)
 device = backend.device()

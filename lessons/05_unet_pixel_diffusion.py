@@ -61,7 +61,11 @@ Run: python lessons/05_unet_pixel_diffusion.py [--quick] [--smoke] [--device cpu
 --quick: 16x16 images, UNetConfig.quick16, 600 training steps: about 3 minutes on a 2-core CPU.
 The default settings (no flag) are for a GPU: 32x32 images, UNetConfig.pixel32, 10,000 steps.
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -116,7 +120,7 @@ SMOKE = Settings(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_block
                  num_eval=24, sample_steps=8, classifier=evaluate.ClassifierConfig.tiny(), classifier_steps=30,
                  classifier_dataset_size=256, fd_ratio=3.0, loss_ratio=1.0)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 05: a U-Net learns to denoise shapes images, in pixel space.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 mode = "smoke" if args.smoke else "quick" if args.quick else "full"
 out = output_dir("05_unet_pixel_diffusion", args.out)

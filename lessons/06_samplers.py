@@ -74,7 +74,11 @@ minidiff/diffusion/schedule.py (abar_t, predict_x0), minidiff/evaluate.py (Frech
 Run: python lessons/06_samplers.py [--quick] [--smoke] [--device cpu|gpu]
 (uses outputs/05_unet_pixel_diffusion/unet.npz from lesson 05; trains a quick model if it is missing)
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -115,7 +119,7 @@ QUICK = Settings(num_images=96, steps=(5, 10, 20, 50), long_steps=250, long_samp
 SMOKE = Settings(num_images=8, steps=(2, 5), long_steps=10, long_samplers=("ddpm",), grid_images=2, ode_images=2,
                  fallback_steps=20, ddpm_margin=10.0, dpm_factor=100.0)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 06: samplers — DDPM, DDIM, Euler, Euler ancestral and DPM-Solver++ at 5 to 250 steps.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("06_samplers", args.out)
 device = backend.device()

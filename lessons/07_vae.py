@@ -62,7 +62,11 @@ Run: python lessons/07_vae.py [--quick] [--smoke] [--device cpu|gpu]
 No flag: the `vae` job's whole quick preset (800 steps of batch 16), meant for a GPU. --quick: 600
 steps of batch 8 on a CPU (about two minutes). --smoke: a tiny VAE for 15 steps.
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -98,7 +102,7 @@ QUICK = Settings(VAEConfig.f4_32(), scratch_steps=600, scratch_batch=8, scratch_
 SMOKE = Settings(dataclasses.replace(VAEConfig.tiny(), image_size=16), scratch_steps=15, scratch_batch=4,
                  scratch_dataset=64, num_eval=32, log_every=5, scratch_loss_ratio=1.0)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 07: the KL autoencoder that latent diffusion works in.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("07_vae", args.out)
 xp = backend.get_xp()

@@ -35,7 +35,11 @@ Run: python lessons/08_latent_diffusion.py [--quick] [--smoke] [--device cpu|gpu
 No flag: the `latent` job's quick preset (1500 steps), meant for a GPU. --quick: 400 steps on a
 CPU (the whole lesson takes about five minutes on two cores). --smoke: tiny U-Nets, seconds.
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 # %% settings
@@ -84,7 +88,7 @@ SMOKE = Settings(SMOKE_UNET, SMOKE_UNET, pixel_size=16, latent_steps=20, batch_s
                  num_eval=24, sample_steps=5, timing_steps=1, timing_samples=2, min_pixel_steps=5, fd_ratio=3.0,
                  latent_beats_pixel=False)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args("Lesson 08: latent diffusion — the diffusion model of lesson 05, run on the VAE's latents.")
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("08_latent_diffusion", args.out)
 device = backend.device()

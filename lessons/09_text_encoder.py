@@ -35,7 +35,11 @@ Read beside: minidiff/models/tokenizer.py, minidiff/models/text_encoder.py,
 minidiff/models/clip.py, minidiff/datasets/captions.py (which caption fits which image),
 minidiff/train/jobs.py (run_clip) and minidiff/evaluate.py (retrieval_accuracy).
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import dataclasses
@@ -54,7 +58,7 @@ from minidiff.models.tokenizer import WORD_PATTERN, BPETokenizer, normalise
 from minidiff.nn.module import no_grad
 from minidiff.utils import output_dir, parse_lesson_args, pyplot, save_figure, to_uint8
 
-args = parse_lesson_args(__doc__)
+args = parse_lesson_args('Lesson 09: from words to vectors -- a BPE tokenizer, a transformer text encoder, and mini-CLIP.')
 out = output_dir("09_text_encoder", args.out)
 plt = pyplot()
 

@@ -55,7 +55,11 @@ minidiff/models/unet.py (TransformerBlock, UNet.cross_attentions), minidiff/nn/l
 (MultiHeadAttention, store_attention), minidiff/train/ (run_text2image: conditioning dropout),
 minidiff/evaluate.py (prompt_accuracy, FIXED_PROMPTS).
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import dataclasses
@@ -96,7 +100,7 @@ SCALES = (0.0, 1.0, 2.0, 4.0, 7.0)
 GUIDANCE = 4.0                # the pipeline's default scale, used for the attention maps (cell 2)
 NEGATIVE_GUIDANCE = 7.0       # cell 5: the push away from a negative prompt grows as (s - 1)
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 10: text-to-image -- cross-attention, conditioning dropout and classifier-free guidance.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir(NAME, args.out)
 plt = pyplot()

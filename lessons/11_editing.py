@@ -41,7 +41,11 @@ Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no f
 Read beside: minidiff/pipeline.py (image_to_image, inpaint, outpaint), minidiff/diffusion/samplers.py
 (sample: x_T, start_step, step_callback), minidiff/diffusion/schedule.py (q_sample), lesson 10.
 """
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import dataclasses
@@ -78,7 +82,7 @@ SHOWN = (0.0, 0.25, 0.5, 0.75, 1.0)
 GUIDANCE = 4.0
 LEVEL = 1.0 / 127.5            # one uint8 grey level in [-1, 1] units
 
-args = parse_lesson_args(__doc__.splitlines()[0])
+args = parse_lesson_args('Lesson 11: editing with a text-to-image model -- image-to-image, inpainting and outpainting.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir(NAME, args.out)
 plt = pyplot()

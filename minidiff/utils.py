@@ -13,15 +13,29 @@ from .files import atomic_write_bytes  # noqa: F401  (re-exported: lessons write
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+LESSON_MODES = ("smoke", "quick", "full")
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel or VS Code's interactive window (a ``__main__`` with no file)."""
+    import sys
+    main = sys.modules.get("__main__")
+    return main is not None and not hasattr(main, "__file__")
+
+
 def lesson_parser(description: str) -> argparse.ArgumentParser:
-    """The flags every lesson takes: --quick (CPU, minutes), --smoke (seconds, for the tests),
-    --device, --seed, --out (where figures go)."""
+    """The flags every lesson takes: --smoke (seconds, for the tests), --quick (minutes on a
+    2-core CPU), --full (everything from scratch; the default of a script), --device, --seed,
+    --out (where figures go)."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller, faster settings: a few minutes on a 2-core CPU")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny settings that only check the lesson runs (used by the tests)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--smoke", action="store_true",
+                       help="tiny settings that only check the lesson runs (used by the tests)")
+    modes.add_argument("--quick", action="store_true",
+                       help="smaller, faster settings: at most a few minutes on a 2-core CPU")
+    modes.add_argument("--full", action="store_true",
+                       help="train everything from scratch at full size (the default of a script)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default outputs/<lesson>)")
     backend.add_device_argument(parser)
@@ -29,15 +43,36 @@ def lesson_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_lesson_args(description: str, argv=None):
-    """Parse the standard lesson flags and select the device."""
-    args = lesson_parser(description).parse_args(argv)
+    """Parse the standard lesson flags, pick the mode and select the device.
+
+    The mode is a flag when one is given; else ``MINIDIFF_LESSON=smoke|quick|full``; else "quick"
+    in a notebook kernel and "full" for a script. A kernel's own arguments (``-f kernel.json``)
+    are ignored, not an error. ``args.mode`` names the mode; ``args.smoke``, ``args.quick`` and
+    ``args.full`` say the same as booleans."""
+    import sys
+    notebook = in_notebook()
+    if argv is None:
+        argv = [] if notebook else sys.argv[1:]
+    parser = lesson_parser(description)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not notebook:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    flagged = [mode for mode in LESSON_MODES if getattr(args, mode)]
+    from_env = os.environ.get("MINIDIFF_LESSON", "").strip().lower()
+    if from_env and from_env not in LESSON_MODES:
+        parser.error(f"MINIDIFF_LESSON must be one of {', '.join(LESSON_MODES)}, got {from_env!r}")
+    args.mode = flagged[0] if flagged else from_env or ("quick" if notebook else "full")
+    for mode in LESSON_MODES:
+        setattr(args, mode, args.mode == mode)
     backend.set_device(args.device)
     return args
 
 
 def output_dir(name: str, override: str | None = None) -> Path:
-    """``outputs/<name>/`` under the repository (created), or ``override`` when given."""
-    path = Path(override) if override else REPO_ROOT / "outputs" / name
+    """``outputs/<name>/`` (created): under ``MINIDIFF_OUTPUTS`` when that is set, else under the
+    repository; or ``override`` when given."""
+    root = Path(os.environ["MINIDIFF_OUTPUTS"]) if os.environ.get("MINIDIFF_OUTPUTS") else REPO_ROOT / "outputs"
+    path = Path(override) if override else root / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -77,20 +112,31 @@ def image_grid(images, nrow: int | None = None, pad: int = 1, scale: int = 1):
 
 
 def save_figure(fig, path):
-    """Save a matplotlib figure (PNG, 120 dpi), close it, and print where it went."""
+    """Save a matplotlib figure (PNG, 120 dpi), show it inline in a notebook, close it, and print
+    where it went."""
+    import io
+
     import matplotlib.pyplot as plt
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    if in_notebook():
+        try:
+            from IPython.display import display
+            display(fig)
+        except ImportError:                 # a kernel-like run without IPython: the file is enough
+            pass
     plt.close(fig)
     print(f"saved {path}")
     return path
 
 
 def pyplot():
-    """matplotlib.pyplot with a non-interactive backend (lessons run headless)."""
+    """matplotlib.pyplot: a non-interactive backend for scripts (lessons run headless); a notebook
+    keeps its own (inline) backend."""
     import matplotlib
-    if os.environ.get("MPLBACKEND") is None:
+    if os.environ.get("MPLBACKEND") is None and not in_notebook():
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
