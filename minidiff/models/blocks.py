@@ -107,7 +107,7 @@ class ResBlock(Module):
     ``groups_for(channels, norm_groups)``. forward(x[, temb]) -> y; backward(dy) -> dx, or
     (dx, dtemb) for a block with a time embedding: one gradient per input of forward."""
 
-    def __init__(self, in_channels, out_channels, norm_groups=32, eps=1e-5, time_embed_dim=None, dropout=0.0,
+    def __init__(self, in_channels, out_channels, norm_groups=32, *, eps=1e-5, time_embed_dim=None, dropout=0.0,
                  zero_init_out=False, rng=None):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = GroupNorm(groups_for(in_channels, norm_groups), in_channels, eps=eps, activation="silu")
@@ -269,7 +269,7 @@ class TransformerBlock(_CachingModule):
     ff_norm = _role("ff_norm")
     feed_forward = _role("feed_forward")
 
-    def __init__(self, dim, num_heads, ff_hidden, context_dim=None, gated_ff=False, gelu_approximate="none",
+    def __init__(self, dim, num_heads, ff_hidden, *, context_dim=None, gated_ff=False, gelu_approximate="none",
                  eps=1e-5, attention_bias=False, names=DIFFUSERS_NAMES, rng=None):
         self.names = names
         setattr(self, names.self_norm, LayerNorm(dim, eps=eps))
@@ -325,7 +325,7 @@ class SpatialTransformer(TransformerBlock):
     forward(x, context=None, mask=None): mask (B, 1, 1, S) bool hides padded context tokens.
     backward(dy) -> (dx, dcontext); dcontext is None when no context was used."""
 
-    def __init__(self, channels, num_heads, norm_groups=32, context_dim=None, ff_mult=4, feed_forward="geglu",
+    def __init__(self, channels, num_heads, norm_groups=32, *, context_dim=None, ff_mult=4, feed_forward="geglu",
                  rng=None):
         self.norm = GroupNorm(groups_for(channels, norm_groups), channels, eps=1e-6)
         self.proj_in = Linear(channels, channels, rng=rng)
