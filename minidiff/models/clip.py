@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import get_array_module
+from ..nn import functional as F
 from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
 from ..nn.module import Module, Parameter, no_grad
 from .text_encoder import TextEncoder, TextEncoderConfig
@@ -221,24 +222,21 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, positives=None, log
     t_rows = p / p.sum(axis=1, keepdims=True)
     t_cols = p / p.sum(axis=0, keepdims=True)
     # CE_rows = -1/B sum_ij T_rows log softmax_rows;  CE_cols likewise down the columns
-    log_p_rows = logits - logits.max(axis=1, keepdims=True)
-    log_p_rows = log_p_rows - xp.log(xp.exp(log_p_rows).sum(axis=1, keepdims=True))
-    log_p_cols = logits - logits.max(axis=0, keepdims=True)
-    log_p_cols = log_p_cols - xp.log(xp.exp(log_p_cols).sum(axis=0, keepdims=True))
+    log_p_rows, (p_rows, _) = F.log_softmax(logits, axis=1)       # log softmax along each row
+    log_p_cols, (p_cols, _) = F.log_softmax(logits, axis=0)       # ... and down each column
     loss_rows = -(t_rows * log_p_rows).sum() / B
     loss_cols = -(t_cols * log_p_cols).sum() / B
     loss = 0.5 * (loss_rows + loss_cols)
-    cache = (u_cache, v_cache, s, below_cap, cosine, log_p_rows, log_p_cols, t_rows, t_cols)
+    cache = (u_cache, v_cache, s, below_cap, cosine, p_rows, p_cols, t_rows, t_cols)
     return loss, logits, cache
 
 
 def contrastive_loss_backward(d_loss, cache):
     """-> (d_image_embeds, d_text_embeds, d_logit_scale), see the module docstring for the math."""
-    u_cache, v_cache, s, below_cap, cosine, log_p_rows, log_p_cols, t_rows, t_cols = cache
-    xp = get_array_module(cosine)
+    u_cache, v_cache, s, below_cap, cosine, p_rows, p_cols, t_rows, t_cols = cache
     B = cosine.shape[0]
-    # forward was: loss = (CE_rows + CE_cols) / 2; d CE / d logits = softmax - targets, softmax = exp(log softmax)
-    d_logits = d_loss * ((xp.exp(log_p_rows) - t_rows) + (xp.exp(log_p_cols) - t_cols)) / (2 * B)
+    # forward was: loss = (CE_rows + CE_cols) / 2;  d CE / d logits = softmax - targets (each target row sums to 1)
+    d_logits = d_loss * ((p_rows - t_rows) + (p_cols - t_cols)) / (2 * B)
     # forward was: logits = s cos,  s = exp(logit_scale)  -> ds/dlogit_scale = s (0 above the cap)
     d_logit_scale = (d_logits * cosine).sum() * s * below_cap
     d_cosine = s * d_logits
