@@ -143,18 +143,18 @@ class GroupNorm(_CachingModule):
         self.activation = activation
         self.weight = Parameter(np.ones(self.num_channels, np.float32))    # gamma
         self.bias = Parameter(np.zeros(self.num_channels, np.float32))     # beta
-        self._op, self._op_backward = ((F.group_norm, F.group_norm_backward) if activation is None
-                                       else (F.group_norm_silu, F.group_norm_silu_backward))
 
     def forward(self, x):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"GroupNorm: expected input (B, {self.num_channels}, ...), got shape {tuple(x.shape)}")
-        y, cache = self._op(x, self.weight.data, self.bias.data, self.num_groups, eps=self.eps)
+        op = F.group_norm if self.activation is None else F.group_norm_silu
+        y, cache = op(x, self.weight.data, self.bias.data, self.num_groups, eps=self.eps)
         self._keep(cache)
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = self._op_backward(dy, self._take_cache())
+        op_backward = F.group_norm_backward if self.activation is None else F.group_norm_silu_backward
+        dx, dgamma, dbeta = op_backward(dy, self._take_cache())
         self.weight.accumulate(dgamma)
         self.bias.accumulate(dbeta)
         return dx
