@@ -14,6 +14,8 @@ from minidiff.nn.gradcheck import check_module
 from minidiff.nn.module import Module
 
 GRADCHECK = settings(max_examples=10, deadline=None)
+# attention blocks are checked with eps 3e-6: at 1e-5 the central difference's O(eps^2) error can pass
+# 1e-6 (see test_unet's transformer check), at 1e-6 the rounding noise nears it
 
 
 def randomize(block, seed):
@@ -99,7 +101,7 @@ def test_causal_clip_block_gradients_match_finite_differences(length, seed):
                              rng=np.random.default_rng(seed))
     mask = causal_mask(length)[None, None]                          # (1, 1, L, L)
     x = np.random.default_rng(seed + 1).standard_normal((2, length, 8))
-    report = check_module(WithMasks(randomize(block, seed), mask=mask), [x], seed=seed, eps=1e-5, max_coords=16)
+    report = check_module(WithMasks(randomize(block, seed), mask=mask), [x], seed=seed, eps=3e-6, max_coords=16)
     assert report.max_error < 1e-6, report
 
 
@@ -114,7 +116,7 @@ def test_cross_attending_block_gradients_match_finite_differences(tokens, seed):
     context_mask[:, 0] = True                                       # every query sees at least one token
     inputs = [rng.standard_normal((2, 4, 6)), rng.standard_normal((2, tokens, 5))]
     report = check_module(WithMasks(block, context_mask=context_mask[:, None, None, :]), inputs, seed=seed,
-                          eps=1e-5, max_coords=16)
+                          eps=3e-6, max_coords=16)
     assert report.max_error < 1e-6, report
     assert "input:x1" in report.errors
 

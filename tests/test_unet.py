@@ -130,7 +130,9 @@ def test_transformer_block_gradients_match_finite_differences(channels, batch, H
         mask = rng.random((batch, tokens)) < 0.7
         mask[:, 0] = True                                        # every query sees at least one token
         inputs += [rng.standard_normal((batch, tokens, config.context_dim)), mask[:, None, None, :]]
-    report = check_module(block, inputs, seed=seed, eps=1e-5, max_coords=16)
+    # eps 3e-6, not 1e-5: the central difference's O(eps^2) error reached 3.1e-6 on a hypothesis-found
+    # case (channels=4, batch=2, H=W=2, tokens=1, seed=1773); at 3e-6 it is 2.8e-7 there
+    report = check_module(block, inputs, seed=seed, eps=3e-6, max_coords=16)
     assert report.max_error < 1e-6, report
     assert ("input:x1" in report.errors) == with_context
 
