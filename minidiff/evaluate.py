@@ -2,12 +2,19 @@
 
 Two numbers, both measured with a small convolutional classifier trained on the shapes data:
 
-Prompt accuracy
+Prompt accuracy, by category
     The classifier predicts every attribute of a scene (number of objects, each object's shape,
     colour and size, the position of a single object, the relation between two objects). A
     generated image counts as correct when *every* attribute its prompt states is predicted as
     stated; attributes the prompt leaves out ("a red circle" says nothing about size or position)
-    are not checked. ``prompt_accuracy`` also reports the accuracy of each attribute on its own.
+    are not checked. ``prompt_accuracy`` also reports the accuracy of each attribute on its own,
+    and ``accuracy_by_category`` splits it the way GenEval does: single objects by attribute,
+    two objects by the relation the prompt says, attribute binding, overall. Always read the
+    table: an average over a prompt set hides the category that fails.
+
+Relation probe
+    ``relation_probe`` asks the text tower itself whether "A above B" differs from "A below B"
+    (ARO's relation test): a bag of words scores 50%.
 
 Fréchet distance (FD)
     Fit a Gaussian to the classifier's penultimate features of real images, N(mu_1, S_1), and one
@@ -163,6 +170,66 @@ def prompt_accuracy(images, prompts, classifier, batch_size: int = 256):
     return float(np.mean(correct)), per_attribute
 
 
+# ------------------------------------------------------------------------- accuracy by category
+SINGLE_ATTRIBUTES = ("colour", "shape", "size", "position")
+
+
+def accuracy_by_category(images, prompts, classifier, batch_size: int = 256) -> dict:
+    """Prompt accuracy by category, the shape of GenEval's table; an average alone hides the
+    failing case. Returns {category: (accuracy, number of prompts)} in this order:
+
+        single/colour, single/shape, single/size, single/position   one-object prompts that state
+                                  the attribute: one object predicted, and that attribute right
+        relation/above, relation/below, relation/to the left of, relation/to the right of
+                                  two-object prompts by the relation they *say* ("under" counts as
+                                  below): every stated attribute right, i.e. both objects and where
+                                  each one is
+        binding                   two-object prompts: each colour on its own shape (as a pair of
+                                  colour-shape pairs, whatever the layout)
+        overall                   every prompt: every stated attribute right (``prompt_accuracy``)
+
+    A category no prompt falls in is left out."""
+    prompts = list(prompts)
+    if len(prompts) != len(images):
+        raise ValueError(f"accuracy_by_category: {len(images)} images but {len(prompts)} prompts")
+    predicted = predict_labels(classifier, images, batch_size)
+    hits = {}
+
+    def count(category, ok):
+        hits.setdefault(category, []).append(bool(ok))
+
+    for i, prompt in enumerate(prompts):
+        said = shapes.parse_caption(prompt)
+        scene = shapes.attributes_from_labels(predicted, i)
+        agreement = shapes.prompt_agreement(shapes.canonical_attributes(said), scene)
+        if said["num_objects"] == 1:
+            for attribute in SINGLE_ATTRIBUTES:
+                if said[attribute] is not None:
+                    count(f"single/{attribute}", agreement["num_objects"] and agreement[attribute])
+        else:
+            count(f"relation/{said['relation']}", all(agreement.values()))
+            pairs = lambda a: sorted([(a["colour"], a["shape"]), (a["colour2"], a["shape2"])], key=str)  # noqa: E731
+            count("binding", scene["num_objects"] == 2 and pairs(said) == pairs(scene))
+        count("overall", all(agreement.values()))
+    order = ([f"single/{a}" for a in SINGLE_ATTRIBUTES] + [f"relation/{r}" for r in captions.RELATIONS]
+             + ["binding", "overall"])
+    return {name: (float(np.mean(hits[name])), len(hits[name])) for name in order if name in hits}
+
+
+def format_categories(tables: dict) -> str:
+    """{column title: accuracy_by_category(...)} -> a text table, one row per category."""
+    columns = list(tables)
+    names = list(dict.fromkeys(name for table in tables.values() for name in table))
+    width = max(len(n) for n in names) + 2
+    lines = [f"  {'category':<{width}}" + "".join(f"{c:>12}" for c in columns) + "   prompts"]
+    for name in names:
+        cells = "".join(f"{100 * tables[c][name][0]:>11.1f}%" if name in tables[c] else f"{'-':>12}"
+                        for c in columns)
+        count = next(tables[c][name][1] for c in columns if name in tables[c])
+        lines.append(f"  {name:<{width}}{cells}   {count}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- Fréchet distance
 def sqrtm_psd(matrix):
     """Square root of a symmetric positive semi-definite matrix: V diag(sqrt(l)) V^T (eigh).
@@ -285,6 +352,37 @@ def retrieval_accuracy(model: MiniCLIP, tokenizer, num_batches: int = 8, batch_s
     return {"top1": hits / total, "strict_top1": strict / total, "chance": chance / total}
 
 
+def relation_probe(model: MiniCLIP, tokenizer, num_scenes: int = 512, seed: int = 0) -> dict:
+    """Does mini-CLIP's text tower know word order? (the shape of ARO's relation test)
+
+    For held-out two-object scenes, score the true image against its true caption and against
+    each hard negative (``captions.hard_negatives``: the relation flipped, the objects swapped,
+    the colours swapped), all written in the canonical template. A hit is cos(image, true) >
+    cos(image, negative). A bag of words scores 50%. Returns {relation: {kind: (accuracy, n)}}."""
+    xp = backend.get_array_module(model.logit_scale.data)
+    batch = shapes.sample(num_scenes, seed=(CLIP_HELDOUT_SEED, seed, 7), size=model.config.image_size,
+                          two_object_fraction=1.0)
+    truths = [shapes.attributes_from_labels(batch["labels"], i) for i in range(num_scenes)]
+    negatives = [captions.hard_negatives(truth) for truth in truths]
+    texts = [captions.caption_for(a, 0, 0.0, 0.0) for truth, neg in zip(truths, negatives)
+             for a in [truth, *neg.values()]]
+    text_embeds, image_embeds = [], []
+    for start in range(0, len(texts), 256):                       # unit vectors, in batches
+        ids, mask = tokenizer.encode_batch(texts[start:start + 256], max_length=model.config.text.max_length)
+        text_embeds.append(backend.to_numpy(model.encode_text(xp.asarray(ids), xp.asarray(mask))))
+    for start in range(0, num_scenes, 256):
+        image_embeds.append(backend.to_numpy(model.encode_image(xp.asarray(batch["images"][start:start + 256]))))
+    text_embeds, image_embeds = np.concatenate(text_embeds), np.concatenate(image_embeds)
+    results, row = {}, 0
+    for i, (truth, negative) in enumerate(zip(truths, negatives)):
+        cos = text_embeds[row:row + 1 + len(negative)] @ image_embeds[i]      # [true, negatives...]
+        row += 1 + len(negative)
+        for kind, score in zip(negative, cos[1:]):
+            results.setdefault(truth["relation"], {}).setdefault(kind, []).append(cos[0] > score)
+    return {relation: {kind: (float(np.mean(v)), len(v)) for kind, v in kinds.items()}
+            for relation, kinds in sorted(results.items(), key=lambda kv: captions.RELATIONS.index(kv[0]))}
+
+
 # ------------------------------------------------------------------------ evaluating a checkpoint
 def load_classifier(path=DEFAULT_CLASSIFIER, device=None):
     """The AttributeClassifier in a classifier checkpoint (``python -m minidiff train classifier``)."""
@@ -380,22 +478,29 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
                                    text_encoder.config.vocab_size)
     pipe = Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
                     prediction_type=prediction_type, max_length=text_encoder.config.max_length)
-    prompts = [FIXED_PROMPTS[i % len(FIXED_PROMPTS)] for i in range(num_images)]
+    prompt_set = captions.CATEGORY_PROMPTS
+    prompts = [prompt_set[i % len(prompt_set)] for i in range(num_images)]
     # the judge's ceiling: true renders of the same prompts, scored the same way
     rendered = np.stack([shapes.render(shapes.parse_caption(p), image_size, rng=(seed, i))
                          for i, p in enumerate(prompts)])
-    results["reference_accuracy"] = prompt_accuracy(match_size(rendered, size), prompts, judge)[0]
-    say(f"  prompt accuracy of true renders of the prompts (the judge's ceiling): {results['reference_accuracy']:.3f}")
+    ceiling = accuracy_by_category(match_size(rendered, size), prompts, judge)
+    results["reference_accuracy"] = ceiling["overall"][0]
+    results["reference_categories"] = ceiling
     results["guidance"] = {}
-    say(f"  {'guidance':>8}  {'FD':>8}  {'prompt acc':>10}  per attribute")
+    tables = {"true render": ceiling}
+    say(f"  {'guidance':>8}  {'FD':>8}  {'all right':>10}")
     for scale in guidance_scales:
         images = np.clip(generate(pipe, prompts, scale, steps, seed, sampler, batch_size, spacing), -1.0, 1.0)
         images = match_size(images, size)
+        categories = accuracy_by_category(images, prompts, judge)
         accuracy, per_attribute = prompt_accuracy(images, prompts, judge)
         fd = frechet_distance_from_features(real_features, classifier_features(judge, images))
-        results["guidance"][float(scale)] = {"fd": fd, "accuracy": accuracy, "per_attribute": per_attribute}
-        say(f"  {scale:>8g}  {fd:>8.3f}  {accuracy:>10.3f}  "
-            + " ".join(f"{k}={v:.2f}" for k, v in per_attribute.items()))
+        results["guidance"][float(scale)] = {"fd": fd, "accuracy": accuracy, "per_attribute": per_attribute,
+                                             "categories": categories}
+        tables[f"guidance {scale:g}"] = categories
+        say(f"  {scale:>8g}  {fd:>8.3f}  {accuracy:>10.3f}")
+    say("  prompt accuracy by category (the true renders are the judge's ceiling):")
+    say(format_categories(tables))
     return results
 
 

@@ -236,3 +236,52 @@ def test_classifier_heads_count_the_grammar_vocabulary():
              "colour2": len(captions.COLOURS), "size2": len(captions.SIZES), "relation": len(captions.RELATIONS)}
     assert {name: classes for name, classes, _ in C.HEADS} == sizes
     assert tuple(name for name, _, _ in C.HEADS) == tuple(k for k in captions.LABEL_KEYS)
+
+
+def _shipped_judge():
+    return E.load_classifier()
+
+
+def test_categories_of_true_renders_are_all_right_and_a_flipped_layout_fails_only_its_relation():
+    """True renders of the category prompts score 100% in every category (the judge's ceiling);
+    renders with the relation flipped fail every relation category but keep colour-shape binding."""
+    judge = _shipped_judge()
+    prompts = list(captions.CATEGORY_PROMPTS)
+    truth = np.stack([shapes.render(shapes.parse_caption(p), 32, rng=(0, i)) for i, p in enumerate(prompts)])
+    table = E.accuracy_by_category(truth, prompts, judge)
+    assert list(table) == ["single/colour", "single/shape", "single/size", "single/position",
+                           "relation/above", "relation/below", "relation/to the left of",
+                           "relation/to the right of", "binding", "overall"]
+    assert all(acc >= 0.97 for acc, _ in table.values()), table
+    assert all(n == 10 for name, (_, n) in table.items() if name.startswith("relation/"))
+    flipped = np.stack([shapes.render(captions.hard_negatives(shapes.parse_caption(p)).get(
+        "flip_relation", shapes.parse_caption(p)), 32, rng=(0, i)) for i, p in enumerate(prompts)])
+    table = E.accuracy_by_category(flipped, prompts, judge)
+    assert all(table[f"relation/{r}"][0] <= 0.05 for r in captions.RELATIONS), table
+    assert table["binding"][0] >= 0.95 and table["single/colour"][0] >= 0.97, table
+    assert "relation/above" in E.format_categories({"mine": table})
+
+
+def test_hard_negatives_change_only_order():
+    scene = shapes.parse_caption("a small red circle above a blue square")
+    negatives = captions.hard_negatives(scene)
+    say = lambda a: captions.caption_for(a, 0, 0.0, 0.0)          # noqa: E731
+    assert {k: say(a) for k, a in negatives.items()} == {
+        "flip_relation": "a small red circle below a blue square",
+        "swap_objects": "a blue square above a small red circle",
+        "swap_colours": "a small blue circle above a red square"}
+    same_colour = shapes.parse_caption("a red circle left of a red square")
+    assert set(captions.hard_negatives(same_colour)) == {"flip_relation", "swap_objects"}
+    assert captions.hard_negatives(shapes.parse_caption("a red circle on the left")) == {}
+
+
+def test_relation_probe_reports_every_relation_and_kind():
+    from minidiff.models.clip import CLIPConfig, MiniCLIP
+    tokenizer = train.train_tokenizer(384, corpus_size=2000)
+    model = MiniCLIP(CLIPConfig.quick(), seed=0).eval()
+    probe = E.relation_probe(model, tokenizer, num_scenes=64)
+    assert list(probe) == list(captions.RELATIONS)
+    for kinds in probe.values():
+        assert set(kinds) <= {"flip_relation", "swap_objects", "swap_colours"} and "flip_relation" in kinds
+        assert all(0.0 <= acc <= 1.0 and n >= 1 for acc, n in kinds.values())
+    assert sum(n for kinds in probe.values() for _, n in [kinds["flip_relation"]]) == 64

@@ -289,3 +289,47 @@ def _fixed_prompts():
 
 
 FIXED_PROMPTS = _fixed_prompts()     # e.g. "a red circle on the left", "a green square below a yellow triangle"
+
+
+# -- the evaluation's prompt set, balanced by category ---------------------------------------------
+def _category_prompts():
+    """FIXED_PROMPTS' 30 one-object prompts, then 10 two-object prompts per relation (each phrase
+    of the relation in turn: "above", "over"; "below", "under", "beneath"; ...), the two objects
+    always of different colours and, every other prompt, of different shapes: 70 prompts."""
+    one = list(FIXED_PROMPTS[:30])
+    two = []
+    for r, relation in enumerate(RELATIONS):
+        phrases = RELATION_PHRASES[relation]
+        for k in range(10):
+            c1, c2 = COLOURS[(k + r) % 6], COLOURS[(k + r + 1 + k % 5) % 6]
+            s1 = SHAPES[(k + r) % 3]
+            s2 = SHAPES[(k + r + (k % 2)) % 3]
+            two.append(f"{_object(c1, s1)} {phrases[k % len(phrases)]} {_object(c2, s2)}")
+    return tuple(one + two)
+
+
+CATEGORY_PROMPTS = _category_prompts()
+
+
+# -- hard negatives: captions that differ from the truth only in order ------------------------------
+def hard_negatives(attributes: dict) -> dict:
+    """For a two-object scene, the wrong scenes a bag of words cannot tell from it:
+
+        flip_relation   "A above B" -> "A below B"
+        swap_objects    "A above B" -> "B above A"
+        swap_colours    "a red circle above a blue square" -> "a blue circle above a red square"
+
+    Returns {kind: attributes}; a kind that would describe the same scene (two identical objects,
+    or one colour for both) is left out. One-object scenes have none: {}."""
+    a = validate_attributes(attributes)
+    if a["num_objects"] != 2:
+        return {}
+    flipped = {"above": "below", "below": "above", "to the left of": "to the right of",
+               "to the right of": "to the left of"}
+    out = {"flip_relation": dict(a, relation=flipped[a["relation"]])}
+    if (a["shape"], a["colour"], a["size"]) != (a["shape2"], a["colour2"], a["size2"]):
+        out["swap_objects"] = dict(a, shape=a["shape2"], colour=a["colour2"], size=a["size2"],
+                                   shape2=a["shape"], colour2=a["colour"], size2=a["size"])
+    if a["colour"] != a["colour2"]:
+        out["swap_colours"] = dict(a, colour=a["colour2"], colour2=a["colour"])
+    return out
