@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from minidiff import train
+from minidiff import train, zoo
 from minidiff.checkpoint import load_checkpoint
 from minidiff.datasets import captions
 from minidiff.models.unet import UNetConfig
@@ -103,7 +103,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model.config = dataclasses.make_dataclass("Config", [("width", int, 3)])()
     x = np.ones((4, 3), np.float32)
 
-    def loss_fn(rng):
+    def loss_fn(rng, step):
         y = model.forward(x)
         poisoned = model.weight.data.sum() * 0 + (np.nan if calls.append(1) or len(calls) > 5 else 0)
         loss = (y ** 2).mean() + poisoned
@@ -215,3 +215,34 @@ def test_stop_at_with_train_all_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="--stop-at 3 names a step of one job"):
         train.main(args)
     assert not (tmp_path / "all").exists()
+
+
+def test_vae_job_trains_with_perceptual_and_adversarial_terms(tmp_path, monkeypatch):
+    """Both optional terms of the autoencoder's objective run in the one loop: the perceptual term
+    through the frozen shipped classifier (whose weights must not move), the patch discriminator
+    stepping beside the VAE once the GAN term starts."""
+    from minidiff.models import discriminator as D
+    steps_taken = []
+    real_loss = D.PatchDiscriminator.discriminator_loss
+
+    def counting_loss(self, real, fake):
+        steps_taken.append(1)
+        return real_loss(self, real, fake)
+    monkeypatch.setattr(D.PatchDiscriminator, "discriminator_loss", counting_loss)
+    cfg = dataclasses.replace(train.VAEJob.quick(), steps=3, batch_size=2, dataset_size=8, scale_images=8,
+                              warmup_steps=1, perceptual_weight=0.5, adversarial_weight=0.1, adversarial_start=1,
+                              model=VAEConfig(base_channels=8, channel_mults=(1, 2), norm_groups=4, image_size=32))
+    judges = []
+    real_load = zoo.load_classifier
+    monkeypatch.setattr(zoo, "load_classifier", lambda *a, **k: judges.append(real_load(*a, **k)) or judges[-1])
+    judge_before = {n: p.data.copy() for n, p in real_load().named_parameters()}
+    result = train.run_vae(cfg, out=tmp_path, progress=False)
+    assert result.complete and np.isfinite(result.final_loss)
+    assert len(steps_taken) == 2                            # steps 1 and 2, not step 0
+    (judge,) = judges
+    assert all(np.array_equal(judge_before[n], p.data) for n, p in judge.named_parameters())
+    with pytest.raises(ValueError, match="perceptual_weight must be a number >= 0"):
+        dataclasses.replace(cfg, perceptual_weight=-1.0)
+    with pytest.raises(ValueError, match="sees 32x32 images, the VAE 16x16"):
+        train.run_vae(dataclasses.replace(cfg, model=VAEConfig(base_channels=8, channel_mults=(1, 2), norm_groups=4,
+                                                               image_size=16)), out=tmp_path / "b", progress=False)

@@ -156,3 +156,33 @@ def classifier_loss(model: AttributeClassifier, images, targets: dict, num_singl
         d_logits[name][rows] = F.cross_entropy_backward(1.0, cache)
     model.backward(d_logits)
     return total
+
+
+# -- the classifier as a frozen feature extractor (the VAE's perceptual loss) ---------------------
+class ClassifierFeatures(Module):
+    """The feature maps of a trained AttributeClassifier's conv stages, as a perceptual network:
+    ``forward(x) -> [h_1, ..., h_K]`` (one map per ConvNormAct block) and
+    ``backward([dh_1, ..., dh_K]) -> dx``. LPIPS does the same with VGG; here the network knows
+    exactly the shapes, colours and places the autoencoder must keep. Its weights are never
+    updated (``models/vae_loss.py``'s ``frozen_features`` restores their grads)."""
+
+    def __init__(self, classifier: AttributeClassifier):
+        self.classifier = classifier
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        B, _, S, _ = x.shape
+        h = xp.concatenate([x, coordinate_planes(B, S, xp, x.dtype)], axis=1)      # + x, y planes
+        maps = []
+        for block in self.classifier.blocks:
+            h = block(h)
+            maps.append(h)
+        return maps
+
+    def backward(self, d_maps):
+        # forward was: h_k = block_k(h_{k-1}), each h_k also an output -> its gradient joins on the way back
+        dh = None
+        for block, d_map in zip(reversed(self.classifier.blocks), reversed(list(d_maps))):
+            dh = d_map if dh is None else dh + d_map
+            dh = block.backward(dh)
+        return dh[:, :3]                                   # the coordinate planes are constants

@@ -83,7 +83,6 @@ from ..checks import positive_int, positive_ints
 from ..nn.layers import Conv2d, GroupNorm
 from ..nn.module import Module, no_grad
 from .blocks import AttnBlock, Downsample, ResBlock, Upsample
-from .vae_loss import feature_matching, frozen_features, vae_loss   # noqa: F401  (their old home; import from vae_loss)
 
 __all__ = ["VAEConfig", "DiagonalGaussian", "Level", "MidBlock", "Encoder", "Decoder", "AutoencoderKL",
            # the blocks live in blocks.py, the objective in vae_loss.py

@@ -81,6 +81,12 @@ def add_arguments(parser):
     parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune)")
     parser.add_argument("--two-object-fraction", type=float,
                         help="text2image: share of two-object scenes in the training data (default 0.3)")
+    parser.add_argument("--perceptual-weight", type=float,
+                        help="vae: weight of a perceptual term in the frozen attribute classifier's features (default 0: off)")
+    parser.add_argument("--adversarial-weight", type=float,
+                        help="vae: weight of a patch-GAN term, its discriminator trained alongside (default 0: off)")
+    parser.add_argument("--adversarial-start", type=int,
+                        help="vae: the step at which the GAN term joins (default 0)")
     parser.add_argument("--half", action="store_true",
                         help="store the final weights as float16 (half the file size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -86,11 +86,27 @@ class PixelJob(DiffusionTrainConfig):
 
 @dataclass
 class VAEJob(TrainConfig):
-    """KL autoencoder with Stable Diffusion's L1 + 1e-6 KL objective."""
+    """KL autoencoder with Stable Diffusion's L1 + 1e-6 KL objective; optionally (both off by default)
+    a perceptual term through the frozen attribute classifier and a patch-GAN term (models/vae_loss.py)."""
     model: VAEConfig = field(default_factory=VAEConfig.f4_32)
     kl_weight: float = 1e-6
     recon: str = "l1"
     scale_images: int = 2048          # images whose latents set the scale factor at the end
+    perceptual_weight: float = 0.0    # > 0: + weight * feature distance in the classifier's conv maps
+    perceptual_network: str = str(zoo.PRETRAINED_DIR / zoo.FILES["classifier"])
+    adversarial_weight: float = 0.0   # > 0: + weight * patch-GAN generator loss, D trained alongside
+    adversarial_start: int = 0        # the GAN term joins at this step (the "discriminator start")
+    discriminator_lr: float = 2e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("perceptual_weight", "adversarial_weight", "discriminator_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"VAEJob: {name} must be a number >= 0, got {value!r}")
+        if isinstance(self.adversarial_start, bool) or not isinstance(self.adversarial_start, int) \
+                or self.adversarial_start < 0:
+            raise ValueError(f"VAEJob: adversarial_start must be an integer >= 0, got {self.adversarial_start!r}")
 
     @classmethod
     def quick(cls):
@@ -193,7 +209,8 @@ JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": Cl
 
 
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
-             "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model")
+             "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model",
+             "perceptual_weight", "adversarial_weight", "adversarial_start")
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):

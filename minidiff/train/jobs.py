@@ -21,11 +21,14 @@ from ..datasets import captions, shapes
 from ..diffusion import samplers
 from ..diffusion.loss import diffusion_loss, training_targets
 from ..diffusion.schedule import NoiseSchedule
-from ..models.classifier import AttributeClassifier, classifier_loss
+from ..models.classifier import AttributeClassifier, ClassifierFeatures, classifier_loss
 from ..models.clip import MiniCLIP, clip_loss_and_backward
 from ..models.tokenizer import BPETokenizer
 from ..models.unet import UNet
-from ..models.vae import AutoencoderKL, vae_loss
+from ..models.vae import AutoencoderKL
+from ..models.vae_loss import frozen_features, vae_loss
+from ..models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from ..optim import AdamW
 from ..pipeline import Pipeline
 from .config import ClassifierJob, ClipJob, DiffusionTrainConfig, LatentJob, PixelJob, Text2ImageJob, VAEJob
 from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states
@@ -46,7 +49,7 @@ def _checkpoint_config(job, model, cfg):
 
 def _diffusion_loss_fn(model, schedule, cfg, draw_batch):
     """loss_fn for the diffusion jobs: x_0 (and context) from ``draw_batch(rng)``, then L_simple."""
-    def loss_fn(rng):
+    def loss_fn(rng, step):
         x0, context, context_mask = draw_batch(rng)
         x_t, t, noise, _ = training_targets(schedule, x0, rng, cfg.prediction_type)
         out = model.forward(x_t, t, context, context_mask)
@@ -85,14 +88,44 @@ def run_pixel(cfg: PixelJob, out=None, resume=False, deadline=None, stop_at=None
                sample_fn=_unconditional_sampler(schedule, cfg, shape), progress=progress, ship_dtype=ship_dtype)
 
 
+def _vae_extras(cfg: VAEJob, model):
+    """The optional terms of the VAE's objective: (perceptual_fn or None, discriminator step or None).
+
+    The perceptual network is the frozen attribute classifier (its conv maps); the discriminator is
+    a PatchDiscriminator with its own AdamW, stepped inside the loss function (its state is not
+    in the checkpoint: a resumed run starts it afresh)."""
+    perceptual_fn = None
+    if cfg.perceptual_weight > 0:
+        judge = zoo.load_classifier(cfg.perceptual_network, backend.device())
+        if judge.config.image_size != cfg.model.image_size:
+            raise ValueError(f"--perceptual-weight: the perceptual network {cfg.perceptual_network} sees "
+                             f"{judge.config.image_size}x{judge.config.image_size} images, the VAE "
+                             f"{cfg.model.image_size}x{cfg.model.image_size}")
+        perceptual_fn = frozen_features(ClassifierFeatures(judge.train()))
+    discriminator = None
+    if cfg.adversarial_weight > 0:
+        discriminator = PatchDiscriminator(DiscriminatorConfig(in_channels=cfg.model.in_channels),
+                                           seed=cfg.seed).to(backend.device()).train()
+        discriminator.optimizer = AdamW(discriminator, lr=cfg.discriminator_lr, betas=(0.5, 0.9), weight_decay=0.0)
+    return perceptual_fn, discriminator
+
+
 def run_vae(cfg: VAEJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     xp = backend.get_xp()
     model = AutoencoderKL(cfg.model, seed=cfg.seed).to(backend.device())
     data = xp.asarray(load_images("shapes", cfg.model.image_size, cfg.dataset_size, cfg.seed))
+    perceptual_fn, discriminator = _vae_extras(cfg, model)
 
-    def loss_fn(rng):
+    def loss_fn(rng, step):
         (x,) = gather(rng, data, batch_size=cfg.batch_size)
-        loss, _ = vae_loss(model, x, rng, kl_weight=cfg.kl_weight, recon=cfg.recon)
+        adversarial = cfg.adversarial_weight if discriminator is not None and step >= cfg.adversarial_start else 0.0
+        if adversarial:
+            discriminator.zero_grad()
+        loss, _ = vae_loss(model, x, rng, kl_weight=cfg.kl_weight, recon=cfg.recon, perceptual_fn=perceptual_fn,
+                           perceptual_weight=cfg.perceptual_weight, discriminator=discriminator,
+                           adversarial_weight=adversarial)
+        if adversarial:
+            discriminator.optimizer.step()           # the other player's step, on its own loss
         return loss
 
     def sample_fn(vae):                    # top row: images, bottom row: their reconstructions
@@ -163,7 +196,7 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
     image_labels = xp.asarray(captions.label_matrix(batch["labels"]))                  # (N, K)
     said = xp.asarray(captions.caption_label_matrix(batch["captions"]))                # (N, K), -1 = not said
 
-    def loss_fn(rng):
+    def loss_fn(rng, step):
         x, ids_b, mask_b, have, wanted = gather(rng, images, ids, mask, image_labels, said,
                                                 batch_size=cfg.batch_size)
         loss, _ = clip_loss_and_backward(model, x, ids_b, mask_b, captions.label_matches(have, wanted))
@@ -256,7 +289,7 @@ def run_classifier(cfg: ClassifierJob, out=None, resume=False, deadline=None, st
     parts = [(low, high, count) for low, high, count in ((0, num_single, batch_single),
                                                           (num_single, cfg.dataset_size, batch_pair)) if count]
 
-    def loss_fn(rng):
+    def loss_fn(rng, step):
         idx = xp.concatenate([rng.integers(low, high, size=(count,)) for low, high, count in parts])
         return classifier_loss(model, images[idx], {k: t[idx] for k, t in targets.items()},
                                         batch_single)

@@ -9,7 +9,7 @@ The loop (`fit`), the same for every job:
         rng = step_rng(seed, step)        # batch indices, noise, t, dropout: a function of (seed, step)
                                           # alone, so a resumed run continues the very same run
         model.zero_grad()
-        loss = job_loss(rng)              # forward + hand-written backward: fills every p.grad
+        loss = job_loss(rng, step)        # forward + hand-written backward: fills every p.grad
         clip_grad_norm(model, grad_clip)  # ||g|| <= grad_clip
         optimizer.step()                  # AdamW at lr(t) = warmup_cosine(t, lr, warmup_steps, steps, min_lr)
         ema.update()                      # shadow <- decay shadow + (1 - decay) theta; samples use the shadow
@@ -134,7 +134,8 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
         metrics_fn=None) -> FitResult:
     """Train ``model`` for ``cfg.steps`` steps; the loop of the module docstring.
 
-    loss_fn(rng) -> loss: one forward and backward pass (grads filled), the loss a 0-d device array.
+    loss_fn(rng, step) -> loss: one forward and backward pass at 0-based ``step`` (grads filled), the
+                loss a 0-d device array.
     config:     the checkpoint's JSON config ({"job", "model", "train", ...}).
     out:        folder for ``FILES[job]`` and samples/ (None: keep nothing on disk).
     resume:     continue from the checkpoint in ``out`` (a missing one starts afresh; a complete one
@@ -213,7 +214,7 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
             for layer in dropouts:              # dropout masks from this step's generator too
                 layer.rng = rng
             model.zero_grad()
-            loss = loss_fn(rng)
+            loss = loss_fn(rng, step)
             grad_norm = clip_grad_norm(model, cfg.grad_clip)
             optimizer.step()
             ema.update()
