@@ -51,7 +51,8 @@ features of real and generated images: fit a Gaussian to each, then
 independent sets of real images give the floor that finite samples allow; the untrained U-Net
 gives the ceiling we start from.
 
-Read beside: minidiff/models/unet.py (ResBlock, TransformerBlock, the skips, backward),
+Read beside: minidiff/models/unet.py (the levels, the skips, backward), minidiff/models/blocks.py
+(ResBlock, SpatialTransformer),
 minidiff/diffusion/loss.py (training_targets, diffusion_loss), minidiff/optim.py (AdamW, EMA,
 clip_grad_norm, warmup_cosine), minidiff/diffusion/samplers.py (sample), minidiff/evaluate.py
 (classifier features, Frechet distance) and minidiff/train/ (this loop as a command:

@@ -55,8 +55,8 @@ own noise and with the prior's sigma = 1; latent vs pixel interpolation; the lat
 before and after scaling.
 
 Read beside: minidiff/models/vae.py (DiagonalGaussian: sample, kl and their backward; the
-Encoder/Decoder; vae_loss; compute_scale_factor, encode_latents, decode_latents) and
-minidiff/train/ (run_vae: the `vae` job, which stores the scale factor when it finishes).
+Encoder/Decoder; compute_scale_factor, encode_latents, decode_latents), minidiff/models/vae_loss.py
+(the objective) and minidiff/train/jobs.py (run_vae: the `vae` job, which stores the scale factor when it finishes).
 
 Run: python lessons/07_vae.py [--quick] [--smoke] [--device cpu|gpu]
 No flag: the `vae` job's whole quick preset (800 steps of batch 16), meant for a GPU. --quick: 600

@@ -50,9 +50,10 @@ word's attention falls on the object it names; (3) a guidance-scale sweep (same 
 Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more images
 per prompt; on a GPU with --device gpu).
 
-Read beside: minidiff/pipeline.py (guided_model_fn, guided_prediction, text_to_image),
-minidiff/models/unet.py (TransformerBlock, UNet.cross_attentions), minidiff/nn/layers.py
-(MultiHeadAttention, store_attention), minidiff/train/ (run_text2image: conditioning dropout),
+Read beside: minidiff/pipeline.py (guided_model_fn, text_to_image), minidiff/diffusion/guidance.py
+(guided_prediction), minidiff/models/blocks.py (TransformerBlock), minidiff/models/unet.py
+(UNet.cross_attentions), minidiff/nn/layers.py
+(MultiHeadAttention, store_attention), minidiff/train/jobs.py (run_text2image: conditioning dropout),
 minidiff/evaluate.py (prompt_accuracy, FIXED_PROMPTS).
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
