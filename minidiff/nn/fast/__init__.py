@@ -32,6 +32,12 @@ as GELU (~25 ufuncs) streams its input through main memory ~25 times while the o
 BLAS is the only part of NumPy that uses them. Why the GPU routes pay: at 8x8 latents and 32x32
 images a step is launch-bound (each CuPy call costs ~10-20 us of host time), and a fused kernel
 does a chain of five to thirty calls in one launch.
+
+Two speed choices stay inside the derivations, because they are the math written one way rather
+than another: upsample_nearest2x_backward sums each 2x2 block as three adds of strided views
+(8.1 -> 0.7 ms at B=128, 96 channels, 8x8, against NumPy's sum over the two length-2 axes of a
+(B, C, H, 2, W, 2) view), and float32's normal CDF is one short tail formula (about half the
+array passes of float64's two erf branches; GELU is a sizeable share of a CPU step).
 """
 from __future__ import annotations
 
