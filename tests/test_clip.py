@@ -20,26 +20,27 @@ from minidiff.nn.gradcheck import check_module, gradcheck
 from minidiff.nn.module import Module
 
 
-def random_positives(rng, batch):
-    """A (B, B) bool matrix with a True diagonal and a few extra (not symmetric) positives."""
-    positives = rng.random((batch, batch)) < 0.2
-    np.fill_diagonal(positives, True)
+def random_positives(rng, batch, extra=0):
+    """A (B, B + extra) bool matrix: a True diagonal in the first B columns and a few extra (not
+    symmetric) positives; the extra columns (hard-negative captions) mostly False."""
+    positives = rng.random((batch, batch + extra)) < 0.2
+    np.fill_diagonal(positives[:, :batch], True)
     return positives
 
 
 def naive_contrastive_loss(u, v, logit_scale, positives):
-    """Loop-by-loop reference: 1/2 (mean over images of CE against their captions' targets +
-    mean over captions of CE against their images' targets)."""
-    B = len(u)
+    """Loop-by-loop reference: 1/2 (mean over images of CE against their captions' targets, over
+    all M captions + mean over the B own captions of CE against their images' targets)."""
+    B, M = len(u), len(v)
     u = u / np.linalg.norm(u, axis=1, keepdims=True)
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     s = math.exp(min(logit_scale, math.log(100)))
-    logits = [[s * float(u[i] @ v[j]) for j in range(B)] for i in range(B)]
+    logits = [[s * float(u[i] @ v[j]) for j in range(M)] for i in range(B)]
     total = 0.0
     for i in range(B):                                   # image i -> captions
         row = logits[i]
         log_z = math.log(sum(math.exp(z) for z in row))
-        targets = [j for j in range(B) if positives[i][j]]
+        targets = [j for j in range(M) if positives[i][j]]
         total += sum(-(row[j] - log_z) for j in targets) / len(targets) / (2 * B)
     for j in range(B):                                   # caption j -> images
         column = [logits[i][j] for i in range(B)]
@@ -50,26 +51,27 @@ def naive_contrastive_loss(u, v, logit_scale, positives):
 
 
 @settings(max_examples=15, deadline=None)
-@given(batch=st.integers(2, 6), dim=st.integers(2, 5), seed=st.integers(0, 2 ** 16))
-def test_contrastive_loss_matches_loop_reference(batch, dim, seed):
+@given(batch=st.integers(2, 6), dim=st.integers(2, 5), seed=st.integers(0, 2 ** 16), extra=st.integers(0, 6))
+def test_contrastive_loss_matches_loop_reference(batch, dim, seed, extra):
     rng = np.random.default_rng(seed)
-    u, v = rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim))
-    positives = random_positives(rng, batch)
+    u, v = rng.standard_normal((batch, dim)), rng.standard_normal((batch + extra, dim))
+    positives = random_positives(rng, batch, extra)
     logit_scale = rng.uniform(0.0, 4.0)
     loss, logits, _ = contrastive_loss(u, v, np.asarray(logit_scale), positives)
-    assert logits.shape == (batch, batch)
+    assert logits.shape == (batch, batch + extra)
     assert float(loss) == pytest.approx(naive_contrastive_loss(u, v, logit_scale, positives), rel=1e-10)
 
 
 @settings(max_examples=10, deadline=None)
 @given(batch=st.integers(2, 5), dim=st.integers(2, 4), seed=st.integers(0, 2 ** 16),
-       with_duplicates=st.booleans())
-def test_contrastive_loss_gradients_match_finite_differences(batch, dim, seed, with_duplicates):
-    """d loss / d(u, v, logit_scale), float64, through the normalisation and the temperature."""
+       with_duplicates=st.booleans(), extra=st.integers(0, 4))
+def test_contrastive_loss_gradients_match_finite_differences(batch, dim, seed, with_duplicates, extra):
+    """d loss / d(u, v, logit_scale), float64, through the normalisation and the temperature, with
+    and without extra (hard-negative) captions."""
     rng = np.random.default_rng(seed)
-    u, v = rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim))
+    u, v = rng.standard_normal((batch, dim)), rng.standard_normal((batch + extra, dim))
     logit_scale = np.asarray(rng.uniform(0.5, 3.0))
-    positives = random_positives(rng, batch) if with_duplicates else None
+    positives = random_positives(rng, batch, extra) if with_duplicates or extra else None
 
     def loss_and_cache(u, v, logit_scale):
         loss, _, cache = contrastive_loss(u, v, logit_scale, positives)
@@ -125,19 +127,22 @@ class LossOfMiniCLIP(Module):
         return self.model.backward(d_loss), None, None
 
 
-def test_whole_miniclip_gradients_match_finite_differences():
+@pytest.mark.parametrize("pool_grid, extra", [(1, 0), (2, 2)], ids=["global-pool", "grid-pool+hard-negatives"])
+def test_whole_miniclip_gradients_match_finite_differences(pool_grid, extra):
     """float64 (nn.gradcheck.check_module): the images and every parameter of the tiny model (up to
-    12 entries each), logit_scale included, with duplicate positives in the batch."""
+    12 entries each), logit_scale included, with duplicate positives in the batch; also with a
+    2 x 2 pooling grid and two extra (hard-negative) captions."""
     rng = np.random.default_rng(2)
     images = rng.uniform(-1, 1, (4, 3, 8, 8))
-    lengths = [5, 3, 8, 2]
-    ids = np.zeros((4, 8), np.int64)
+    lengths = [5, 3, 8, 2, 4, 6][:4 + extra]
+    ids = np.zeros((4 + extra, 8), np.int64)
     mask = np.arange(8)[None] < np.array(lengths)[:, None]
     for b, n in enumerate(lengths):
         ids[b, :n] = [1] + list(rng.integers(3, 32, n - 2)) + [2]
-    positives = np.eye(4, dtype=bool)
+    positives = np.zeros((4, 4 + extra), dtype=bool)
+    positives[:, :4] = np.eye(4, dtype=bool)
     positives[0, 2] = positives[2, 0] = positives[1, 3] = True
-    model = MiniCLIP(CLIPConfig.tiny(), seed=0)
+    model = MiniCLIP(dataclasses.replace(CLIPConfig.tiny(), pool_grid=pool_grid), seed=0)
     report = check_module(LossOfMiniCLIP(model, positives), (images, ids, mask), seed=3, eps=1e-5,
                           max_coords=12)
     print(report)

@@ -333,3 +333,30 @@ def hard_negatives(attributes: dict) -> dict:
     if a["colour"] != a["colour2"]:
         out["swap_colours"] = dict(a, colour=a["colour2"], colour2=a["colour"])
     return out
+
+
+_OPPOSITE_POSITION = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+HARD_NEGATIVE_KINDS = ("flip_relation", "swap_objects", "swap_colours")
+
+
+def hard_negative_captions(captions, seed=0) -> list:
+    """Three wrong captions per caption, made of its own words in another order, for contrastive
+    training: [flipped relation, swapped objects, swapped colours] for two objects; for one object
+    its position mirrored ("on the left" -> "on the right") where it says one. A kind a caption
+    cannot have takes one of the caption's other negatives, or (none at all: "a red circle") the
+    next caption in the list, an ordinary negative. Omitted words stay omitted."""
+    rng = np.random.default_rng(seed)
+    parsed = [parse_caption(c) for c in captions]
+    out = []
+    for i, said in enumerate(parsed):
+        if said["num_objects"] == 2:
+            negatives = hard_negatives(said)
+            found = [negatives[k] for k in HARD_NEGATIVE_KINDS if k in negatives]
+            kinds = [negatives.get(k, found[j % len(found)]) for j, k in enumerate(HARD_NEGATIVE_KINDS)]
+            texts = [caption_for(a, rng, 0.0, 0.0) for a in kinds]
+        elif said["position"] in _OPPOSITE_POSITION:
+            texts = [caption_for(dict(said, position=_OPPOSITE_POSITION[said["position"]]), rng, 0.0, 0.0)] * 3
+        else:
+            texts = [captions[(i + 1) % len(captions)]] * 3
+        out.append(texts)
+    return out

@@ -49,6 +49,7 @@ from ..backend import get_array_module
 from ..nn import functional as F
 from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
 from ..nn.module import Module, Parameter, no_grad
+from ..checks import positive_int
 from .text_encoder import TextEncoder, TextEncoderConfig
 
 # -- configuration -------------------------------------------------------------------------------
@@ -62,6 +63,7 @@ class CLIPConfig:
     channels: tuple = (32, 64, 128, 128)
     norm_groups: int = 8
     coord_channels: bool = True     # append (x, y) coordinate planes to the image (see ImageEncoder)
+    pool_grid: int = 1              # average-pool the last feature map to g x g cells (1 = global pool)
     embed_dim: int = 64
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100.0)
@@ -81,6 +83,15 @@ class CLIPConfig:
                              f"{len(self.channels) - 1} times")
         if self.embed_dim < 1:
             raise ValueError(f"CLIPConfig: embed_dim must be positive, got {self.embed_dim}")
+        self.pool_grid = positive_int("CLIPConfig", "pool_grid", self.pool_grid)
+        if smallest % self.pool_grid:
+            raise ValueError(f"CLIPConfig: the last feature map is {smallest}x{smallest}, which does not pool "
+                             f"to a {self.pool_grid}x{self.pool_grid} grid")
+
+    @property
+    def image_features(self) -> int:
+        """Width of the image tower's output: channels[-1] for each of the g x g pooled cells."""
+        return self.channels[-1] * self.pool_grid ** 2
 
     @classmethod
     def from_dict(cls, d: dict) -> "CLIPConfig":
@@ -102,6 +113,12 @@ class CLIPConfig:
     def shipped(cls, vocab_size: int = 384) -> "CLIPConfig":
         """The pretrained model whose text encoder conditions the U-Net (the defaults)."""
         return cls(text=TextEncoderConfig.shipped(vocab_size))
+
+    @classmethod
+    def relations(cls, vocab_size: int = 384) -> "CLIPConfig":
+        """The shipped model that knows word order: the image tower keeps a 2 x 2 grid of where
+        things are, so "above" and "below" differ in the image embedding too (see ImageEncoder)."""
+        return cls(text=TextEncoderConfig.shipped(vocab_size), pool_grid=2)
 
 
 # -- the image tower -----------------------------------------------------------------------------
@@ -128,16 +145,21 @@ def coordinate_planes(batch, size, xp=np, dtype=np.float32):
 
 
 class ImageEncoder(Module):
-    """Images (B, C, S, S) -> features (B, channels[-1]).
+    """Images (B, C, S, S) -> features (B, channels[-1] * g^2).
 
-    A stride-1 stem, then stride-2 stages (each ConvNormAct), then the global average over H, W.
+    A stride-1 stem, then stride-2 stages (each ConvNormAct), then an average over H, W.
     Averaging throws away *where* a feature fired, yet captions say "on the left" and "above".
     So, as in CoordConv, two fixed planes holding each pixel's x and y are appended to the input:
-    a filter can then respond to "red AND left half", and that survives the average.
+    a filter can then respond to "red AND left half", and that survives the average. A relation
+    needs more: "red above blue" and "blue above red" can light the same "red" and "blue"
+    filters in the same halves. ``pool_grid = g > 1`` averages over a coarse g x g grid of cells
+    instead and keeps the cells apart (their features side by side), so the embedding says which
+    object sits in which cell.
     """
 
     def __init__(self, config: CLIPConfig, rng=None):
         self.coord_channels = config.coord_channels
+        self.pool_grid = config.pool_grid
         c_in = config.in_channels + (2 if config.coord_channels else 0)
         widths = config.channels
         self.stem = ConvNormAct(c_in, widths[0], 1, config.norm_groups, rng=rng)
@@ -155,16 +177,21 @@ class ImageEncoder(Module):
         for stage in self.stages:
             h = stage(h)                                  # (B, c, S / 2^k, S / 2^k)
         self._cache = (h.shape, C) if self.caching else None
-        # global average pool: f = mean over (H, W)                     (B, c_last)
-        return h.mean(axis=(2, 3))
+        B, c, h_size, w_size = h.shape
+        g = self.pool_grid
+        # average over each of the g x g cells: (B, c, H, W) -> (B, c, g, g) -> (B, c g g)
+        return h.reshape(B, c, g, h_size // g, g, w_size // g).mean(axis=(3, 5)).reshape(B, c * g * g)
 
     def backward(self, d_features):
         shape, C = self._cache
         self._cache = None
         xp = get_array_module(d_features)
-        # forward was: f = mean_{h,w} h   -> every position gets d_f / (H W)
-        dh = xp.empty(shape, d_features.dtype)
-        dh[...] = (d_features / (shape[2] * shape[3]))[:, :, None, None]
+        B, c, h_size, w_size = shape
+        g = self.pool_grid
+        # forward was: cell means -> every position of a cell gets d_f / (cell size)
+        d_cells = (d_features / ((h_size // g) * (w_size // g))).reshape(B, c, g, 1, g, 1)
+        dh = xp.ascontiguousarray(xp.broadcast_to(d_cells, (B, c, g, h_size // g, g, w_size // g))
+                                  .reshape(shape))
         for stage in reversed(self.stages):
             dh = stage.backward(dh)
         dx = self.stem.backward(dh)
@@ -189,41 +216,48 @@ def l2_normalize_backward(d_x_hat, cache):
 
 
 def contrastive_loss(image_embeds, text_embeds, logit_scale, positives=None, logit_scale_max=math.log(100.0)):
-    """Symmetric InfoNCE between L2-normalised embeddings.
+    """Symmetric InfoNCE between L2-normalised embeddings, optionally with extra negative captions.
 
-    image_embeds (B, D), text_embeds (B, D): the *un-normalised* projections u and v.
-    logit_scale: 0-d array (log of the inverse temperature). positives: (B, B) bool, [i, j] True
-    when caption j describes image i (None: the identity, CLIP's one-to-one pairing).
-    Returns (loss (0-d array), logits (B, B), cache).
+    image_embeds (B, D), text_embeds (M, D) with M >= B: the *un-normalised* projections u and v.
+    Texts 0..B-1 are the images' own captions; texts B..M-1 are extra captions (hard negatives:
+    the same words in another order), which compete in every image's softmax over captions but
+    have no softmax of their own over images.
+    logit_scale: 0-d array (log of the inverse temperature). positives: (B, M) bool, [i, j] True
+    when caption j describes image i; its first B columns must have a True diagonal (None: the
+    identity, CLIP's one-to-one pairing, M = B). Returns (loss (0-d array), logits (B, M), cache).
     """
     xp = get_array_module(image_embeds)
-    if image_embeds.ndim != 2 or image_embeds.shape != text_embeds.shape:
-        raise ValueError(f"contrastive_loss: image_embeds {tuple(image_embeds.shape)} and text_embeds "
-                         f"{tuple(text_embeds.shape)} must both be (B, D) with the same B and D")
-    B = image_embeds.shape[0]
+    if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape[1] != text_embeds.shape[1] \
+            or text_embeds.shape[0] < image_embeds.shape[0]:
+        raise ValueError(f"contrastive_loss: image_embeds {tuple(image_embeds.shape)} must be (B, D) and "
+                         f"text_embeds {tuple(text_embeds.shape)} (M, D) with M >= B")
+    B, M = image_embeds.shape[0], text_embeds.shape[0]
     if positives is None:
+        if M != B:
+            raise ValueError(f"contrastive_loss: {M - B} extra captions need a ({B}, {M}) positives matrix")
         positives = xp.eye(B, dtype=bool)
     # validated where it lives (a host matrix costs no device sync), then moved beside the embeddings
-    if tuple(positives.shape) != (B, B) or not bool(positives.diagonal().all()):
-        raise ValueError(f"contrastive_loss: positives must be a ({B}, {B}) bool matrix with a True "
-                         f"diagonal (every caption describes its own image), got shape {tuple(positives.shape)}")
+    if tuple(positives.shape) != (B, M) or not bool(positives[:, :B].diagonal().all()):
+        raise ValueError(f"contrastive_loss: positives must be a ({B}, {M}) bool matrix whose first {B} "
+                         f"columns have a True diagonal (every caption describes its own image), "
+                         f"got shape {tuple(positives.shape)}")
     positives = xp.asarray(positives, dtype=bool)
     dtype = image_embeds.dtype
     u_hat, u_cache = l2_normalize(image_embeds)                      # (B, D)
-    v_hat, v_cache = l2_normalize(text_embeds)                       # (B, D)
+    v_hat, v_cache = l2_normalize(text_embeds)                       # (M, D)
     # s = exp(min(logit_scale, log 100))
     below_cap = (logit_scale <= logit_scale_max).astype(dtype)       # 1, or 0 once capped
     s = xp.exp(xp.minimum(logit_scale, logit_scale_max)).astype(dtype)
-    # cos_ij = u_hat_i . v_hat_j,  logits = s cos                    (B_img, B_txt)
+    # cos_ij = u_hat_i . v_hat_j,  logits = s cos                    (B_img, M_txt)
     cosine = u_hat @ v_hat.T
     logits = s * cosine
-    # targets: uniform over each row's (image -> captions) and each column's (caption -> images) positives
+    # targets: uniform over each row's (image -> captions) and each own caption's (caption -> images) positives
     p = positives.astype(dtype)
-    t_rows = p / p.sum(axis=1, keepdims=True)
-    t_cols = p / p.sum(axis=0, keepdims=True)
-    # CE_rows = -1/B sum_ij T_rows log softmax_rows;  CE_cols likewise down the columns
-    log_p_rows, (p_rows, _) = F.log_softmax(logits, axis=1)       # log softmax along each row
-    log_p_cols, (p_cols, _) = F.log_softmax(logits, axis=0)       # ... and down each column
+    t_rows = p / p.sum(axis=1, keepdims=True)                        # (B, M)
+    t_cols = p[:, :B] / p[:, :B].sum(axis=0, keepdims=True)          # (B, B): the own captions only
+    # CE_rows = -1/B sum_ij T_rows log softmax_rows;  CE_cols likewise down the own captions' columns
+    log_p_rows, (p_rows, _) = F.log_softmax(logits, axis=1)          # each image over all M captions
+    log_p_cols, (p_cols, _) = F.log_softmax(logits[:, :B], axis=0)   # each own caption over the B images
     loss_rows = -(t_rows * log_p_rows).sum() / B
     loss_cols = -(t_cols * log_p_cols).sum() / B
     loss = 0.5 * (loss_rows + loss_cols)
@@ -236,14 +270,16 @@ def contrastive_loss_backward(d_loss, cache):
     u_cache, v_cache, s, below_cap, cosine, p_rows, p_cols, t_rows, t_cols = cache
     B = cosine.shape[0]
     # forward was: loss = (CE_rows + CE_cols) / 2;  d CE / d logits = softmax - targets (each target row sums to 1)
-    d_logits = d_loss * ((p_rows - t_rows) + (p_cols - t_cols)) / (2 * B)
+    d_logits = (p_rows - t_rows).copy()                              # (B, M): every caption column
+    d_logits[:, :B] += p_cols - t_cols                               # the own captions' column softmax
+    d_logits *= d_loss / (2 * B)
     # forward was: logits = s cos,  s = exp(logit_scale)  -> ds/dlogit_scale = s (0 above the cap)
     d_logit_scale = (d_logits * cosine).sum() * s * below_cap
     d_cosine = s * d_logits
     # forward was: cos = u_hat v_hat^T
     u_hat, v_hat = u_cache[0], v_cache[0]
     d_u_hat = d_cosine @ v_hat                                       # (B, D)
-    d_v_hat = d_cosine.T @ u_hat                                     # (B, D)
+    d_v_hat = d_cosine.T @ u_hat                                     # (M, D)
     d_u = l2_normalize_backward(d_u_hat, u_cache)
     d_v = l2_normalize_backward(d_v_hat, v_cache)
     return d_u, d_v, d_logit_scale
@@ -262,7 +298,7 @@ class MiniCLIP(Module):
         rng = np.random.default_rng(seed)
         self.image_encoder = ImageEncoder(config, rng=rng)
         self.text_encoder = TextEncoder(config.text, seed=int(rng.integers(2 ** 31)))
-        self.image_projection = Linear(config.channels[-1], config.embed_dim, bias=False, rng=rng)
+        self.image_projection = Linear(config.image_features, config.embed_dim, bias=False, rng=rng)
         self.text_projection = Linear(config.text.width, config.embed_dim, bias=False, rng=rng)
         self.logit_scale = Parameter(np.asarray(config.logit_scale_init, np.float32))
         self._cache = None
@@ -278,9 +314,9 @@ class MiniCLIP(Module):
 
     def forward(self, images, ids, mask, positives=None):
         images = self._check_images(images)
-        if images.shape[0] != np.shape(ids)[0]:
+        if np.shape(ids)[0] < images.shape[0]:
             raise ValueError(f"MiniCLIP: {images.shape[0]} images but {np.shape(ids)[0]} captions; "
-                             "a contrastive batch pairs them one to one")
+                             "a contrastive batch pairs them one to one (extra captions come after)")
         # u = W_img f(image),  v = W_txt pooled(caption)                 (B, D)
         u = self.image_projection(self.image_encoder(images))
         _, pooled = self.text_encoder(ids, mask)

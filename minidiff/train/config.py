@@ -149,6 +149,7 @@ class ClipJob(TrainConfig):
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.98)
     ema_decay: float = 0.995
+    hard_negatives: bool = True       # each image also meets one caption of its own words in the wrong order
 
     @classmethod
     def quick(cls):

@@ -195,10 +195,26 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
     images, ids, mask = xp.asarray(batch["images"]), xp.asarray(ids), xp.asarray(mask)
     image_labels = xp.asarray(captions.label_matrix(batch["labels"]))                  # (N, K)
     said = xp.asarray(captions.caption_label_matrix(batch["captions"]))                # (N, K), -1 = not said
+    if cfg.hard_negatives:
+        # for every caption, three wrong ones in its own words (the relation flipped, the objects or
+        # the colours swapped; a mirrored position): random in-batch negatives almost never need
+        # word order to be told apart, these can only be told apart by it
+        wrong = [text for texts in captions.hard_negative_captions(batch["captions"], seed=cfg.seed) for text in texts]
+        kinds = len(captions.HARD_NEGATIVE_KINDS)
+        neg_ids, neg_mask = tokenizer.encode_batch(wrong, max_length=cfg.model.text.max_length)
+        neg_ids = xp.asarray(neg_ids).reshape(len(batch["captions"]), kinds, -1)       # (N, 3, L)
+        neg_mask = xp.asarray(neg_mask).reshape(neg_ids.shape)
+        neg_said = xp.asarray(captions.caption_label_matrix(wrong)).reshape(len(batch["captions"]), kinds, -1)
 
     def loss_fn(rng, step):
-        x, ids_b, mask_b, have, wanted = gather(rng, images, ids, mask, image_labels, said,
-                                                batch_size=cfg.batch_size)
+        idx = rng.integers(0, images.shape[0], size=(cfg.batch_size,))
+        x, ids_b, mask_b, have, wanted = images[idx], ids[idx], mask[idx], image_labels[idx], said[idx]
+        if cfg.hard_negatives:                       # one wrong caption per image joins the batch's texts
+            kind = rng.integers(0, kinds, size=(cfg.batch_size,))
+            ids_b = xp.concatenate([ids_b, neg_ids[idx, kind]])                        # (2B, L)
+            mask_b = xp.concatenate([mask_b, neg_mask[idx, kind]])
+            wanted = xp.concatenate([wanted, neg_said[idx, kind]])                     # (2B, K)
+        # positives (B, M): caption j describes image i (a "wrong" caption may fit another image)
         loss, _ = clip_loss_and_backward(model, x, ids_b, mask_b, captions.label_matches(have, wanted))
         return loss
 
