@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from . import backend
-from .nn import kernels
+from .nn.fast import kernels  # the fused AdamW kernel (GPU); the update below is the math
 from .nn.module import Module, Parameter
 
 

@@ -241,7 +241,7 @@ def test_warmup_cosine_rejects_warmup_longer_than_training():
 def _adamw_steps(fused, monkeypatch, steps=4):
     """Two parameters trained by AdamW for a few steps, gradients added by backward's accumulate;
     with ``fused``, NumPy arrays take the GPU branch and the fused update is NumPy arithmetic."""
-    from minidiff.nn import kernels
+    from minidiff.nn.fast import kernels
     calls = []
 
     def numpy_adamw(theta, g, m, v, lr, weight_decay, betas, eps, bias_correction1, bias_correction2):
