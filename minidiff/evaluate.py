@@ -430,8 +430,11 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
         raise ValueError(f"evaluate: spacing must be one of {samplers.SPACINGS}, got {spacing!r}")
     model, ckpt = zoo.load_trained(path)
     job = ckpt.config["job"]
+    say = print if verbose else (lambda *a, **k: None)
+    if job == "clip":
+        return _evaluate_clip(model, ckpt, num_images, seed, say)
     if job not in ("pixel", "latent", "text2image"):
-        raise ValueError(f"evaluate: {path} is a {job!r} checkpoint; give a pixel, latent or text2image one")
+        raise ValueError(f"evaluate: {path} is a {job!r} checkpoint; give a pixel, latent, text2image or clip one")
     if clip_x0 and job != "pixel":
         raise ValueError(f"evaluate: clip_x0=True clips x0 predictions to [-1, 1], which only suits pixel "
                          f"models; {path} is a {job!r} checkpoint (its x0 is a latent)")
@@ -452,7 +455,6 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
     results = {"job": job, "num_images": num_images,
                "reference_fd": frechet_distance_from_features(real_features,
                                                               classifier_features(judge, match_size(other, size)))}
-    say = print if verbose else (lambda *a, **k: None)
     say(f"evaluate {path} ({job}, step {ckpt.step}): {num_images} images, {sampler} {steps} steps, "
         f"{spacing} spacing" + (", x0 clipped" if clip_x0 else ""))
     say(f"  Fréchet distance between two real sets (noise floor): {results['reference_fd']:.3f}")
@@ -504,8 +506,30 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
     return results
 
 
+def format_probe(probe: dict) -> str:
+    """relation_probe's result as a table: one row per relation, one column per kind of negative."""
+    kinds = ("flip_relation", "swap_objects", "swap_colours")
+    lines = [f"  {'relation':<18}" + "".join(f"{k:>15}" for k in kinds)]
+    for relation, row in probe.items():
+        lines.append(f"  {relation:<18}" + "".join(f"{100 * row[k][0]:>14.1f}%" if k in row else f"{'-':>15}"
+                                                 for k in kinds))
+    return "\n".join(lines)
+
+
+def _evaluate_clip(model, ckpt, num_scenes, seed, say):
+    """A mini-CLIP checkpoint: held-out retrieval and the relation probe (tokenizer.json beside it)."""
+    tokenizer = zoo.load_tokenizer(Path(ckpt.path).parent / zoo.FILES["tokenizer"], model.config.text.vocab_size)
+    retrieval = retrieval_accuracy(model, tokenizer, num_batches=8, batch_size=64, seed=seed)
+    probe = relation_probe(model, tokenizer, num_scenes=num_scenes, seed=seed)
+    say(f"evaluate {ckpt.path} (clip, step {ckpt.step}): held-out text->image top-1 {retrieval['top1']:.3f} "
+        f"(chance {retrieval['chance']:.3f})")
+    say(f"  relation probe on {num_scenes} held-out two-object scenes: the true caption beats its ... (50% = a bag of words)")
+    say(format_probe(probe))
+    return {"job": "clip", "retrieval": retrieval, "probe": probe}
+
+
 def add_arguments(parser):
-    parser.add_argument("checkpoint", help="a pixel.npz, latent.npz or unet.npz (text-to-image) checkpoint")
+    parser.add_argument("checkpoint", help="a pixel.npz, latent.npz, unet.npz (text-to-image) or clip.npz checkpoint")
     parser.add_argument("--n", type=int, default=512,
                         help="images to sample (per guidance scale); the FD's noise floor shrinks with more")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps")

@@ -227,6 +227,9 @@ def test_short_training_run_learns_and_checkpoint_round_trips(tmp_path):
     text_encoder = zoo.load_text_encoder(tmp_path / "text_encoder.npz")
     assert zoo.checkpoint_job(load_checkpoint(tmp_path / "text_encoder.npz")) == "text_encoder"
     np.testing.assert_array_equal(text_encoder(ids, mask)[0], model.text_encoder(ids, mask)[0])
+    report = evaluate.evaluate_checkpoint(tmp_path / "clip.npz", num_images=32, verbose=False)
+    assert report["job"] == "clip" and list(report["probe"]) == ["above", "below", "to the left of", "to the right of"]
+    assert report["retrieval"]["top1"] > 4 * report["retrieval"]["chance"]
 
 
 def test_matches_pytorch_contrastive_loss_in_float64():
