@@ -26,7 +26,10 @@ cross-attention can read:
    count every image a caption describes as a positive (targets spread uniformly over them).
 
 We then measure text -> image retrieval on held-out batches of 64: for each caption, is the
-most similar image one that the caption describes? Chance is about 2%.
+most similar image one that the caption describes? Chance is about 2%. Last, retrieval_examples.png
+shows the 6 best of 286 held-out images for five prompts, framed green when the prompt describes
+the image; every prompt has at least 6 such images in the pool, and the printed precision is the
+share of green frames. The last cell holds exercises.
 
 Settings: --smoke (seconds), --quick (the small CLIPConfig.quick, 300 steps: a few minutes on a
 2-core CPU), no flag (CLIPConfig.shipped, 3000 steps: meant for a GPU, --device gpu).
@@ -50,9 +53,9 @@ import numpy as np
 
 from minidiff import backend, evaluate, train
 from minidiff.datasets import shapes
-from minidiff.datasets.captions import POSITION_PHRASES
-from minidiff.datasets.captions import caption_matches
-from minidiff.models.clip import CLIPConfig, MiniCLIP
+from minidiff.datasets.captions import (POSITION_PHRASES, canonical_labels, caption_matches, label_matches,
+                                        label_matrix, labels_from_attributes, parse_caption)
+from minidiff.models.clip import CLIPConfig, MiniCLIP, contrastive_loss
 from minidiff.models.text_encoder import TextEncoderConfig
 from minidiff.models.tokenizer import WORD_PATTERN, BPETokenizer, normalise
 from minidiff.nn.module import no_grad
@@ -183,9 +186,9 @@ ax.set_ylim(11.5, -1.6)
 ax.set_yticks(range(12), show["captions"], fontsize=8)
 ax.set_xticks(range(12), [f"image {i}" for i in range(12)], rotation=90, fontsize=8)
 ax.set(xlabel="image (drawn above its column)", ylabel="caption",
-       title="caption-image cosine similarity (red box: each caption's best image)")
+       title="caption-image cosine similarity (white box: each caption's most similar image)")
 for j, i in enumerate(similarity.argmax(axis=1)):
-    ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, ec="white", lw=1.5))
 fig.colorbar(im, ax=ax, fraction=0.03, label="cosine similarity")
 save_figure(fig, out / "similarity_matrix.png")
 diagonal_is_best = float((similarity.argmax(axis=1) == np.arange(12)).mean())
@@ -250,24 +253,40 @@ if not args.smoke:
     assert stats["same shape, other colour"] > stats["nothing in common"]
     assert cos_q[off5].mean() < 0.9, "the embedding must tell positions apart"
 
-# %% 7. Retrieval examples: the best images for a few prompts out of 256 held-out images
-# (a two-object prompt names five attributes: few random scenes fit it, so the pool also gets
-# two renderings of each prompt, drawn with their own random sizes and jitter)
+# %% 7. Retrieval examples: the best images for a few prompts out of a held-out pool
+# The pool: 256 random held-out scenes, plus SIX renderings of each prompt (their own random sizes and
+# jitter), so every prompt has at least 6 images that fit it and a perfect retriever frames all 6 green.
+# "Fits" compares scenes in canonical form: "a purple square below a yellow circle" is the same picture as
+# "a yellow circle above a purple square" (captions.canonical_labels), so it counts as a fit for either.
 queries = ["a red circle on the left", "a small blue square at the top", "a large green triangle",
            "a yellow circle above a purple square", "an orange triangle to the left of a blue circle"]
+TOP = 6
 pool = shapes.sample(256, seed=(args.seed, 3 * 10 ** 6), size=CONFIG.image_size)
-extra = [shapes.render(shapes.parse_caption(q), size=CONFIG.image_size, rng=(args.seed, k, r))
-         for k, q in enumerate(queries) for r in range(2)]
-pool_images = np.concatenate([pool["images"], np.stack(extra)])                    # (266, 3, S, S)
-# the queries share no colour-shape pair, so a rendering fits its own query only
-match_r = np.concatenate([caption_matches(pool["labels"], queries),
-                          np.repeat(np.eye(len(queries), dtype=bool), 2, axis=0)])
+extra_attributes = [shapes.parse_caption(q) for q in queries for _ in range(TOP)]
+extra = [shapes.render(a, size=CONFIG.image_size, rng=(args.seed, k // TOP, k % TOP))
+         for k, a in enumerate(extra_attributes)]
+pool_images = np.concatenate([pool["images"], np.stack(extra)])                    # (286, 3, S, S)
+pool_labels = {key: np.concatenate([pool["labels"][key], labels_from_attributes(extra_attributes)[key]])
+               for key in pool["labels"]}
+
+
+def describes(image_labels, texts):
+    """(N_img, N_txt) bool: the caption states nothing the picture contradicts, both in canonical form."""
+    return label_matches(label_matrix(canonical_labels(image_labels)),
+                         label_matrix(canonical_labels(labels_from_attributes([parse_caption(t) for t in texts]))))
+
+
+match_r = describes(pool_labels, queries)                                           # (286, queries)
+assert (match_r[len(pool["images"]):].reshape(len(queries), TOP, len(queries))
+        == np.eye(len(queries), dtype=bool)[:, None, :]).all(), "each rendering fits its own prompt, and only it"
+flipped = int((describes(pool_labels, queries) != caption_matches(pool_labels, queries)).sum())
+print(f"pool of {len(pool_images)}: {flipped} images fit a prompt only when 'B below A' counts as 'A above B'")
 ids_r, mask_r = tokenizer.encode_batch(queries, max_length=CONFIG.text.max_length)
-scores = backend.to_numpy(model.similarity(pool_images, ids_r, mask_r))             # (266, queries)
-fig, axes = plt.subplots(len(queries), 6, figsize=(11, 1.4 * len(queries)))
-recall = []                      # fraction of the fitting images (at most 6) found in the top 6
+scores = backend.to_numpy(model.similarity(pool_images, ids_r, mask_r))             # (286, queries)
+fig, axes = plt.subplots(len(queries), TOP, figsize=(11, 1.4 * len(queries)))
+precision = []                  # fraction of the top 6 that fit: the green frames (6 or more fit every prompt)
 for q, query in enumerate(queries):
-    best = np.argsort(-scores[:, q])[:6]
+    best = np.argsort(-scores[:, q])[:TOP]
     for k, i in enumerate(best):
         ax = axes[q, k]
         ax.imshow(to_uint8(pool_images[i])[0], interpolation="nearest")
@@ -275,14 +294,71 @@ for q, query in enumerate(queries):
         ax.set_yticks([])
         for side in ax.spines.values():
             side.set(color="green" if match_r[i, q] else "red", lw=3)
-    axes[q, 0].set_ylabel(query, rotation=0, ha="right", va="center", fontsize=9)
-    recall.append(match_r[best, q].sum() / min(6, match_r[:, q].sum()))
-    print(f"  {query!r}: {int(match_r[best, q].sum())}/6 of the top images fit "
+    precision.append(float(match_r[best, q].mean()))
+    axes[q, 0].set_ylabel(f"{query}\n{int(match_r[best, q].sum())}/{TOP} fit", rotation=0, ha="right",
+                          va="center", fontsize=9)
+    print(f"  {query!r}: {int(match_r[best, q].sum())}/{TOP} of the top images fit "
           f"({int(match_r[:, q].sum())} of {len(pool_images)} in the pool do)")
-fig.suptitle(f"top-6 of {len(pool_images)} held-out images per prompt (green frame: the prompt describes it)")
+frames = np.mean(precision)
+fig.suptitle(f"top-{TOP} of {len(pool_images)} held-out images per prompt: green frame = the prompt describes it "
+             f"({frames:.0%} of the frames are green)")
 fig.tight_layout(rect=(0, 0, 1, 0.97))
 save_figure(fig, out / "retrieval_examples.png")
-print(f"mean recall in the top 6: {np.mean(recall):.2f}")
+print(f"precision in the top {TOP} (the green frames of retrieval_examples.png): {frames:.2f}; every prompt has "
+      f">= {TOP} fitting images in the pool, so 1.00 would be all green")
+assert match_r.sum(axis=0).min() >= TOP
 if not args.smoke:
-    assert np.mean(recall) > 0.6, recall
+    assert frames > 0.6, precision
 print(f"lesson wall time {time.perf_counter() - start:.0f} s of training and evaluation")
+
+
+# %% Exercises
+# 1. The one rule of BPE. Fill in merge_pair: replace every adjacent (a, b) in a token list, left to right,
+#    by new_id (what BPETokenizer.train repeats; minidiff/models/tokenizer.py). The cell checks a few cases,
+#    among them an overlap: merging (1, 1) in [1, 1, 1] gives [new, 1], not [1, new].
+# 2. InfoNCE by hand. Fill in info_nce: given logits (B, B) with the true pairs on the diagonal, return
+#    1/2 (mean cross-entropy of the rows + of the columns). The cell checks it against
+#    models/clip.py contrastive_loss on random embeddings. Predict first: what is it for all-zero logits?
+# 3. Count the frames. Fill in precision_at_k: for scores (N_img, N_txt) and fits (N_img, N_txt) bool, the mean
+#    over prompts of the fraction of each prompt's k best images that fit. The cell checks it against the
+#    green frames of retrieval_examples.png. Why did dividing by min(k, number that fit) once give 1.00
+#    beside a figure full of red frames?
+
+
+def merge_pair(tokens, pair, new_id):
+    """Your code: a new list with every (pair[0], pair[1]) replaced by new_id, scanning left to right."""
+    return None
+
+
+def info_nce(logits):
+    """Your code: symmetric InfoNCE of (B, B) logits whose diagonal holds the true pairs."""
+    return None
+
+
+def precision_at_k(scores, fits, k):
+    """Your code: mean over columns of the fraction of the k highest-scoring rows that fit."""
+    return None
+
+
+cases = [(([1, 2, 1, 2, 3], (1, 2), 9), [9, 9, 3]), (([1, 1, 1], (1, 1), 9), [9, 1]), (([3, 1], (1, 2), 9), [3, 1])]
+if merge_pair(*cases[0][0]) is None:
+    print("exercise 1: fill in merge_pair")
+else:
+    for case, expected in cases:
+        assert list(merge_pair(*case)) == expected, (case, merge_pair(*case), expected)
+    print("exercise 1: correct")
+check_rng = np.random.default_rng(args.seed)
+u, v = check_rng.standard_normal((2, 8, 16)).astype(np.float32)
+reference, check_logits, _ = contrastive_loss(u, v, np.asarray(np.log(10.0), np.float32))
+answer = info_nce(backend.to_numpy(check_logits).astype(np.float64))
+if answer is None:
+    print("exercise 2: fill in info_nce")
+else:
+    assert abs(float(answer) - float(reference)) < 1e-4, (float(answer), float(reference))
+    print(f"exercise 2: correct ({float(answer):.4f})")
+answer = precision_at_k(scores, match_r, TOP)
+if answer is None:
+    print("exercise 3: fill in precision_at_k")
+else:
+    assert abs(float(answer) - frames) < 1e-9, (float(answer), frames)
+    print(f"exercise 3: correct ({float(answer):.2f}, as the figure's green frames)")
