@@ -30,7 +30,7 @@ The KL to N(0, I) has a closed form per latent dimension,
 zero only at mu = 0, sigma = 1, the prior itself.
 
 Why Stable Diffusion keeps the KL weight tiny. It trains L = |x - x_rec|_1 + 1e-6 KL (plus a
-perceptual and a GAN term we leave out). A full-weight KL would push every sigma toward 1 and
+perceptual and a GAN term: section 7). A full-weight KL would push every sigma toward 1 and
 every mu toward 0: the decoder would then see mostly noise, and reconstructions blur (this lesson
 shows how much by decoding mu + 1 * eps). SD wants a sharp autoencoder, not a generative
 model: the diffusion model will be the generative model. The tiny KL is only a leash that stops
@@ -45,22 +45,43 @@ and divides after:
     scale_factor = 1 / std(z over the training set)   (0.18215 for SD's VAE),
     z_diffusion = scale_factor * z,      x = Dec(z_diffusion / scale_factor).
 
-Compression: f4_32 maps 3*32*32 = 3072 numbers to 4*8*8 = 256 (12x); f8_64 maps 64x64x3 to
-8x8x4, the 48x of SD's 512x512x3 -> 64x64x4.
+It fixes the spread only: the latents keep their mean (here about +1, because the grey background
+that covers three quarters of every image encodes to positive values). Diffusion does not mind:
+by t = T the offset is multiplied by sqrt(abar_T) = 0.07 and drowns in unit noise.
 
-What you will see (outputs/07_vae/): a VAE trained from scratch for a few hundred steps with the
-`vae` job (loss falling); the shipped VAE's reconstructions and their PSNR on held-out images;
-the four latent channels of a few images; what reconstructions look like with the posterior's
-own noise and with the prior's sigma = 1; latent vs pixel interpolation; the latent histogram
-before and after scaling.
+Compression. A latent cell holds 4 numbers for an f x f patch of 3-channel pixels: 3 f^2 / 4
+fewer numbers. Stable Diffusion has f = 8: 3x512x512 = 786,432 -> 4x64x64 = 16,384, 48x. The
+shipped VAE here has f = 4: 3x32x32 = 3072 -> 4x8x8 = 256, only 12x (a 32x32 image has too few
+pixels to lose more); f = 8 on a 64x64 image (VAEConfig.f8_64) gives SD's 48x: 12,288 -> 256.
+
+Sharper reconstructions (section 7). A pixel loss rewards the average of the images a latent
+could mean: soft edges. SD's autoencoder adds a perceptual term (distance in a frozen network's
+feature maps; here the attribute classifier's conv stages, models/classifier.py
+ClassifierFeatures) and a patch-GAN term (models/discriminator.py), both in
+models/vae_loss.py and on the command line as `python -m minidiff train vae --perceptual-weight W
+--adversarial-weight W --adversarial-start S`. The lesson fine-tunes the shipped VAE for a few
+steps with and without the perceptual term and measures edge sharpness.
+
+What you will see (outputs/07_vae/): compression.png (how many numbers an image becomes, and the
+f x f patch that one latent cell summarises); scratch_loss.png (a VAE trained from scratch for a
+few hundred steps with the `vae` job); reconstructions.png (the shipped VAE on held-out images,
+with the posterior's own noise and with the prior's sigma = 1); latent_channels.png;
+interpolation.png (latent path vs pixel cross-fade); scale_factor.png (the latents' spread made 1,
+their mean not 0, and where the peaks come from); sharpness.png (fine-tuning with and without
+the perceptual term). The last cell holds exercises.
 
 Read beside: minidiff/models/vae.py (DiagonalGaussian: sample, kl and their backward; the
 Encoder/Decoder; compute_scale_factor, encode_latents, decode_latents), minidiff/models/vae_loss.py
-(the objective) and minidiff/train/jobs.py (run_vae: the `vae` job, which stores the scale factor when it finishes).
+(the objective: reconstruction, KL, perceptual and adversarial terms), minidiff/models/classifier.py
+(ClassifierFeatures), minidiff/models/discriminator.py (PatchDiscriminator, hinge losses),
+minidiff/optim.py (AdamW), minidiff/train/jobs.py (run_vae: the `vae` job, which stores the scale
+factor when it finishes) and minidiff/zoo.py (load_vae).
 
 Run: python lessons/07_vae.py [--quick] [--smoke] [--device cpu|gpu]
-No flag: the `vae` job's whole quick preset (800 steps of batch 16), meant for a GPU. --quick: 600
-steps of batch 8 on a CPU (about two minutes). --smoke: a tiny VAE for 15 steps.
+No flag: the `vae` job's whole quick preset (800 steps of batch 16) and 200 fine-tuning steps per
+objective, meant for a GPU. --quick: 300 steps of batch 8 from scratch and 40 fine-tuning steps per
+objective on a CPU (about two minutes). --smoke: a tiny VAE for 15 steps.
+Exercises: MINIDIFF_EXERCISE=3 also fine-tunes with the GAN term.
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -71,15 +92,21 @@ import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's thread
 
 # %% settings
 import dataclasses
+import os
 import time
 
 import numpy as np
 
-from minidiff import backend, train
+from minidiff import backend, train, zoo
 from minidiff.datasets import shapes
+from minidiff.diffusion.schedule import NoiseSchedule
 from minidiff.evaluate import HELDOUT_SEED
+from minidiff.models.classifier import ClassifierFeatures
+from minidiff.models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from minidiff.models.vae import VAEConfig
+from minidiff.models.vae_loss import feature_matching, frozen_features, vae_loss
 from minidiff.nn.module import no_grad
+from minidiff.optim import AdamW
 from minidiff.utils import image_grid, output_dir, parse_lesson_args, pyplot, save_figure
 
 
@@ -91,20 +118,26 @@ class Settings:
     scratch_dataset: int          # training images rendered once
     num_eval: int                 # held-out images for PSNR and the scale factor
     log_every: int
+    tune_steps: int               # section 7: fine-tuning steps of the shipped VAE, per objective
+    tune_batch: int
+    tune_lr: float = 5e-5         # small: the shipped VAE is already good, a fine-tune only nudges it
+    perceptual_weight: float = 1.0
+    adversarial_weight: float = 0.1
     psnr_min: float = 28.0        # dB, shipped VAE on held-out images (measured: 31.2 on 256)
     scratch_loss_ratio: float = 0.5   # the scratch VAE's last logged loss < this x its first
 
 
 FULL = Settings(VAEConfig.f4_32(), scratch_steps=800, scratch_batch=16, scratch_dataset=4000, num_eval=1024,
-                log_every=50)
-QUICK = Settings(VAEConfig.f4_32(), scratch_steps=600, scratch_batch=8, scratch_dataset=1000, num_eval=256,
-                 log_every=25)
+                log_every=50, tune_steps=200, tune_batch=16)
+QUICK = Settings(VAEConfig.f4_32(), scratch_steps=300, scratch_batch=8, scratch_dataset=1000, num_eval=256,
+                 log_every=25, tune_steps=40, tune_batch=8)
 SMOKE = Settings(dataclasses.replace(VAEConfig.tiny(), image_size=16), scratch_steps=15, scratch_batch=4,
-                 scratch_dataset=64, num_eval=32, log_every=5, scratch_loss_ratio=1.0)
+                 scratch_dataset=64, num_eval=32, log_every=5, tune_steps=2, tune_batch=2, scratch_loss_ratio=1.0)
 
 args = parse_lesson_args('Lesson 07: the KL autoencoder that latent diffusion works in.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("07_vae", args.out)
+exercise = os.environ.get("MINIDIFF_EXERCISE", "")      # "3": also run exercise 3's experiment
 xp = backend.get_xp()
 plt = pyplot()
 lesson_start = time.perf_counter()
@@ -124,16 +157,44 @@ def psnr(x, y):
 
 
 # %% 1. Compression: how many numbers an image becomes
+# one latent cell holds latent_channels numbers for an f x f patch of 3-channel pixels: 3 f^2 / 4 fewer
 shipped_config = VAEConfig.f4_32()
+bottlenecks = [("ours (shipped, f = 4)", 3, 32, 4, 8), ("f = 8 at 64x64 (VAEConfig.f8_64)", 3, 64, 4, 8),
+               ("Stable Diffusion (f = 8)", 3, 512, 4, 64)]
+for name, c_img, size, c_lat, latent in bottlenecks:
+    print(f"{name:34s}: image {c_img}x{size}x{size} = {c_img * size * size:7,d} numbers -> latent "
+          f"{c_lat}x{latent}x{latent} = {c_lat * latent * latent:6,d}: {c_img * size ** 2 / (c_lat * latent ** 2):.0f}x "
+          f"fewer (f = {size // latent}: one latent cell = {c_lat} numbers for a {size // latent}x{size // latent} "
+          f"patch of {c_img * (size // latent) ** 2} pixel values)")
 sd_ratio = (512 * 512 * 3) / (64 * 64 * 4)
-for name, config in (("f4_32 (shipped)", shipped_config), ("f8_64", VAEConfig.f8_64())):
-    c, h, w = config.latent_shape
-    print(f"{name:16s}: image 3x{config.image_size}x{config.image_size} = {3 * config.image_size ** 2:5d} numbers "
-          f"-> latent {c}x{h}x{w} = {c * h * w} numbers: {config.compression_ratio:.0f}x fewer "
-          f"(downsampling factor f = {config.downsample_factor})")
-print(f"Stable Diffusion: 512x512x3 -> 64x64x4 = {sd_ratio:.0f}x fewer")
-assert shipped_config.compression_ratio == 3 * 32 * 32 / (4 * 8 * 8) == 12
-assert VAEConfig.f8_64().compression_ratio == sd_ratio == 48
+assert shipped_config.compression_ratio == 3 * 32 * 32 / (4 * 8 * 8) == 12, "ours: 12x, not Stable Diffusion's 48x"
+assert VAEConfig.f8_64().compression_ratio == sd_ratio == 48, "f = 8 with 4 latent channels is SD's 48x"
+assert VAEConfig.f8_64().latent_shape == shipped_config.latent_shape == (4, 8, 8)
+
+scene = shapes.parse_caption("a large red circle above a small blue square")
+fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1.25, 1, 1]})
+names = [name.replace(" (", "\n(") for name, *_ in bottlenecks]
+positions = np.arange(len(bottlenecks))
+axes[0].bar(positions - 0.2, [c * s * s for _, c, s, _, _ in bottlenecks], 0.4, label="image (3 x H x W)")
+axes[0].bar(positions + 0.2, [c * s * s for _, _, _, c, s in bottlenecks], 0.4, label="latent (4 x h x w)")
+for k, (_, c_img, size, c_lat, latent) in enumerate(bottlenecks):
+    axes[0].text(k, c_img * size * size * 1.4, f"{c_img * size ** 2 / (c_lat * latent ** 2):.0f}x", ha="center")
+axes[0].set(yscale="log", ylim=(100, 4e6), ylabel="numbers per image (log scale)", xticks=positions,
+            title="the bottleneck: numbers in, numbers kept")
+axes[0].set_xticklabels(names, fontsize=8)
+axes[0].legend(fontsize=8, loc="upper left")
+for ax, size, f_down in ((axes[1], 32, 4), (axes[2], 64, 8)):
+    picture = shapes.render(scene, size, rng=args.seed)
+    ax.imshow(image_grid(picture[None], pad=0), interpolation="nearest", extent=(0, size, size, 0))
+    for line in range(0, size + 1, f_down):                       # the latent grid: one cell per f x f patch
+        ax.axhline(line, color="white", lw=0.6)
+        ax.axvline(line, color="white", lw=0.6)
+    ax.set(xticks=[], yticks=[], xlabel=f"{size}x{size}x3 = {3 * size * size:,} numbers  ->  8x8 cells x 4 = 256",
+           title=f"f = {f_down}: each {f_down}x{f_down} pixel patch ({3 * f_down * f_down} values)\n"
+                 f"-> one latent cell of 4 numbers: {3 * f_down * f_down // 4}x")
+fig.suptitle("Compression: ours is 12x (32x32, f = 4); Stable Diffusion's 48x is f = 8, as at 64x64 (right)")
+fig.tight_layout()
+save_figure(fig, out / "compression.png")
 
 # %% 2. Train a small VAE from scratch with the `vae` job: L1 + 1e-6 KL, falling
 scratch_cfg = train.make_config("vae", "quick", {"steps": settings.scratch_steps, "batch_size": settings.scratch_batch,
@@ -293,32 +354,199 @@ show(axes[1], pixel_path, len(alphas), "pixel cross-fade (1 - a) x1 + a x2")
 fig.suptitle("Between two images: a straight line in latent space vs in pixel space")
 save_figure(fig, out / "interpolation.png")
 
-# %% 6. The scale factor: 1 / std of the latents
+# %% 6. The scale factor: 1 / std of the latents -- unit standard deviation, not zero mean
 recomputed = vae.compute_scale_factor(x)                          # sets vae.scale_factor ...
 stored = float(np.asarray(ckpt.extra["scale_factor"]))
 vae.scale_factor = stored                                          # ... so put the stored one back
-scaled = backend.to_numpy(vae.encode_latents(x)).astype(np.float64)   # z * scale_factor
+scaled = backend.to_numpy(vae.encode_latents(x)).astype(np.float64)   # z * scale_factor, (N, 4, 8, 8)
 print(f"\nscale factor: stored {stored:.4f} (1 / std of 2048 training latents), recomputed on {settings.num_eval} "
       f"held-out images {recomputed:.4f} (ratio {recomputed / stored:.3f}); Stable Diffusion's is 0.18215")
-print(f"latents: std {z.std():.3f} -> scaled std {scaled.std():.3f}; scaled mean {scaled.mean():+.3f} "
-      "(only the spread is normalised: the channel means stay, as in Stable Diffusion)")
+print(f"latents: std {z.std():.3f} -> scaled std {scaled.std():.3f}, scaled mean {scaled.mean():+.3f}: "
+      "the factor fixes the spread, not the centre (as in Stable Diffusion)")
 assert abs(recomputed / stored - 1) < 0.1, "the stored scale factor should fit held-out images too"
-assert abs(scaled.std() - 1) < 0.1
+assert abs(scaled.std() - 1) < 0.1, "scaled latents have unit standard deviation"
+
+# where the mean comes from: latent cells whose 4x4 pixel patch is all background
+background_colour = np.median(held_out.reshape(len(held_out), 3, -1), axis=2)[:, :, None, None]
+plain_pixels = np.abs(held_out - background_colour).max(axis=1) < 0.05             # (N, S, S)
+f_down = S // z.shape[-1]
+plain_cells = plain_pixels.reshape(len(held_out), 8, f_down, 8, f_down).all(axis=(2, 4))   # (N, 8, 8)
+per_channel = scaled.transpose(1, 0, 2, 3)                                          # (4, N, 8, 8)
+edges = np.linspace(-6, 6, 121)
+modes, background_values = [], []
+print(f"  {plain_cells.mean():.0%} of the latent cells see only background:")
+for channel in range(4):
+    counts, _ = np.histogram(per_channel[channel], bins=edges)
+    modes.append(float(edges[counts.argmax()] + 0.05))                               # the tallest bin's centre
+    background_values.append(float(np.median(per_channel[channel][plain_cells])))
+    print(f"  channel {channel}: mean {per_channel[channel].mean():+.2f}, std {per_channel[channel].std():.2f}; "
+          f"histogram peak at {modes[-1]:+.2f}, background cells' median {background_values[-1]:+.2f}")
+schedule = NoiseSchedule.make("scaled_linear", 1000)          # lesson 08's schedule
+offset_at_T = float(np.sqrt(schedule.alphas_cumprod[-1])) * scaled.mean()
+print(f"  the peaks ARE the background, and all four sit above 0, hence the mean {scaled.mean():+.2f}. "
+      f"At t = T the forward process keeps sqrt(abar_T) = {np.sqrt(schedule.alphas_cumprod[-1]):.3f} of it: an "
+      f"offset of {offset_at_T:.3f} beside unit noise, so x_T is still about N(0, I)")
+assert scaled.mean() > 0.5, "the scaled latents are not centred"
+assert plain_cells.mean() > 0.5
+assert all(abs(m - b) < 0.3 for m, b in zip(modes, background_values)), (modes, background_values)
+assert offset_at_T < 0.1
 with no_grad():
     round_trip = backend.to_numpy(vae.decode_latents(vae.encode_latents(x[:8])))   # Dec(s mu / s)
 round_trip_gap = float(np.abs(round_trip - backend.to_numpy(reconstructed[:8])).max())
 print(f"decode_latents(encode_latents(x)) == Dec(mu): max difference {round_trip_gap:.1e}")
 assert round_trip_gap < 1e-4
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
 grid = np.linspace(-6, 6, 200)
-for ax, values, title in ((axes[0], z, f"latents mu(x): std {z.std():.2f}"),
-                          (axes[1], scaled, f"scaled: scale_factor x mu(x), std {scaled.std():.2f}")):
-    ax.hist(values.ravel(), bins=100, range=(-6, 6), density=True, alpha=0.7,
-            label=f"latent values ({np.mean(np.abs(values) > 6):.1%} beyond +-6)")
-    ax.plot(grid, np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
-    ax.set(title=title, xlabel="value", ylabel="density")
-    ax.legend(loc="upper left", fontsize=8)
-fig.suptitle(f"The scale factor {stored:.3f} = 1 / std(z) gives the diffusion model unit-spread data", y=1.03)
+gauss = np.exp(-grid ** 2 / 2) / np.sqrt(2 * np.pi)
+axes[0].hist(z.ravel(), bins=edges, density=True, alpha=0.7, color="grey")
+axes[0].set(title=f"latents mu(x): std {z.std():.2f}, mean {z.mean():+.2f}", xlabel="value", ylabel="density")
+axes[1].hist(scaled.ravel(), bins=edges, density=True, alpha=0.7, label="scaled latent values")
+axes[1].plot(grid, gauss, "k--", label="N(0, 1)")
+axes[1].plot(grid + scaled.mean(), gauss, "k:", label=f"N({scaled.mean():+.2f}, 1)")
+axes[1].axvline(scaled.mean(), color="tab:red", lw=1, label=f"mean {scaled.mean():+.2f}")
+axes[1].set(title=f"scale_factor x mu(x): std {scaled.std():.2f} (1), mean {scaled.mean():+.2f} (not 0)",
+            xlabel="value", ylabel="density")
+axes[1].legend(loc="upper left", fontsize=8)
+colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+for channel in range(4):
+    axes[2].hist(per_channel[channel].ravel(), bins=edges, density=True, histtype="step", lw=1.4,
+                 color=colours[channel], label=f"channel {channel}")
+    axes[2].axvline(background_values[channel], color=colours[channel], ls="--", lw=1)
+axes[2].set(title=f"by channel; dashed: the background cells ({plain_cells.mean():.0%} of cells)",
+            xlabel="scaled value", ylabel="density")
+axes[2].legend(fontsize=8)
+fig.suptitle(f"The scale factor {stored:.3f} = 1 / std(z) gives unit standard deviation, not zero mean: "
+             "the tall peaks are the grey background", y=1.02)
+fig.tight_layout()
 save_figure(fig, out / "scale_factor.png")
+
+
+# %% 7. Sharper reconstructions: fine-tune with and without the perceptual term
+# L = mean |x - x_rec| + (1e-6 / D) KL  [+ w_P sum_l mean (phi_l(x_rec) - phi_l(x))^2]  [+ w_G (-mean D(x_rec))]
+tune_data = xp.asarray(shapes.sample(max(256, 16 * settings.tune_batch), seed=(args.seed, 1), size=S)["images"])
+judge = zoo.load_classifier(device=backend.device())
+perceptual_fn = frozen_features(ClassifierFeatures(judge.train()))     # phi: the classifier's conv maps, frozen
+
+
+def spectral_high(images):
+    """Fraction of each image's spectral energy above 0.25 cycles/pixel, mean over images."""
+    power = np.abs(np.fft.fft2(images)) ** 2                          # (N, 3, S, S)
+    frequency = np.fft.fftfreq(images.shape[-1])
+    radius = np.hypot(frequency[:, None], frequency[None, :])
+    return float((power[..., radius > 0.25].sum(axis=-1) / power.reshape(*power.shape[:2], -1).sum(axis=-1)).mean())
+
+
+def gradient_magnitude(images):
+    """|grad| by forward differences, (N, 3, S-1, S-1)."""
+    return np.hypot(np.diff(images, axis=-1)[..., :-1, :], np.diff(images, axis=-2)[..., :, :-1])
+
+
+real_edges = gradient_magnitude(held_out) > 0.2                      # where the real images have an edge
+
+
+def sharpness(model):
+    """Reconstructions of the held-out images and what they are measured by."""
+    model.eval()
+    with no_grad():
+        rec = np.clip(backend.to_numpy(model.decode(model.encode(x).mean)), -1, 1)
+        features_rec, _ = perceptual_fn(xp.asarray(rec))
+        features_real, _ = perceptual_fn(x)
+    model.train()
+    return {"images": rec, "L1": float(np.abs(rec - held_out).mean()),
+            "edge": float(gradient_magnitude(rec)[real_edges].mean() / gradient_magnitude(held_out)[real_edges].mean()),
+            "high": spectral_high(rec) / spectral_high(held_out),
+            "perceptual": float(feature_matching(features_rec, features_real)[0])}
+
+
+def fine_tune(perceptual_weight=0.0, adversarial_weight=0.0):
+    """The shipped VAE after settings.tune_steps AdamW steps on the objective with these weights.
+    Every objective sees the same batches and the same posterior noise (one seed)."""
+    model = zoo.load_vae(train.PRETRAINED_DIR / "vae.npz", backend.device()).train()
+    optimizer = AdamW(model, lr=settings.tune_lr, weight_decay=0.0)
+    discriminator = None
+    if adversarial_weight:
+        discriminator = PatchDiscriminator(DiscriminatorConfig(), seed=args.seed).to(backend.device()).train()
+        d_optimizer = AdamW(discriminator, lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
+    rng = backend.rng(args.seed)
+    for _ in range(settings.tune_steps):
+        images = tune_data[rng.integers(0, len(tune_data), size=(settings.tune_batch,))]
+        model.zero_grad()
+        if discriminator is not None:
+            discriminator.zero_grad()
+        _, parts = vae_loss(model, images, rng, kl_weight=1e-6, recon="l1",
+                            perceptual_fn=perceptual_fn if perceptual_weight else None,
+                            perceptual_weight=perceptual_weight, discriminator=discriminator,
+                            adversarial_weight=adversarial_weight)
+        optimizer.step()
+        if discriminator is not None:
+            d_optimizer.step()                     # the discriminator's own step, on its hinge loss
+    return sharpness(model)
+
+
+objectives = {"shipped VAE (before)": None, "L1 + KL": {},
+              f"L1 + KL + {settings.perceptual_weight:g} x perceptual": {"perceptual_weight": settings.perceptual_weight}}
+if exercise == "3" or args.full:
+    objectives[f"L1 + KL + {settings.adversarial_weight:g} x GAN"] = {"adversarial_weight": settings.adversarial_weight}
+tune_start = time.perf_counter()
+measured = {name: sharpness(vae) if weights is None else fine_tune(**weights) for name, weights in objectives.items()}
+print(f"\nfine-tuning the shipped VAE for {settings.tune_steps} steps of batch {settings.tune_batch} (lr "
+      f"{settings.tune_lr:g}) per objective ({time.perf_counter() - tune_start:.0f} s); on {settings.num_eval} held-out "
+      "images (edge: mean |gradient| of the reconstruction where the real image has an edge, over the real one's; "
+      "high: spectral energy above 0.25 cycles/pixel, over the real one's; 1 = as sharp as the real images):")
+print(f"  {'objective':36s} {'L1':>7s} {'edge':>6s} {'high':>6s} {'perceptual distance':>20s}")
+for name, m in measured.items():
+    print(f"  {name:36s} {m['L1']:7.4f} {m['edge']:6.3f} {m['high']:6.3f} {m['perceptual']:20.4f}")
+plain, perceptual = measured["L1 + KL"], measured[list(objectives)[2]]
+print(f"  the perceptual term cuts the feature distance {plain['perceptual']:.4f} -> {perceptual['perceptual']:.4f} "
+      f"and moves edge sharpness {plain['edge']:.3f} -> {perceptual['edge']:.3f}, L1 {plain['L1']:.4f} -> "
+      f"{perceptual['L1']:.4f}")
+if not args.smoke:
+    assert perceptual["perceptual"] < plain["perceptual"], "the perceptual term lowers the distance it measures"
+
+n_show = 6
+rows = [(held_out[:n_show], "held-out originals")] + [(m["images"][:n_show], f"{name}: edge {m['edge']:.2f}, "
+                                                      f"L1 {m['L1']:.4f}") for name, m in measured.items()]
+fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.75 * len(rows) + 0.6), constrained_layout=True)
+for ax, (images, title) in zip(axes, rows):
+    show(ax, images, n_show, title)
+fig.suptitle(f"Fine-tuning {settings.tune_steps} steps with each objective (edge 1.00 = as sharp as the originals)")
+save_figure(fig, out / "sharpness.png")
 print(f"lesson 07 done in {time.perf_counter() - lesson_start:.0f} s")
+
+
+# %% Exercises
+# 1. The KL in closed form. Fill in kl_to_prior: KL(N(mean, exp(logvar)) || N(0, I)) summed over the latent
+#    dimensions of each image, averaged over the images (the docstring's formula). The cell checks it against
+#    DiagonalGaussian.kl() (minidiff/models/vae.py).
+# 2. Centre the latents too. Fill in standardise: per latent channel, subtract the channel's mean and divide by
+#    its std (over images and positions). Predict first: what would the histogram in scale_factor.png look like?
+# 3. The GAN term. Run with MINIDIFF_EXERCISE=3 (or --full) to fine-tune with adversarial_weight 0.1 as well:
+#    the patch discriminator starts untrained, so after a few dozen steps what does it tell the decoder?
+#    Compare its row in sharpness.png with the perceptual one. (From the command line:
+#    python -m minidiff train vae --perceptual-weight 1 --adversarial-weight 0.1 --adversarial-start 500)
+
+
+def kl_to_prior(mean, logvar):
+    """Your code: KL(N(mean, exp(logvar)) || N(0, 1)) summed per image over (C, h, w), mean over images."""
+    return None
+
+
+def standardise(latents):
+    """Your code: (N, C, h, w) -> the same with every channel at mean 0, std 1."""
+    return None
+
+
+answer = kl_to_prior(posterior.mean, posterior.logvar)
+if answer is None:
+    print("exercise 1: fill in kl_to_prior")
+else:
+    assert abs(float(answer) / float(posterior.kl()) - 1) < 1e-3, (float(answer), float(posterior.kl()))
+    print(f"exercise 1: correct, {float(answer):.1f} nats per image")
+answer = standardise(scaled)
+if answer is None:
+    print("exercise 2: fill in standardise")
+else:
+    answer = np.asarray(answer)
+    assert np.allclose(answer.mean(axis=(0, 2, 3)), 0, atol=1e-6) and np.allclose(answer.std(axis=(0, 2, 3)), 1)
+    print("exercise 2: correct, every channel at mean 0 and std 1")
