@@ -7,13 +7,16 @@ and uses the forward process of lesson 01 to put it back on the sampler's path:
     z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps,   eps ~ N(0, I)          (closed form, any t)
 
 Image-to-image (SDEdit, Meng et al. 2021). A sampler with n steps visits the timesteps
-tau_0 > tau_1 > ... > tau_{n-1}. Strength sigma in [0, 1] skips the first n - floor(n sigma) of them:
-noise z_0 to the first step kept, t_s, and run only the remaining floor(n sigma) steps with the new
-prompt. Of the input, sqrt(abar_{t_s}) z_0 survives; the rest is noise of size sqrt(1 - abar_{t_s}).
+tau_0 > tau_1 > ... > tau_{n-1}. The strength s in [0, 1] (a fraction of the steps; not lesson 06's
+noise level sigma) keeps the last floor(n s) of them and skips the first n - floor(n s): noise z_0
+to the first step kept, t_s, and run only those floor(n s) steps with the new prompt. Floor, not
+round: minidiff.pipeline.image_to_image computes start_step = n - min(int(n s), n), as diffusers
+does, so 50 steps at s = 0.375 run 18, not 19. Of the input, sqrt(abar_{t_s}) z_0 survives; the
+rest is noise of size sqrt(1 - abar_{t_s}).
 
-    sigma = 0     nothing to denoise: the output is the VAE reconstruction D(E(x))
-    sigma small   t_s is low, sqrt(abar) ~ 1: layout and colours survive, details are redrawn
-    sigma = 1     t_s = tau_0, pure noise: plain text-to-image, the input is forgotten
+    s = 0         nothing to denoise: the output is the VAE reconstruction D(E(x))
+    s small       t_s is low, sqrt(abar) ~ 1: layout and colours survive, details are redrawn
+    s = 1         t_s = tau_0, pure noise: plain text-to-image, the input is forgotten
 
 Inpainting (latent blending). A mask m (1 = repaint) is shrunk to the latent grid: a cell is
 repainted when any of its 4 x 4 pixels is. Sample from z_T ~ N(0, I) with the prompt, and after
@@ -27,19 +30,28 @@ they ARE z_0; the masked cells are denoised by a network that sees those neighbo
 step, so what it invents fits them. Outside the mask the pipeline pastes the pixels of D(z_0)
 back (the decoder blurs across cell borders), so the known region is the reconstruction, exactly.
 
-Outpainting. Grow the canvas by e pixels on every side (the new border filled with a flat
-colour), mask the border, and inpaint. The convolutions and attention work on any grid, so a
-48 x 48 canvas is a 12 x 12 latent -- a size the U-Net never saw in training (8 x 8 only).
+Outpainting. Grow the canvas (the new part filled with a flat colour), mask the new part, and
+inpaint. pipeline.outpaint grows every side by e pixels: the convolutions and attention work on
+any grid, so a 48 x 48 canvas is a 12 x 12 latent -- a size the U-Net never saw (8 x 8 only), with
+a border 8 pixels wide, too narrow for a whole shape. The model, trained on scenes whose objects
+sit wholly inside the frame, starts objects there anyway and the canvas edge cuts them. The cure
+is the one Stable Diffusion users apply: outpaint at the model's own size. Slide a 32 x 32 window
+half off the image, so it holds 16 known columns and 16 new ones, prompt for the whole scene the
+window should show ("a red circle to the left of a blue square"), inpaint the new half, and stitch:
+32 x 32 -> 32 x 48, every shape whole.
 
 Cells: (1) the input and its VAE reconstruction, the floor for every edit; (2) image-to-image at
 strengths 0 .. 1 (turn a red circle blue); (3) inpainting: replace one object of a scene, and
-erase it; (4) outpainting 32 x 32 -> 48 x 48.
+erase it; (4) outpainting 32 x 32 -> 48 x 48 on every side (and why shapes get cut), then
+32 x 32 -> 32 x 48 through a sliding window (whole shapes); exercises.
 
 Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more images;
 --device gpu).
 
 Read beside: minidiff/pipeline.py (image_to_image, inpaint, outpaint), minidiff/diffusion/samplers.py
-(sample: x_T, start_step, step_callback), minidiff/diffusion/schedule.py (q_sample), lesson 10.
+(sample: x_T, start_step, step_callback; sampler_timesteps), minidiff/diffusion/schedule.py (q_sample),
+minidiff/diffusion/guidance.py (classifier-free guidance), minidiff/evaluate.py (the attribute
+classifier that judges the edits), lesson 10.
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -66,7 +78,7 @@ NAME = "11_editing"
 class Settings:
     steps: int                    # DDIM steps of every edit
     num_images: int               # seeds per edit (rows of the figures)
-    strengths: tuple              # image-to-image strengths measured (the figure shows 0, .25, .5, .75, 1)
+    strengths: tuple              # image-to-image strengths s measured (the figure shows 0, .25, .5, .75, 1)
     obey: float                   # claims: the share of edits the classifier must see obey the prompt
     growth: float                 # claim: distance at strength 1 >= distance at strength 0 + this
     centre_error: float           # claim: outpainting keeps the centre within this mean |difference|
@@ -151,7 +163,7 @@ edit_prompt = "a large blue circle on the left"
 timesteps = samplers.sampler_timesteps(pipe.schedule, settings.steps, "ddim")
 abar = pipe.schedule.alphas_cumprod
 print(f"\nimage-to-image {source_caption!r} -> {edit_prompt!r}, {n} seeds per strength")
-print(f"{'strength':>8} {'steps run':>9} {'t_s':>5} {'sqrt(abar)':>10} {'sqrt(1-abar)':>12}   "
+print(f"{'strength s':>10} {'steps run = floor(n s)':>22} {'t_s':>5} {'sqrt(abar)':>10} {'sqrt(1-abar)':>12}   "
       f"{'mean |x_out - x|':>16} {'blue':>6} {'still left':>10}")
 edits, distance, blue, kept_left = {}, {}, {}, {}
 for strength in settings.strengths:
@@ -162,13 +174,13 @@ for strength in settings.strengths:
     predicted = labels_of(edits[strength])
     blue[strength] = float((predicted["colour"] == shapes.COLOURS.index("blue")).mean())
     kept_left[strength] = float((predicted["position"] == shapes.POSITIONS.index("left")).mean())
-    run = min(int(settings.steps * strength), settings.steps)            # as pipeline.image_to_image
+    run = min(int(settings.steps * strength), settings.steps)    # floor(n s), as pipeline.image_to_image
     if run:
         t_s = int(timesteps[settings.steps - run])
         signal, noise = f"{np.sqrt(abar[t_s]):10.3f}", f"{np.sqrt(1 - abar[t_s]):12.3f}"
     else:
         t_s, signal, noise = "-", f"{1:10.3f}", f"{0:12.3f}"
-    print(f"{strength:8.3f} {run:9d} {t_s:>5} {signal} {noise}   {distance[strength]:16.4f} "
+    print(f"{strength:10.3f} {run:22d} {t_s:>5} {signal} {noise}   {distance[strength]:16.4f} "
           f"{blue[strength]:6.0%} {kept_left[strength]:10.0%}")
 
 strengths = sorted(edits)
@@ -284,7 +296,7 @@ fig.tight_layout()
 save_figure(fig, out / "inpainting.png")
 
 
-# %% 4. Outpainting: 32 x 32 -> 48 x 48, at two guidance scales
+# %% 4. Outpainting every side: 32 x 32 -> 48 x 48, at two guidance scales (and why shapes get cut)
 extend = 8
 outpaint_caption = "a large blue square on the left"
 outpaint_prompt = "a large blue square"           # the position word would now mean the 48 px canvas's left
@@ -313,8 +325,9 @@ for scale in (1.0, GUIDANCE):
           f"{fragments[scale]:>24d} of {n}")
     assert centre_error < settings.centre_error, (scale, centre_error)
 print(f"  the centre is kept up to the VAE's own error ({small_recon_error:.4f} for the input alone at 32x32; "
-      f"claim < {settings.centre_error}). New object pieces in the border are the model's weakness: it never saw "
-      f"an object cut by the image's edge, nor a 12x12 latent"
+      f"claim < {settings.centre_error}). Object pieces in the border are this setup's fault, not the "
+      f"sampler's: an 8-pixel border cannot hold a whole shape, and the U-Net never saw a 12x12 latent, so what it "
+      f"starts there the canvas edge cuts (section 5 outpaints at the model's own size instead)"
       + (", and strong guidance towards 'a large blue square' paints blue wherever it can"
          if fragments[GUIDANCE] > fragments[1.0] else ""))
 if not args.smoke:
@@ -335,4 +348,88 @@ fig.suptitle(f"outpainting: {extend} px added on every side, prompt {outpaint_pr
 fig.tight_layout()
 save_figure(fig, out / "outpainting.png")
 
+# %% 5. Outpainting at the model's own size: a sliding window, 32 x 32 -> 32 x 48, whole shapes
+slide = 16                                           # new columns: 4 latent cells, room for a whole shape
+wide_caption = "a small blue square on the left"
+wide_prompt = "a red circle to the left of a blue square"       # the whole scene the window should show
+wide_source = from_uint8(to_uint8(shapes.render(shapes.parse_caption(wide_caption), H, rng=args.seed + 4)))[0]
+wide_background = np.median(wide_source.reshape(3, -1), axis=1)[:, None, None]
+assert (np.abs(wide_source[:, :, :slide] - wide_background).max(axis=0) > 0.3).any() and \
+    not (np.abs(wide_source[:, :, slide:] - wide_background).max(axis=0) > 0.3).any(), "the square sits in the left half"
+window = np.broadcast_to(wide_background, wide_source.shape).copy()             # (3, H, H): [new | known]
+window[:, :, slide:] = wide_source[:, :, :H - slide]
+window_mask = np.zeros((H, H), np.float32)
+window_mask[:, :slide] = 1.0                                                     # repaint the new columns
+filled = as_array(pipe.inpaint(to_uint8(window)[0], window_mask, wide_prompt, steps=settings.steps,
+                               guidance_scale=GUIDANCE, seed=args.seed, num_images=n))
+wide = np.concatenate([filled, np.repeat(wide_source[None, :, :, H - slide:], n, axis=0)], axis=3)   # (n, 3, H, H+16)
+not_background = np.abs(wide - wide_background[None]).max(axis=1) > 0.3          # (n, H, W): part of a shape
+edge_frame = np.zeros(not_background.shape[1:], bool)
+edge_frame[[0, -1], :] = True
+edge_frame[:, [0, -1]] = True
+cut = not_background[:, edge_frame].mean(axis=1) > 0.0                           # a shape touches the canvas edge
+new_red = colour_pixels(wide, "red")[:, :, :slide].sum(axis=(1, 2))              # red pixels in the new columns
+at_seam = not_background[:, :, slide - 1].sum(axis=1)            # shape pixels in the last new column: cut there?
+obeyed_window = obeys(filled, wide_prompt)
+print(f"\nsliding-window outpainting {wide_caption!r} ({H}x{H}) -> {H}x{H + slide}: the window holds {H - slide} known "
+      f"columns and {slide} new ones; prompt {wide_prompt!r}")
+print(f"  shapes touching the canvas edge: {int(cut.sum())} of {n}; a red object in the new columns: "
+      f"{int((new_red >= 10).sum())} of {n} (>= 10 red pixels); the classifier finds the whole prompt in the window "
+      f"in {obeyed_window:.0%}; outputs with shape pixels in the last new column (where the kept pixels are pasted "
+      f"back, a second place a shape could be cut): {int((at_seam > 0).sum())} of {n}")
+if not args.smoke:
+    assert cut.mean() <= 1 - settings.obey, f"{int(cut.sum())} of {n} outputs have a shape cut by the canvas edge"
+    assert (new_red >= 10).mean() >= settings.obey, new_red
+
+rows = min(n, 4)
+fig, axes = plt.subplots(1, rows + 2, figsize=(2.2 * (rows + 2), 2.9), squeeze=False,
+                         gridspec_kw={"width_ratios": [1, 1] + [1.5] * rows})
+show(axes[0, 0], wide_source, f"before: {H}x{H}")
+window_shown = window.copy()
+window_shown[:, :, :slide] = 1.0                                                  # white: to be painted
+show(axes[0, 1], window_shown, "the window:\nwhite = new, repainted")
+for c in range(rows):
+    show(axes[0, c + 2], wide[c], f"after: {H}x{H + slide}, image {c}" + ("\n(shape cut!)" if cut[c] else ""))
+    axes[0, c + 2].axvline(slide - 0.5, color="white", ls=":", lw=0.8)
+fig.suptitle(f"outpainting at the model's own size: prompt {wide_prompt!r}, {slide} new columns on the left "
+             "(dotted: the original's edge)", fontsize=9)
+fig.tight_layout()
+save_figure(fig, out / "outpainting_window.png")
+
 print(f"\nlesson 11 done in {time.perf_counter() - lesson_start:.0f} s")
+
+
+# %% Exercises
+# 1. Floor, not round. Fill in steps_run(steps, strength): how many denoising steps image_to_image runs
+#    (minidiff/pipeline.py). The cell checks it on the strengths of the table above, where floor and round differ.
+# 2. The latent mask. Fill in latent_cells(mask, f): (H, W) bool pixels -> (H/f, W/f) bool cells, a cell
+#    repainted when ANY of its f x f pixels is. The cell checks it against the inpainting mask above.
+#    Predict first: how many cells would an "all pixels" rule repaint for the blue square?
+# 3. Outpaint the other way. Change the sliding window to add 16 columns on the RIGHT of
+#    "a small blue square on the right" with prompt "a blue square to the left of a red circle". Do the
+#    shapes stay whole? Then try pipe.outpaint(..., extend=16) (a 64 x 64 canvas): what does it draw?
+
+
+def steps_run(steps, strength):
+    """Your code: the number of steps image_to_image runs for this strength."""
+    return None
+
+
+def latent_cells(mask, f):
+    """Your code: (H, W) bool -> (H // f, W // f) bool, True where any pixel of the f x f cell is True."""
+    return None
+
+
+if steps_run(50, 0.375) is None:
+    print("exercise 1: fill in steps_run")
+else:
+    for strength in (0.0, 0.125, 0.375, 0.625, 0.875, 1.0):
+        expected = min(int(50 * strength), 50)
+        assert steps_run(50, strength) == expected, (strength, steps_run(50, strength), expected)
+    print("exercise 1: correct")
+answer = latent_cells(mask, f)
+if answer is None:
+    print("exercise 2: fill in latent_cells")
+else:
+    assert np.array_equal(np.asarray(answer, bool), cells), "compare with the 'mask (latent cells)' panel"
+    print(f"exercise 2: correct ({int(cells.sum())} cells)")
