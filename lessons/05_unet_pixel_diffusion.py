@@ -51,16 +51,24 @@ features of real and generated images: fit a Gaussian to each, then
 independent sets of real images give the floor that finite samples allow; the untrained U-Net
 gives the ceiling we start from.
 
+A few minutes of CPU train the loss curve down but give colour blobs, not shapes. So --quick
+trains your own U-Net for 200 steps (the loop below, in plain sight; its loss curve and samples
+are shown), then judges data/pretrained/lessons/pixel16_v.npz: the same U-Net trained for about
+a thousand steps by minidiff's own pixel job (data/pretrained/lessons/README.md has the command,
+steps and time). That one predicts v instead of eps with min-SNR weighting; lesson 06 shows why.
+--full trains everything here from scratch and judges your model.
+
 Read beside: minidiff/models/unet.py (the levels, the skips, backward), minidiff/models/blocks.py
-(ResBlock, SpatialTransformer),
-minidiff/diffusion/loss.py (training_targets, diffusion_loss), minidiff/optim.py (AdamW, EMA,
-clip_grad_norm, warmup_cosine), minidiff/diffusion/samplers.py (sample), minidiff/evaluate.py
-(classifier features, Frechet distance) and minidiff/train/ (this loop as a command:
+(ResBlock, SpatialTransformer), minidiff/diffusion/loss.py (training_targets, diffusion_loss),
+minidiff/optim.py (AdamW, EMA, clip_grad_norm, warmup_cosine), minidiff/diffusion/samplers.py
+(sample), minidiff/evaluate.py (classifier features, Frechet distance), minidiff/train/loop.py
+(fit: this loop as the training command's) and minidiff/train/jobs.py (run_pixel:
 python -m minidiff train pixel).
 
-Run: python lessons/05_unet_pixel_diffusion.py [--quick] [--smoke] [--device cpu|gpu]
---quick: 16x16 images, UNetConfig.quick16, 600 training steps: about 3 minutes on a 2-core CPU.
-The default settings (no flag) are for a GPU: 32x32 images, UNetConfig.pixel32, 10,000 steps.
+Run: python lessons/05_unet_pixel_diffusion.py [--quick] [--smoke] [--full] [--device cpu|gpu]
+--quick: 16x16 images, UNetConfig.quick16, 200 training steps, then the lesson checkpoint.
+--full (a GPU): 32x32 images, UNetConfig.pixel32, 10,000 steps, judged as trained.
+Exercises at the end: MINIDIFF_EXERCISE=1|2|3 python lessons/05_unet_pixel_diffusion.py --quick
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -71,11 +79,12 @@ import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's thread
 
 # %% settings
 import dataclasses
+import os
 import time
 
 import numpy as np
 
-from minidiff import backend, evaluate, train
+from minidiff import backend, evaluate, train, zoo
 from minidiff.checkpoint import load_checkpoint, load_into, save_checkpoint
 from minidiff.datasets import shapes
 from minidiff.diffusion import samplers
@@ -84,7 +93,7 @@ from minidiff.diffusion.schedule import NoiseSchedule
 from minidiff.models.unet import UNet, UNetConfig
 from minidiff.nn.module import no_grad
 from minidiff.optim import EMA, AdamW, clip_grad_norm, warmup_cosine
-from minidiff.utils import image_grid, output_dir, parse_lesson_args, pyplot, save_figure
+from minidiff.utils import REPO_ROOT, image_grid, output_dir, parse_lesson_args, pyplot, save_figure
 
 
 @dataclasses.dataclass
@@ -101,8 +110,9 @@ class Settings:
     classifier: evaluate.ClassifierConfig | None = None   # trained here only when none is shipped
     classifier_steps: int = 600
     classifier_dataset_size: int = 8000
-    fd_ratio: float = 0.25        # trained FD - floor must be below this fraction of untrained FD - floor
+    fd_ratio: float = 0.25        # judged FD - floor must be below this fraction of untrained FD - floor
     loss_ratio: float = 0.5       # final loss must be below this fraction of the first steps' loss
+    pretrained: str | None = None  # judge this shipped lesson checkpoint (minutes of CPU train too little)
 
     @property
     def image_size(self):
@@ -112,9 +122,10 @@ class Settings:
 FULL = Settings(UNetConfig.pixel32(), train_steps=10000, batch_size=128, lr=3e-4, warmup_steps=500,
                 ema_decay=0.999, dataset_size=50000, num_eval=1024, sample_steps=250,
                 classifier=evaluate.ClassifierConfig(image_size=32), classifier_steps=2000)
-QUICK = Settings(UNetConfig.quick16(), train_steps=600, batch_size=32, lr=2e-3, warmup_steps=100,
-                 ema_decay=0.995, dataset_size=4000, num_eval=128,
-                 classifier=evaluate.ClassifierConfig(image_size=16, channels=(16, 32, 64)))
+QUICK = Settings(UNetConfig.quick16(), train_steps=200, batch_size=32, lr=2e-3, warmup_steps=20,
+                 ema_decay=0.98, dataset_size=4000, num_eval=64, loss_ratio=0.6,
+                 classifier=evaluate.ClassifierConfig(image_size=16, channels=(16, 32, 64)),
+                 pretrained="data/pretrained/lessons/pixel16_v.npz")
 SMOKE = Settings(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(),
                             num_heads=2, norm_groups=4, image_size=16),
                  train_steps=30, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.9, dataset_size=64,
@@ -205,9 +216,25 @@ save_figure(fig, out / "loss.png")
 model.eval()
 ema.copy_to(model)                                   # from here on the model holds the EMA weights
 
+# %% the model we judge: in --quick the shipped lesson checkpoint, else the one you just trained
+yours = model
+if settings.pretrained is not None:
+    judged, ckpt = zoo.load_trained(REPO_ROOT / settings.pretrained, expect="pixel")
+    diffusion = zoo.diffusion_settings(ckpt)
+    recipe = ckpt.config["train"]
+    judged_name = f"lesson checkpoint ({ckpt.step} steps)"
+    print(f"judged model: {settings.pretrained}, the same U-Net trained by minidiff's pixel job for {ckpt.step} "
+          f"steps of batch {recipe['batch_size']} (data/pretrained/lessons/README.md); it predicts "
+          f"{diffusion['prediction_type']} (min-SNR gamma {recipe['min_snr_gamma']}), a choice lesson 06 explains. "
+          f"Your {settings.train_steps} steps show the loss falling; they are too few for clean images")
+else:
+    judged, judged_name = model, f"your U-Net ({settings.train_steps} steps)"
+    diffusion = {"schedule": SCHEDULE, "num_steps": schedule.num_steps, "prediction_type": "epsilon"}
+judged_schedule = NoiseSchedule.make(diffusion["schedule"], diffusion["num_steps"])
+
 # %% the judge: an attribute classifier whose features define the Frechet distance
 shipped = evaluate.DEFAULT_CLASSIFIER
-trained_here = out / "classifier.npz"                # lesson 06 reuses it when nothing is shipped
+trained_here = out / "classifier.npz"
 judge = None
 if shipped.exists():
     judge = evaluate.load_classifier(shipped)
@@ -230,57 +257,57 @@ if not args.smoke:
     assert scores["colour"] > 0.8 and scores["shape"] > 0.6, "the classifier is too weak to judge samples"
 
 
-def judge_size(images):
-    """Images at the classifier's input size: nearest-upsampled (16 -> 32) or average-pooled (64 -> 32)."""
-    size = judge.config.image_size
-    if images.shape[2] < size:
-        factor = size // images.shape[2]
-        return images.repeat(factor, axis=2).repeat(factor, axis=3)
-    return evaluate.match_size(images, size)
-
-
 def features(images):
-    return evaluate.classifier_features(judge, judge_size(images))
+    """Classifier features at its input size (16x16 images repeated 2x2 up to 32x32: evaluate.match_size)."""
+    return evaluate.classifier_features(judge, evaluate.match_size(images, judge.config.image_size))
 
 
-# %% samples from the trained and the untrained U-Net, and their Frechet distances
+# %% samples and their Frechet distances
 SAMPLER = "ddpm"
 
 
-def draw(unet, n, seed, return_intermediates=False):
-    """n samples on the host (N, 3, S, S), in batches of 64 from x_T ~ N(0, I); x0_hat clipped each step."""
+def draw(unet, prediction_type, sched, n, seed, return_intermediates=False):
+    """n samples on the host (N, 3, S, S), in batches of 32 from x_T ~ N(0, I); x0_hat clipped each step."""
     batches = []
-    for start in range(0, n, 64):
+    for start in range(0, n, 32):
         with no_grad():
-            batches.append(samplers.sample(lambda x, t: unet(x, t), schedule, (min(64, n - start), 3, S, S),
+            batches.append(samplers.sample(lambda x, t: unet(x, t), sched, (min(32, n - start), 3, S, S),
                                            sampler=SAMPLER, steps=settings.sample_steps, spacing="trailing",
-                                           clip_x0=True, rng=backend.rng(seed + start),
+                                           clip_x0=True, rng=backend.rng(seed + start), prediction_type=prediction_type,
                                            return_intermediates=return_intermediates, progress=False))
     if return_intermediates:
         return batches[0]
     return np.concatenate([backend.to_numpy(x) for x in batches])
 
 
+def untrained_output(x, t):
+    """The untrained U-Net's output, eps_theta = 0 everywhere (its last conv starts at zero, checked above)."""
+    return xp.zeros_like(x)
+
+
 start = time.perf_counter()
-samples = draw(model, settings.num_eval, seed=args.seed + 100)
+samples = draw(judged, diffusion["prediction_type"], judged_schedule, settings.num_eval, seed=args.seed + 100)
 sample_seconds = time.perf_counter() - start
-before = draw(untrained, settings.num_eval, seed=args.seed + 100)
+sets = {"judged": samples, "untrained": draw(untrained_output, "epsilon", schedule, settings.num_eval, args.seed + 100)}
+if yours is not judged:
+    sets["yours"] = draw(yours, "epsilon", schedule, settings.num_eval, seed=args.seed + 100)
 real = shapes.sample(settings.num_eval, seed=(args.seed, evaluate.HELDOUT_SEED), size=S)["images"]
 real_again = shapes.sample(settings.num_eval, seed=(args.seed, evaluate.HELDOUT_SEED + 1), size=S)["images"]
 real_features = features(real)
-fd = {"real vs real (the floor)": evaluate.frechet_distance_from_features(real_features, features(real_again)),
-      "trained U-Net": evaluate.frechet_distance_from_features(real_features, features(samples)),
-      "untrained U-Net": evaluate.frechet_distance_from_features(real_features, features(before))}
+floor = evaluate.frechet_distance_from_features(real_features, features(real_again))
+fd = {name: evaluate.frechet_distance_from_features(real_features, features(images)) for name, images in sets.items()}
+labels = {"judged": judged_name, "yours": f"your U-Net ({settings.train_steps} steps)",
+          "untrained": "untrained U-Net (eps_theta = 0)"}
 print(f"sampling {settings.num_eval} images, {SAMPLER.upper()} with {settings.sample_steps} steps: "
       f"{sample_seconds:.1f} s")
 print(f"Frechet distance to {settings.num_eval} held-out real images (classifier features, lower is better):")
+print(f"  {'real vs real (the floor)':34s} {floor:10.2f}")
 for name, value in fd.items():
-    print(f"  {name:26s} {value:10.2f}")
+    print(f"  {labels[name]:34s} {value:10.2f}")
 # finite samples never reach FD = 0, so compare what lies above the real-vs-real floor
-floor = fd["real vs real (the floor)"]
-ratio = (fd["trained U-Net"] - floor) / (fd["untrained U-Net"] - floor)
-print(f"FD above the floor, trained / untrained = {ratio:.3f} (must be < {settings.fd_ratio})")
-assert np.isfinite(fd["trained U-Net"]) and ratio < settings.fd_ratio
+ratio = (fd["judged"] - floor) / (fd["untrained"] - floor)
+print(f"FD above the floor, {judged_name} / untrained = {ratio:.3f} (must be < {settings.fd_ratio})")
+assert np.isfinite(fd["judged"]) and ratio < settings.fd_ratio
 
 # the samples live in the data's range: mostly the background grey, not washed out, not saturated
 print(f"median pixel: samples {np.median(samples):.3f}, real {np.median(real):.3f} (the background); "
@@ -291,52 +318,101 @@ if not args.smoke:
 
 nrow = 8
 count = min(64, settings.num_eval)
-fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), layout="constrained")
-show(axes[0], real[:count], nrow, "real shapes images (held out)")
-show(axes[1], samples[:count], nrow, f"trained U-Net ({SAMPLER.upper()}, {settings.sample_steps} steps)\n"
-                                     f"FD {fd['trained U-Net']:.1f}")
-show(axes[2], before[:count], nrow, f"untrained U-Net (eps_theta = 0), same noise\nFD {fd['untrained U-Net']:.1f}")
-fig.suptitle(f"Unconditional pixel-space diffusion, {S}x{S}, after {settings.train_steps} training steps "
-             f"(FD of real vs real: {fd['real vs real (the floor)']:.1f})")
+panels = [("real", real)] + [(name, sets[name]) for name in ("judged", "yours", "untrained") if name in sets]
+fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.6), layout="constrained")
+for ax, (name, images) in zip(axes, panels):
+    title = "real shapes images (held out)" if name == "real" else \
+        f"{labels[name]}\n{SAMPLER.upper()} {settings.sample_steps} steps, FD {fd[name]:.0f}"
+    show(ax, images[:count], nrow, title)
+fig.suptitle(f"Unconditional pixel-space diffusion, {S}x{S} (FD of real vs real, the floor: {floor:.0f}; "
+             "the same starting noise in every generated panel)")
 save_figure(fig, out / "samples.png")
 image_grid(samples[:count], nrow=nrow, scale=4).save(out / "samples_grid.png")
 
 # %% the denoising strip: x_t and the U-Net's x0 prediction along one sampling trajectory
 x_T = backend.rng(args.seed + 200).standard_normal((1, 3, S, S), dtype=np.float32)
-final, xs, x0_preds = draw(model, 1, seed=args.seed + 200, return_intermediates=True)
-ts = samplers.sampler_timesteps(schedule, settings.sample_steps, SAMPLER, spacing="trailing")
+final, xs, x0_preds = draw(judged, diffusion["prediction_type"], judged_schedule, 1, seed=args.seed + 200,
+                           return_intermediates=True)
+ts = samplers.sampler_timesteps(judged_schedule, settings.sample_steps, SAMPLER, spacing="trailing")
 inputs = [x_T] + xs[:-1]                             # x_t fed to step i (xs[i] is what step i made)
 columns = np.linspace(0, len(ts) - 1, min(8, len(ts))).round().astype(int)
-fig, axes = plt.subplots(2, len(columns) + 1, figsize=(1.9 * (len(columns) + 1), 4.6), layout="constrained")
+# there is no "target" image: the closest training image shows the sample is new, not a copy
+train_images = backend.to_numpy(data)
+nearest = int(np.argmin(((train_images - backend.to_numpy(final)) ** 2).reshape(len(train_images), -1).sum(axis=1)))
+nearest_gap = float(np.abs(train_images[nearest] - backend.to_numpy(final)[0]).mean())
+fig, axes = plt.subplots(2, len(columns) + 1, figsize=(1.9 * (len(columns) + 1), 4.8), layout="constrained")
 for j, i in enumerate(columns):
     show(axes[0, j], inputs[i], 1, f"x_t, t = {ts[i]}")
     show(axes[1, j], x0_preds[i], 1, f"x0_hat, t = {ts[i]}")
 show(axes[0, -1], final, 1, "x_0: the sample")
-show(axes[1, -1], real[:1], 1, "a real image")
-fig.suptitle(f"Denoising one sample ({SAMPLER.upper()}, {settings.sample_steps} steps). Top: x_t entering the step. "
-             "Bottom: x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t), clipped to [-1, 1]")
+show(axes[1, -1], train_images[nearest:nearest + 1], 1, f"closest training\nimage (|diff| {nearest_gap:.2f})")
+fig.suptitle(f"Denoising one sample ({judged_name}, {SAMPLER.upper()} {settings.sample_steps} steps). Top: x_t "
+             "entering the step. Bottom: the clean-image guess x0_hat, clipped to [-1, 1]; right: the nearest of "
+             f"the {len(train_images)} training images (no target exists: the sample is new)", fontsize=9)
 save_figure(fig, out / "denoising_strip.png")
-print(f"at t = {ts[0]}, sqrt(abar_t) = {np.sqrt(schedule.alphas_cumprod[ts[0]]):.1e}: x0_hat divides the network's "
-      "error in eps by it, so the first prediction is clipped noise; a few steps later it is a blurry guess")
+print(f"at t = {ts[0]}, sqrt(abar_t) = {np.sqrt(judged_schedule.alphas_cumprod[ts[0]]):.1e}: the first x0_hat "
+      "knows nothing yet (grey for a v- or x0-predicting network, clipped noise for an eps one); "
+      "a few steps later it is a blurry guess")
+print(f"closest training image to the sample: mean |difference| {nearest_gap:.3f} per pixel")
 # the x0 prediction closes in on the final sample as t falls
 gaps = [float(np.abs(backend.to_numpy(x0_preds[i] - final)).mean()) for i in columns]
 print("mean |x0_hat - final x_0| at the strip's steps: " + " ".join(f"{g:.3f}" for g in gaps))
 assert gaps[-1] < gaps[len(gaps) // 2] < gaps[0]
 
-# %% save the model (EMA weights) for lesson 06 and load it back
+# %% save your model (EMA weights) and load it back
 config = {"job": "pixel", "model": dataclasses.asdict(settings.model),
           "train": {"steps": settings.train_steps, "batch_size": settings.batch_size, "lr": settings.lr,
                     "ema_decay": settings.ema_decay, "seed": args.seed, "lesson": "05_unet_pixel_diffusion",
                     "mode": mode},
           "diffusion": {"schedule": SCHEDULE, "num_steps": schedule.num_steps, "prediction_type": "epsilon"}}
-path = save_checkpoint(out / "unet.npz", model=model, config=config, step=settings.train_steps,
+path = save_checkpoint(out / "unet.npz", model=yours, config=config, step=settings.train_steps,
                        extra={"complete": np.asarray(1), "loss": losses})
 restored = UNet(UNetConfig(**load_checkpoint(path).config["model"]), seed=123).to(device).eval()
 load_into(restored, path)
 probe_x, probe_t = xp.asarray(real[:4]), xp.asarray([0, 300, 600, 999])
 with no_grad():
-    same = bool(xp.array_equal(restored(probe_x, probe_t), model(probe_x, probe_t)))
+    same = bool(xp.array_equal(restored(probe_x, probe_t), yours(probe_x, probe_t)))
 print(f"checkpoint {path} ({path.stat().st_size / 1e6:.1f} MB): the reloaded U-Net predicts exactly the same eps: "
       f"{same}")
 assert same
-print(f"lesson 05 done in {time.perf_counter() - lesson_start:.0f} s")
+print(f"lesson 05 done in {time.perf_counter() - lesson_start:.0f} s (CPU {time.process_time():.0f} s)")
+
+# %% Exercises
+# 1. Invert the forward process. Fill in ``predict_x0`` below (x0_hat from x_t, eps_hat and abar_t)
+#    without looking at schedule.py; MINIDIFF_EXERCISE=1 checks it at four timesteps.
+# 2. Predict before you measure. With SCHEDULE = "linear", what are sqrt(abar_t) at t = 600 and
+#    t = 800? Write your guesses in ``linear_guess``; MINIDIFF_EXERCISE=2 checks them (within 0.02)
+#    and prints the cosine schedule's values beside them.
+# 3. Why clip? MINIDIFF_EXERCISE=3 samples 32 images from your own U-Net with and without
+#    clip_x0 and prints the share of saturated pixels of each. Predict which is larger, and why
+#    the gap is largest for a young network (hint: the division by sqrt(abar_t) near t = T).
+EXERCISE = os.environ.get("MINIDIFF_EXERCISE", "")
+linear_guess = {600: None, 800: None}        # exercise 2: your guesses for sqrt(abar_t), linear schedule
+
+
+def predict_x0(x_t, eps_hat, abar_t):
+    """Exercise 1: the clean image implied by a noise prediction (abar_t a float)."""
+    raise NotImplementedError("invert x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for x_0")
+
+
+if EXERCISE == "1":
+    eps_hat = backend.rng(1).standard_normal(probe_x.shape, dtype=np.float32)
+    for t in (0, 300, 600, 999):
+        x_t = schedule.q_sample(probe_x, t, eps_hat)
+        want = schedule.predict_x0(x_t, t, eps_hat)
+        got = predict_x0(x_t, eps_hat, float(schedule.alphas_cumprod[t]))
+        assert float(abs(got - want).max()) < 1e-3 * max(1.0, float(abs(want).max())), f"off at t = {t}"
+    print("exercise 1: predict_x0 agrees with schedule.predict_x0 at t = 0, 300, 600, 999")
+if EXERCISE == "2":
+    linear, cosine = NoiseSchedule.make("linear", 1000), NoiseSchedule.make("cosine", 1000)
+    for t, guess in linear_guess.items():
+        value = float(np.sqrt(linear.alphas_cumprod[t]))
+        assert guess is not None and abs(guess - value) < 0.02, f"t = {t}: sqrt(abar_t) is not {guess}"
+        print(f"t = {t}: linear {value:.3f} (you said {guess}), cosine {np.sqrt(cosine.alphas_cumprod[t]):.3f}")
+if EXERCISE == "3":
+    for clip in (True, False):
+        with no_grad():
+            x = samplers.sample(lambda x, t: yours(x, t), schedule, (32, 3, S, S), sampler=SAMPLER,
+                                steps=settings.sample_steps, spacing="trailing", clip_x0=clip, rng=backend.rng(5),
+                                progress=False)
+        print(f"clip_x0={clip}: {float(xp.mean(xp.abs(xp.clip(x, -1, 1)) >= 0.999)):.1%} of pixels at +-1")

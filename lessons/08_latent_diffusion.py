@@ -20,20 +20,30 @@ measures it: time per training step and per sample for
   * the latent U-Net on 4x8x8 latents (256 numbers per image, output decoded to 32x32),
   * the same-width pixel U-Net of lesson 05 on 3x16x16 images (768 numbers; lesson 05 --quick),
   * that pixel U-Net on 3x32x32 images (3072 numbers, the latent model's output size; timed only).
-Then it trains the latent U-Net, and the 16x16 pixel U-Net for the same number of seconds, and
-compares their samples by the Fréchet distance of lesson 05 (classifier features; the floor is
-the FD between two sets of real images, the ceiling an untrained model's).
+Each number is the median over rounds that time the three models one after the other, so a
+process that shares the CPU for a while slows a round, not one model. Then it trains the latent
+U-Net for a number of steps, and the 16x16 pixel U-Net for the number of steps the measured cost
+ratio buys with the same compute (both with a deadline, so a busy machine stops them early
+instead of running on), and compares their samples by lesson 05's Frechet distance (classifier
+features; the floor is the FD between two sets of real images, the ceiling an untrained model's).
+
+A fair baseline: the pixel model gets what lessons 05 and 06 recommend for pixels (the cosine
+schedule, v-prediction with min-SNR-5 weighting, x0_hat clipped to [-1, 1]); both are sampled by
+DPM-Solver++ in 20 steps with trailing spacing (lesson 06). The latent model keeps Stable
+Diffusion's scaled-linear schedule and eps, and is never clipped (a latent is not an image).
 
 The price: the latent model can never beat its VAE. Whatever the decoder cannot draw (lesson 07:
 soft edges, small squares coming back rounded) no latent sample will show.
 
-Read beside: minidiff/train/ (run_latent: the `latent` job, encode_dataset; run_pixel),
-minidiff/models/vae.py (encode_latents, decode_latents), minidiff/evaluate.py
-(sample_unconditional with decode=, frechet_distance_from_features), lessons 05 and 07.
+Read beside: minidiff/train/jobs.py (run_latent: the `latent` job, run_pixel), minidiff/train/loop.py
+(fit, its deadline), minidiff/train/data.py (encode_dataset), minidiff/models/vae.py
+(encode_latents, decode_latents), minidiff/diffusion/samplers.py, minidiff/evaluate.py
+(sample_unconditional with decode=, frechet_distance_from_features), lessons 05 to 07.
 
-Run: python lessons/08_latent_diffusion.py [--quick] [--smoke] [--device cpu|gpu]
-No flag: the `latent` job's quick preset (1500 steps), meant for a GPU. --quick: 400 steps on a
-CPU (the whole lesson takes about five minutes on two cores). --smoke: tiny U-Nets, seconds.
+Run: python lessons/08_latent_diffusion.py [--quick] [--smoke] [--full] [--device cpu|gpu]
+--full: the `latent` job's quick preset (1500 steps), meant for a GPU. --quick: 400 latent steps on
+a CPU. --smoke: tiny U-Nets, seconds.
+Exercises at the end: MINIDIFF_EXERCISE=1|2 python lessons/08_latent_diffusion.py --quick
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -44,6 +54,7 @@ import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's thread
 
 # %% settings
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -69,9 +80,10 @@ class Settings:
     dataset_size: int             # images rendered (and encoded) once
     num_eval: int                 # samples per set for the Fréchet distances
     sample_steps: int             # DDIM steps
-    timing_steps: int = 3         # training steps timed per model (after one warm-up step)
-    timing_samples: int = 8       # samples drawn to time sampling
+    timing_rounds: int = 5        # rounds of alternated timings (one step of each model per round); medians
+    timing_samples: int = 8       # batch of the network calls timed for sampling
     min_pixel_steps: int = 20
+    deadline_factor: float = 3.0  # each training run stops at this many times its expected seconds
     fd_ratio: float = 0.5         # latent FD must be below this fraction of the untrained model's
     latent_beats_pixel: bool = True   # at equal CPU seconds (not asserted on a GPU, where both are launch-bound)
 
@@ -79,13 +91,13 @@ class Settings:
 QUICK_LATENT = train.LatentJob.quick().model
 QUICK_PIXEL = train.PixelJob.quick().model                     # UNetConfig.quick16: lesson 05 --quick
 FULL = Settings(QUICK_LATENT, QUICK_PIXEL, pixel_size=16, latent_steps=1500, batch_size=32, lr=1e-3,
-                dataset_size=4000, num_eval=512, sample_steps=25, latent_beats_pixel=False)
+                dataset_size=4000, num_eval=512, sample_steps=20, latent_beats_pixel=False)
 QUICK = Settings(QUICK_LATENT, QUICK_PIXEL, pixel_size=16, latent_steps=400, batch_size=32, lr=2e-3,
-                 dataset_size=2000, num_eval=256, sample_steps=20)
+                 dataset_size=2000, num_eval=128, sample_steps=20)
 SMOKE_UNET = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,),
                         num_heads=2, norm_groups=4, image_size=16)
 SMOKE = Settings(SMOKE_UNET, SMOKE_UNET, pixel_size=16, latent_steps=20, batch_size=8, lr=2e-3, dataset_size=64,
-                 num_eval=24, sample_steps=5, timing_steps=1, timing_samples=2, min_pixel_steps=5, fd_ratio=3.0,
+                 num_eval=24, sample_steps=5, timing_rounds=2, timing_samples=2, min_pixel_steps=5, fd_ratio=3.0,
                  latent_beats_pixel=False)
 
 args = parse_lesson_args("Lesson 08: latent diffusion — the diffusion model of lesson 05, run on the VAE's latents.")
@@ -95,6 +107,11 @@ device = backend.device()
 xp = backend.get_xp()
 plt = pyplot()
 lesson_start = time.perf_counter()
+SAMPLER, SPACING = "dpmpp_2m", "trailing"            # lesson 06's choice: 20 steps, every run starting at t = T-1
+# the pixel baseline gets what lessons 05 and 06 recommend for pixels: the cosine schedule, v-prediction
+# with min-SNR-5 weighting, and x0_hat clipped to [-1, 1]; the latent model keeps Stable Diffusion's
+# scaled-linear schedule and eps, and no clipping (a latent is not an image in [-1, 1])
+PIXEL_RECIPE = dict(schedule="cosine", prediction_type="v_prediction", min_snr_gamma=5.0)
 
 
 def show(ax, images, nrow, title):
@@ -122,28 +139,9 @@ latent_config = dataclasses.replace(settings.latent_model, in_channels=latent_sh
 candidates = {
     "latent 4x8x8": (latent_config, "scaled_linear", True),
     f"pixel 3x{settings.pixel_size}x{settings.pixel_size}": (
-        dataclasses.replace(settings.pixel_model, image_size=settings.pixel_size), "linear", False),
-    f"pixel 3x{S}x{S}": (dataclasses.replace(settings.pixel_model, image_size=S), "linear", False),
+        dataclasses.replace(settings.pixel_model, image_size=settings.pixel_size), "cosine", False),
+    f"pixel 3x{S}x{S}": (dataclasses.replace(settings.pixel_model, image_size=S), "cosine", False),
 }
-
-
-def time_training_step(model, schedule, shape):
-    """Seconds per forward + backward of L_simple on a batch of ``shape`` (the mean of a few steps)."""
-    rng = backend.rng(args.seed)
-    x0 = rng.standard_normal(shape, dtype=np.float32)
-    model.train()
-    seconds = []
-    for step in range(settings.timing_steps + 1):                      # step 0 warms up (buffers, caches)
-        backend.synchronize()
-        start = time.perf_counter()
-        model.zero_grad()
-        x_t, t, noise, _ = training_targets(schedule, x0, rng)
-        loss, d_out = diffusion_loss(model(x_t, t), x0, noise, t, schedule)
-        model.backward(d_out)
-        backend.synchronize()
-        seconds.append(time.perf_counter() - start)
-    model.eval()
-    return float(np.mean(seconds[1:]))
 
 
 def decode(z):
@@ -151,25 +149,67 @@ def decode(z):
     return xp.clip(vae.decode_latents(z), -1, 1)
 
 
-costs = {}
-for name, (config, schedule_name, is_latent) in candidates.items():
-    model = UNet(config, seed=args.seed).to(device)
-    schedule = NoiseSchedule.make(schedule_name, 1000)
-    shape = (config.in_channels, config.image_size, config.image_size)
-    step_seconds = time_training_step(model, schedule, (settings.batch_size,) + shape)
+def timed(fn):
+    backend.synchronize()
     start = time.perf_counter()
-    evaluate.sample_unconditional(model, schedule, settings.timing_samples, shape, steps=settings.sample_steps,
-                                  seed=args.seed, decode=decode if is_latent else None)
-    sample_seconds = (time.perf_counter() - start) / settings.timing_samples
-    costs[name] = {"numbers": int(np.prod(shape)), "parameters": model.num_parameters(),
-                   "step_ms": 1e3 * step_seconds, "sample_ms": 1e3 * sample_seconds}
+    fn()
+    backend.synchronize()
+    return time.perf_counter() - start
+
+
+# One round times one training step (forward + backward of L_simple), one sampling network call and
+# (latent) one decode of every model, one model after the other. Another process that grabs the CPU
+# for a while slows all three in that round, not one model's whole measurement; the median over
+# rounds then drops such rounds.
+models, batches = {}, {}
+for name, (config, schedule_name, is_latent) in candidates.items():
+    shape = (config.in_channels, config.image_size, config.image_size)
+    models[name] = (UNet(config, seed=args.seed).to(device), NoiseSchedule.make(schedule_name, 1000), shape)
+    batches[name] = backend.rng(args.seed).standard_normal((settings.batch_size,) + shape, dtype=np.float32)
+
+
+def train_step(name):
+    model, schedule, _ = models[name]
+    model.train()
+    model.zero_grad()
+    x0 = batches[name]
+    x_t, t, noise, _ = training_targets(schedule, x0, backend.rng(args.seed))
+    loss, d_out = diffusion_loss(model(x_t, t), x0, noise, t, schedule)
+    model.backward(d_out)
+    model.eval()
+
+
+def network_call(name):
+    model, _, _ = models[name]
+    with no_grad():
+        model(batches[name][:settings.timing_samples], xp.full((settings.timing_samples,), 500))
+
+
+timings = {name: {"step": [], "call": [], "decode": []} for name in candidates}
+z_probe = backend.rng(args.seed).standard_normal((settings.timing_samples,) + tuple(latent_shape), dtype=np.float32)
+for round_ in range(settings.timing_rounds + 1):                        # round 0 warms up (buffers, caches)
+    for name, (_, _, is_latent) in candidates.items():
+        step, call = timed(lambda: train_step(name)), timed(lambda: network_call(name))
+        dec = timed(lambda: decode(z_probe)) if is_latent else 0.0
+        if round_ > 0:
+            timings[name]["step"].append(step)
+            timings[name]["call"].append(call)
+            timings[name]["decode"].append(dec)
+costs = {}
+for name, (config, _, _) in candidates.items():
+    median = {key: float(np.median(values)) for key, values in timings[name].items()}
+    costs[name] = {"numbers": int(np.prod(models[name][2])), "parameters": models[name][0].num_parameters(),
+                   "step_ms": 1e3 * median["step"],
+                   "sample_ms": 1e3 * (settings.sample_steps * median["call"] + median["decode"]) / settings.timing_samples,
+                   "spread": max(np.ptp(values) / max(np.median(values), 1e-9) for values in timings[name].values())}
 latent_name, pixel_name, pixel_full_name = costs
-print(f"\ncost on {device} (training step: batch {settings.batch_size}, forward + backward; sample: "
-      f"DDIM {settings.sample_steps} steps, batch {settings.timing_samples}, the latent one including Dec):")
+print(f"\ncost on {device}, medians of {settings.timing_rounds} alternated rounds (training step: batch "
+      f"{settings.batch_size}, forward + backward; sample: {settings.sample_steps} network calls at batch "
+      f"{settings.timing_samples}, the latent one plus Dec):")
 print(f"  {'':16s} {'numbers/image':>13s} {'parameters':>11s} {'ms/train step':>14s} {'ms/sample':>10s}")
 for name, cost in costs.items():
     print(f"  {name:16s} {cost['numbers']:13d} {cost['parameters']:11,d} {cost['step_ms']:14.0f} "
-          f"{cost['sample_ms']:10.1f}")
+          f"{cost['sample_ms']:10.1f}   (rounds spread {cost['spread']:.0%} around the median)")
 speedup_step = costs[pixel_full_name]["step_ms"] / costs[latent_name]["step_ms"]
 speedup_sample = costs[pixel_full_name]["sample_ms"] / costs[latent_name]["sample_ms"]
 print(f"  -> for {S}x{S} images the latent model trains {speedup_step:.1f}x and samples {speedup_sample:.1f}x "
@@ -181,7 +221,7 @@ if not args.smoke:
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 names = [f"{n}\n({costs[n]['numbers']} numbers)" for n in costs]
 for ax, key, label in ((axes[0], "step_ms", f"ms per training step (batch {settings.batch_size})"),
-                       (axes[1], "sample_ms", f"ms per sample (DDIM {settings.sample_steps} steps)")):
+                       (axes[1], "sample_ms", f"ms per sample ({settings.sample_steps} steps)")):
     values = [cost[key] for cost in costs.values()]
     bars = ax.barh(names, values, color=["tab:blue", "tab:orange", "tab:red"])
     ax.bar_label(bars, fmt="%.0f" if key == "step_ms" else "%.1f", padding=3)
@@ -189,8 +229,8 @@ for ax, key, label in ((axes[0], "step_ms", f"ms per training step (batch {setti
     ax.set_xlim(min(values) / 2, max(values) * 4)
     ax.tick_params(axis="x", which="minor", labelbottom=False)           # powers of ten only
 axes[0].set_ylabel("U-Net input")
-fig.suptitle(f"Cost on {device}: latent 4x8x8 (sampling includes the decoder) vs pixel U-Nets of the same widths",
-             y=1.03)
+fig.suptitle(f"Cost on {device}: latent 4x8x8 (sampling includes the decoder) vs pixel U-Nets of the same widths\n"
+             f"(medians of {settings.timing_rounds} rounds that alternate the three models)", y=1.06)
 save_figure(fig, out / "cost.png")
 
 # %% 3. Train the latent U-Net with the `latent` job
@@ -201,20 +241,26 @@ latent_cfg = train.make_config("latent", "quick", {"steps": settings.latent_step
 latent_cfg = dataclasses.replace(latent_cfg, model=settings.latent_model)
 print(f"\nLATENT: the `latent` job, {latent_cfg.steps} steps of batch {latent_cfg.batch_size}, lr {latent_cfg.lr:g}, "
       f"{latent_cfg.dataset_size} images encoded once, schedule {latent_cfg.schedule}")
-latent = train.run_latent(latent_cfg, out=None, progress=False)
+expected = settings.latent_steps * costs[latent_name]["step_ms"] / 1e3
+latent = train.run_latent(latent_cfg, out=None, progress=False,
+                          deadline=time.perf_counter() + settings.deadline_factor * expected + 30)
 latent_seconds = latent.seconds
 print(f"latent U-Net: {latent.steps_run} steps in {latent_seconds:.1f} s "
       f"({1e3 * latent_seconds / latent.steps_run:.0f} ms/step)")
 
-# %% 4. Train the pixel U-Net (lesson 05's) for the same number of seconds
-pixel_steps = max(settings.min_pixel_steps, int(round(latent_seconds / (costs[pixel_name]["step_ms"] / 1e3))))
+# %% 4. Train the pixel U-Net for the same compute: a step count from the measured cost ratio
+step_ratio = costs[latent_name]["step_ms"] / costs[pixel_name]["step_ms"]
+pixel_steps = max(settings.min_pixel_steps, int(round(latent.steps_run * step_ratio)))
 pixel_cfg = train.make_config("pixel", "quick", {"steps": pixel_steps, "batch_size": settings.batch_size,
                                                  "lr": settings.lr, "dataset_size": settings.dataset_size,
                                                  "seed": args.seed, "log_every": max(1, pixel_steps // 20)})
-pixel_cfg = dataclasses.replace(pixel_cfg, model=settings.pixel_model, image_size=settings.pixel_size)
-print(f"\nPIXEL: the `pixel` job at {settings.pixel_size}x{settings.pixel_size}, {pixel_steps} steps "
-      f"= {latent_seconds:.0f} s / {costs[pixel_name]['step_ms']:.0f} ms per step (the latent model's budget)")
-pixel = train.run_pixel(pixel_cfg, out=None, progress=False)
+pixel_cfg = dataclasses.replace(pixel_cfg, model=settings.pixel_model, image_size=settings.pixel_size, **PIXEL_RECIPE)
+print(f"\nPIXEL: the `pixel` job at {settings.pixel_size}x{settings.pixel_size} ({pixel_cfg.schedule} schedule, "
+      f"{pixel_cfg.prediction_type}, min-SNR {pixel_cfg.min_snr_gamma:g}), {pixel_steps} steps = {latent.steps_run} "
+      f"latent steps x {step_ratio:.3f} (the median cost ratio above): the same compute")
+expected = pixel_steps * costs[pixel_name]["step_ms"] / 1e3
+pixel = train.run_pixel(pixel_cfg, out=None, progress=False,
+                        deadline=time.perf_counter() + settings.deadline_factor * expected + 30)
 print(f"pixel U-Net: {pixel.steps_run} steps in {pixel.seconds:.1f} s ({1e3 * pixel.seconds / pixel.steps_run:.0f} "
       f"ms/step); latent U-Net: {latent.steps_run} steps in {latent_seconds:.1f} s")
 
@@ -223,15 +269,15 @@ for result, label in ((latent, f"latent 4x8x8 ({latent.steps_run} steps)"),
                       (pixel, f"pixel {settings.pixel_size}x{settings.pixel_size} ({pixel.steps_run} steps)")):
     steps_logged, losses = map(np.asarray, zip(*result.history))
     ax.plot(steps_logged * result.seconds / result.steps_run, losses, marker=".", label=label)
-ax.set(title="Training loss against CPU seconds (same budget for both)", xlabel="training time (s)",
-       ylabel="L_simple, mean over a log window", yscale="log")
+ax.set(title="Training loss against wall-clock seconds (the same compute for both)", xlabel="training time (s)",
+       ylabel="training loss, mean over a log window", yscale="log")
 ax.legend()
 ax.grid(alpha=0.3)
 save_figure(fig, out / "loss.png")
 first, last = latent.history[0][1], latent.history[-1][1]
 print(f"L_simple over the first -> last log window: latent {first:.4f} -> {last:.4f}, pixel "
-      f"{pixel.history[0][1]:.4f} -> {pixel.history[-1][1]:.4f} (losses on different data do not compare: in "
-      "pixels most of a shapes image is flat grey, where the noise is easy to spot)")
+      f"{pixel.history[0][1]:.4f} -> {pixel.history[-1][1]:.4f} (the two losses do not compare: other data, "
+      "and the pixel model's is a min-SNR-weighted v loss)")
 assert last < first
 
 # %% 5. Samples and Fréchet distances
@@ -244,15 +290,22 @@ def features(images):
 
 latent_schedule = NoiseSchedule.make(latent_cfg.schedule, latent_cfg.num_train_timesteps)
 pixel_schedule = NoiseSchedule.make(pixel_cfg.schedule, pixel_cfg.num_train_timesteps)
-untrained = UNet(latent_config, seed=args.seed).to(device).eval()    # conv_out starts at zero: eps_theta = 0
-sample = dict(steps=settings.sample_steps, seed=args.seed + 100)
+class Untrained:
+    """An untrained U-Net's output: eps_theta = 0 everywhere (its last conv starts at zero)."""
+    def forward(self, x, t):
+        return xp.zeros_like(x)
+
+
+untrained = Untrained()
+sample = dict(steps=settings.sample_steps, seed=args.seed + 100, sampler=SAMPLER, spacing=SPACING)
 start = time.perf_counter()
 latent_samples = evaluate.sample_unconditional(latent.model, latent_schedule, settings.num_eval, latent_shape,
                                                decode=decode, **sample)
 latent_sample_seconds = time.perf_counter() - start
 start = time.perf_counter()
 pixel_samples = evaluate.sample_unconditional(pixel.model, pixel_schedule, settings.num_eval,
-                                              (3, settings.pixel_size, settings.pixel_size), **sample)
+                                              (3, settings.pixel_size, settings.pixel_size),
+                                              prediction_type=pixel_cfg.prediction_type, clip_x0=True, **sample)
 pixel_sample_seconds = time.perf_counter() - start
 untrained_samples = evaluate.sample_unconditional(untrained, latent_schedule, settings.num_eval, latent_shape,
                                                   decode=decode, **sample)
@@ -268,7 +321,7 @@ fd = {"real vs real (the floor)": features(real_again),
       "untrained latent U-Net": features(untrained_samples)}
 fd = {name: evaluate.frechet_distance_from_features(real_features, f) for name, f in fd.items()}
 pixel_label = f"pixel U-Net {settings.pixel_size}x{settings.pixel_size}"
-print(f"\nsampling {settings.num_eval} images, DDIM {settings.sample_steps} steps: latent "
+print(f"\nsampling {settings.num_eval} images, {SAMPLER} {settings.sample_steps} steps ({SPACING}): latent "
       f"{latent_sample_seconds:.1f} s (with decoding), pixel {pixel_sample_seconds:.1f} s")
 print(f"Fréchet distance to {settings.num_eval} held-out {S}x{S} images (classifier features; lower is better):")
 for name, value in fd.items():
@@ -290,7 +343,7 @@ show(axes[2], pixel_samples[:count], nrow, f"pixel diffusion {settings.pixel_siz
                                            f"{pixel.steps_run} steps ({pixel.seconds:.0f} s)\nFD {fd[pixel_label]:.0f}")
 show(axes[3], untrained_samples[:count], nrow, f"untrained latent U-Net (eps_theta = 0), decoded\n"
                                                f"FD {fd['untrained latent U-Net']:.0f}")
-fig.suptitle(f"Unconditional samples, DDIM {settings.sample_steps} steps, after the same CPU time "
+fig.suptitle(f"Unconditional samples, DPM-Solver++ {settings.sample_steps} steps, after the same compute "
              f"(real-vs-real FD {fd['real vs real (the floor)']:.0f})")
 save_figure(fig, out / "samples.png")
 image_grid(latent_samples[:64], nrow=8, scale=4).save(out / "latent_samples_grid.png")
@@ -299,9 +352,9 @@ image_grid(latent_samples[:64], nrow=8, scale=4).save(out / "latent_samples_grid
 z_T = backend.rng(args.seed + 7).standard_normal((1,) + latent_shape, dtype=np.float32)
 with no_grad():
     _, zs, z0_preds = samplers.sample(lambda z, t: latent.model(z, t), latent_schedule, (1,) + latent_shape,
-                                      sampler="ddim", steps=settings.sample_steps, x_T=z_T,
+                                      sampler="ddim", steps=settings.sample_steps, x_T=z_T, spacing=SPACING,
                                       return_intermediates=True, progress=False)
-ts = samplers.sampler_timesteps(latent_schedule, settings.sample_steps, "ddim")
+ts = samplers.sampler_timesteps(latent_schedule, settings.sample_steps, "ddim", spacing=SPACING)
 inputs = [z_T] + zs[:-1]                                               # z_t entering step i
 columns = np.linspace(0, settings.sample_steps - 1, min(7, settings.sample_steps)).round().astype(int)
 fig, axes = plt.subplots(2, len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 4.6))
@@ -322,4 +375,29 @@ axes[1, 0].text(-0.15, 0.5, "decoded x0 prediction", transform=axes[1, 0].transA
                 ha="right", fontsize=8)
 fig.suptitle("Denoising in latent space: the decoder turns each step's z0_hat into a 32x32 image")
 save_figure(fig, out / "latent_trajectory.png")
-print(f"lesson 08 done in {time.perf_counter() - lesson_start:.0f} s")
+print(f"lesson 08 done in {time.perf_counter() - lesson_start:.0f} s (CPU {time.process_time():.0f} s)")
+
+# %% Exercises
+# 1. Compression and cost. The latent has 12x fewer numbers than the 32x32 image; the table above
+#    says how much cheaper a training step is. Predict first from the docstring's cost model
+#    (convolutions ~ positions, attention ~ positions^2), then fill in ``predicted_speedup`` and
+#    run with MINIDIFF_EXERCISE=1: it prints your guess beside the measured ratio (within 2x counts).
+# 2. Whose limit? A latent sample can be no better than Dec(Enc(x)). MINIDIFF_EXERCISE=2 measures the
+#    FD of real images passed through the VAE: predict whether it lies nearer the real-vs-real floor or
+#    the latent U-Net's FD, and what that says about where the latent model's remaining error comes from.
+# 3. (open) Give the latent model v-prediction with min-SNR-5 too (``PIXEL_RECIPE`` without the schedule,
+#    on latent_cfg) and compare its FD with the eps run above.
+EXERCISE = os.environ.get("MINIDIFF_EXERCISE", "")
+predicted_speedup = None                     # exercise 1: your guess of pixel-32x32 / latent ms per training step
+if EXERCISE == "1":
+    assert predicted_speedup is not None, "write your guess into predicted_speedup first"
+    measured = costs[pixel_full_name]["step_ms"] / costs[latent_name]["step_ms"]
+    verdict = "within 2x" if 0.5 < predicted_speedup / measured < 2 else "off by more than 2x"
+    print(f"exercise 1: you said {predicted_speedup:.1f}x, measured {measured:.1f}x ({verdict})")
+if EXERCISE == "2":
+    with no_grad():
+        round_trip = np.concatenate([backend.to_numpy(decode(vae.encode_latents(xp.asarray(real_again[i:i + 64]))))
+                                     for i in range(0, len(real_again), 64)])
+    vae_fd = evaluate.frechet_distance_from_features(real_features, features(round_trip))
+    print(f"exercise 2: FD of Dec(Enc(x)) {vae_fd:.1f}; floor {fd['real vs real (the floor)']:.1f}, "
+          f"latent U-Net {fd['latent U-Net']:.1f}")
