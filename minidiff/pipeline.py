@@ -276,7 +276,7 @@ class Pipeline:
         pixels = load_image(image)
         self._check_canvas(*pixels.shape[2:])
         z0 = self.encode(np.repeat(pixels, num_images, axis=0))
-        # as diffusers: run the last round(steps * strength) of the steps' timesteps
+        # as diffusers: run the last floor(steps * strength) of the steps' timesteps
         start_step = steps - min(int(steps * strength), steps)
         if start_step == steps:                       # strength 0: nothing to denoise
             return to_pil(self.decode(z0))

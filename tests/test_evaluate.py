@@ -285,3 +285,11 @@ def test_relation_probe_reports_every_relation_and_kind():
         assert set(kinds) <= {"flip_relation", "swap_objects", "swap_colours"} and "flip_relation" in kinds
         assert all(0.0 <= acc <= 1.0 and n >= 1 for acc, n in kinds.values())
     assert sum(n for kinds in probe.values() for _, n in [kinds["flip_relation"]]) == 64
+
+
+def test_a_caption_matches_the_picture_it_describes_whichever_object_it_names_first():
+    scene = shapes.parse_caption("a yellow circle above a purple square")
+    labels = captions.labels_from_attributes([scene])
+    assert captions.caption_matches(labels, ["a purple square below a yellow circle",
+                                             "a yellow circle above a purple square",
+                                             "a purple square above a yellow circle"]).tolist() == [[True, True, False]]

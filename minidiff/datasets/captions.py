@@ -248,7 +248,10 @@ def matches_prompt(prompt: dict, scene: dict) -> bool:
 # every red circle) and by retrieval scoring. Written once; the arithmetic is array broadcasting, so
 # the same function runs on host label matrices and on device ones.
 def label_matrix(labels: dict):
-    """A labels dict -> int64 (N, K) matrix, columns in LABEL_KEYS order (-1 = absent / not said)."""
+    """A labels dict -> int64 (N, K) matrix, columns in LABEL_KEYS order (-1 = absent / not said),
+    in canonical form ("B below A" written as "A above B", see ``canonical_labels``), so that two
+    descriptions of one picture compare equal."""
+    labels = canonical_labels(labels)
     return np.stack([np.asarray(labels[key], np.int64) for key in LABEL_KEYS], axis=1)
 
 

@@ -150,6 +150,7 @@ class ClipJob(TrainConfig):
     betas: tuple = (0.9, 0.98)
     ema_decay: float = 0.995
     hard_negatives: bool = True       # each image also meets one caption of its own words in the wrong order
+    two_object_fraction: float = 0.3  # share of two-object scenes ("A above B") in the training images
 
     @classmethod
     def quick(cls):

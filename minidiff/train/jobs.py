@@ -190,7 +190,8 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
     xp = backend.get_xp()
     tokenizer = _load_or_train_tokenizer(cfg, out)
     model = MiniCLIP(cfg.model, seed=cfg.seed).to(backend.device())
-    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=cfg.model.image_size)
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=cfg.model.image_size,
+                          two_object_fraction=cfg.two_object_fraction)
     ids, mask = tokenizer.encode_batch(batch["captions"], max_length=cfg.model.text.max_length)
     images, ids, mask = xp.asarray(batch["images"]), xp.asarray(ids), xp.asarray(mask)
     image_labels = xp.asarray(captions.label_matrix(batch["labels"]))                  # (N, K)
