@@ -15,15 +15,20 @@ prompt a question:
     out = A V                        (HW, d)   each pixel receives a mix of the token values
 
 Padding tokens are masked out (their logits are -inf), so every row of A sums to 1 over the real
-tokens. Column j of A, laid out as an 8 x 8 map, shows which pixels read token j: this lesson
-draws those maps and checks that "red" and "circle" are read where the red circle appears.
-(The text encoder is causal, lesson 09: the state of "red" has seen only "<start> a red", while
-later tokens, "<end>" above all, summarise the whole prompt.)
+tokens. Column j of A, laid out as an 8 x 8 map, shows which pixels read token j.
 
-Conditioning dropout. While the U-Net trained, each caption was replaced by the empty prompt ""
-with probability p = 0.1. One network therefore learned two things: eps_theta(z_t, t, c), the
-noise given the caption, and eps_theta(z_t, t, "") = eps_uncond, the noise of an image of any
-caption (the unconditional model), at the cost of one shared set of weights.
+What a token's state holds. The text encoder is causal (lesson 09): the state c_j of token j is
+computed from tokens 0..j only. So c_j carries everything said up to j: the state of "red" knows
+"a red", the state of "on" after "a red circle" knows "a red circle on". A function word that
+follows the object is, for the U-Net, a second copy of the object; only the tokens before the
+first content word ("<start>", "a") are the same for every prompt and say nothing. Attention maps
+must be read with that in mind: "on" lighting up on the circle is the circle speaking through "on".
+
+Conditioning dropout. While the U-Net trains, each caption is replaced by the empty prompt ""
+with probability p (0.1 for the shipped model, minidiff/train/jobs.py run_text2image). One network
+therefore learns two things: eps_theta(z_t, t, c), the noise given the caption, and
+eps_theta(z_t, t, "") = eps_uncond, the noise of an image of any caption (the unconditional
+model), at the cost of one shared set of weights. Cell 4 trains one such model from scratch.
 
 Classifier-free guidance. The noise prediction is a scaled score, eps = -sqrt(1 - abar_t) grad log p(z_t),
 and Bayes gives grad log p(z_t | c) = grad log p(z_t) + grad log p(c | z_t). So the difference
@@ -33,7 +38,7 @@ classifier that says how much z_t looks like the caption. Guidance scales that c
     eps = eps_uncond + s (eps_cond - eps_uncond)          samples from ~ p(z) p(c | z)^s
 
 s = 0 ignores the prompt, s = 1 is the plain conditional model, s > 1 trades variety for
-obedience. Both branches run as one batch of 2B through the U-Net (minidiff/pipeline.py).
+obedience. Both branches run as one batch of 2B through the U-Net (minidiff/diffusion/guidance.py).
 
 Negative prompt. Put the embedding of a prompt n in place of "" in the unconditional branch:
 
@@ -42,19 +47,23 @@ Negative prompt. Put the embedding of a prompt n in place of "" in the unconditi
 
 i.e. p(z) p(c | z)^s p(n | z)^-(s-1): towards the prompt and, for s > 1, away from n.
 
-Cells: (1) a prompt as tokens; (2) cross-attention maps while sampling, and how much of each
-word's attention falls on the object it names; (3) a guidance-scale sweep (same seed, s = 0..7);
-(4) prompt accuracy per scale on evaluate.FIXED_PROMPTS, judged by the attribute classifier;
-(5) a negative prompt that removes an attribute the prompt leaves open.
+Cells: (1) a prompt as tokens; (2) cross-attention maps while sampling; (3) why function words
+light up on the object too: the causal encoder's token states, and the claim that holds (object
+words concentrate on the object, the content-free tokens do not, padding gets nothing); (4) you
+train a small text-conditional U-Net with conditioning dropout and guide it; (5) a guidance-scale
+sweep on the shipped model; (6) its prompt accuracy per category (colour, shape, size, position,
+each relation, binding) against the guidance scale; (7) a negative prompt; then exercises.
 
-Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more images
-per prompt; on a GPU with --device gpu).
+Settings: --smoke (seconds), --quick (a few minutes on a 2-core CPU), no flag (a longer training
+run and more images per prompt; on a GPU with --device gpu). MINIDIFF_EXERCISE=3 runs exercise 3.
 
-Read beside: minidiff/pipeline.py (guided_model_fn, text_to_image), minidiff/diffusion/guidance.py
-(guided_prediction), minidiff/models/blocks.py (TransformerBlock), minidiff/models/unet.py
-(UNet.cross_attentions), minidiff/nn/layers.py
-(MultiHeadAttention, store_attention), minidiff/train/jobs.py (run_text2image: conditioning dropout),
-minidiff/evaluate.py (prompt_accuracy, FIXED_PROMPTS).
+Read beside: minidiff/pipeline.py (Pipeline.guided_model_fn, sample_prompts, text_to_image),
+minidiff/diffusion/guidance.py (guided_prediction, guided_model_fn), minidiff/models/blocks.py
+(TransformerBlock, SpatialTransformer: the cross-attention), minidiff/models/unet.py
+(UNet.cross_attentions), minidiff/nn/layers.py (MultiHeadAttention, store_attention),
+minidiff/train/jobs.py (run_text2image: conditioning dropout), minidiff/evaluate.py
+(accuracy_by_category, format_categories, prompt_accuracy), minidiff/datasets/captions.py
+(CATEGORY_PROMPTS).
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -64,15 +73,18 @@ sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pa
 import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
 
 import dataclasses
+import os
 import time
 
 import numpy as np
 
 from minidiff import backend, evaluate
 from minidiff.checkpoint import load_checkpoint
-from minidiff.datasets import shapes
-from minidiff.diffusion import samplers
+from minidiff.datasets import captions, shapes
+from minidiff.diffusion import guidance, samplers
+from minidiff.models.unet import UNetConfig
 from minidiff.pipeline import DEFAULT_DIR, load_pipeline
+from minidiff.train import Text2ImageJob, run_text2image
 from minidiff.utils import from_uint8, output_dir, parse_lesson_args, pyplot, save_figure, to_uint8
 
 NAME = "10_text_to_image"
@@ -80,29 +92,46 @@ NAME = "10_text_to_image"
 
 @dataclasses.dataclass
 class Settings:
-    steps: int                    # DDIM steps for the pictures (cells 2, 3, 5)
-    accuracy_steps: int           # DDIM steps for the accuracy sweep (cell 4)
-    images_per_prompt: int        # cell 4: images of every FIXED_PROMPT at every scale
-    num_prompts: int              # cell 4: how many of the 42 FIXED_PROMPTS
+    steps: int                    # DDIM steps for the pictures (cells 2, 5, 7)
+    accuracy_steps: int           # DDIM steps for the accuracy measurements (cells 4, 6)
+    images_per_prompt: int        # cell 6: images of every CATEGORY_PROMPT at every scale
+    prompt_stride: int            # cell 6: every n-th of the 70 CATEGORY_PROMPTS (1 = all)
+    accuracy_scales: tuple        # cell 6: the guidance scales measured
     attention_images: int         # cell 2: images whose attention is measured
-    negative_images: int          # cell 5: images with and without the negative prompt
-    attention_ratio: float        # claim: object words' attention inside the object >= this x uniform
-    accuracy_gain: float          # claim: best-scale accuracy >= scale-0 accuracy + this
+    negative_images: int          # cell 7: images with and without the negative prompt
+    train_steps: int              # cell 4: your U-Net's training steps
+    train_batch: int
+    train_images: int             # cell 4: shapes scenes rendered and encoded once
+    attention_margin: float       # claim: object words' inside/uniform >= the content-free tokens' + this
+    colour_gain: float            # claim (cell 4): guided colour accuracy >= unguided + this
+    accuracy_gain: float          # claim (cell 6): overall accuracy at s = 4 >= s = 0 + this
+    single_floor: float           # claim (cell 6): single-object colour and shape at s = 4 >= this
     negative_drop: float          # claim: the negated attribute's frequency falls by at least this
 
 
-FULL = Settings(steps=50, accuracy_steps=50, images_per_prompt=8, num_prompts=42, attention_images=16,
-                negative_images=64, attention_ratio=1.15, accuracy_gain=0.4, negative_drop=0.25)
-QUICK = Settings(steps=50, accuracy_steps=20, images_per_prompt=2, num_prompts=42, attention_images=8,
-                 negative_images=32, attention_ratio=1.15, accuracy_gain=0.4, negative_drop=0.25)
-SMOKE = Settings(steps=4, accuracy_steps=4, images_per_prompt=1, num_prompts=6, attention_images=2,
-                 negative_images=4, attention_ratio=0.0, accuracy_gain=0.0, negative_drop=-1.0)
+FULL = Settings(steps=50, accuracy_steps=50, images_per_prompt=4, prompt_stride=1, accuracy_scales=(0.0, 1.0, 2.0, 4.0, 7.0),
+                attention_images=16, negative_images=64, train_steps=1500, train_batch=32, train_images=4000,
+                attention_margin=0.3, colour_gain=0.2, accuracy_gain=0.4, single_floor=0.8, negative_drop=0.25)
+QUICK = Settings(steps=50, accuracy_steps=20, images_per_prompt=1, prompt_stride=1, accuracy_scales=(0.0, 1.0, 2.0, 4.0),
+                 attention_images=8, negative_images=32, train_steps=300, train_batch=16, train_images=1000,
+                 attention_margin=0.3, colour_gain=0.2, accuracy_gain=0.4, single_floor=0.8, negative_drop=0.25)
+SMOKE = Settings(steps=4, accuracy_steps=4, images_per_prompt=1, prompt_stride=10, accuracy_scales=(0.0, 4.0),
+                 attention_images=2, negative_images=4, train_steps=3, train_batch=4, train_images=16,
+                 attention_margin=-np.inf, colour_gain=-np.inf, accuracy_gain=-np.inf, single_floor=0.0,
+                 negative_drop=-1.0)
 SCALES = (0.0, 1.0, 2.0, 4.0, 7.0)
 GUIDANCE = 4.0                # the pipeline's default scale, used for the attention maps (cell 2)
-NEGATIVE_GUIDANCE = 7.0       # cell 5: the push away from a negative prompt grows as (s - 1)
+NEGATIVE_GUIDANCE = 7.0       # cell 7: the push away from a negative prompt grows as (s - 1)
+# cell 4: your U-Net, smaller than the shipped one (channels 32 and 64; cross-attention at 4 x 4 and
+# in the middle block): about a million parameters, a few hundred steps on a CPU
+LEARNER_UNET = dataclasses.replace(UNetConfig.latent8(), base_channels=32, attention_levels=(1,), num_heads=2,
+                                   norm_groups=8)
+LEARNER_DROPOUT = 0.2         # twice the shipped model's 0.1: a short run must see enough empty captions
+LEARNER_SCALES = (0.0, 1.0, 3.0)
 
 args = parse_lesson_args('Lesson 10: text-to-image -- cross-attention, conditioning dropout and classifier-free guidance.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+exercise = os.environ.get("MINIDIFF_EXERCISE", "")      # "3": also run exercise 3's experiment
 out = output_dir(NAME, args.out)
 plt = pyplot()
 lesson_start = time.perf_counter()
@@ -207,13 +236,14 @@ def inside_share(attention, region):
     the pixels (what uniform attention would give): 1 = no preference, > 1 = the token is read there.
 
     attention (B, 64, L) averaged over steps, region (B, 64) in [0, 1]. Returns (L,) averaged over
-    the images with a non-empty region, or NaNs when there are none."""
+    the images with a non-empty region (NaN for a token no pixel attends to, or when no image has one)."""
     keep = region.sum(axis=1) > 0
     if not keep.any():
         return np.full(attention.shape[2], np.nan)
     attention, region = attention[keep], region[keep]
     mass = attention.sum(axis=1)                                                    # (B, L)
-    inside = (attention * region[:, :, None]).sum(axis=1) / np.maximum(mass, 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inside = (attention * region[:, :, None]).sum(axis=1) / mass
     return (inside / region.mean(axis=1, keepdims=True)).mean(axis=0)
 
 
@@ -226,11 +256,12 @@ def word_positions(prompt, words):
 images, frames, timesteps, attention = sample_with_attention(prompt, settings.attention_images, args.seed)
 mean_attention = attention.mean(axis=0)                                             # (B, 64, L)
 fg_cells = per_cell(foreground(images).astype(np.float32))                          # (B, 64)
-ratio = inside_share(mean_attention, fg_cells)
+ratio = inside_share(mean_attention, fg_cells)[:len(names)]                          # (tokens,): the real ones
 parsed = shapes.parse_caption(prompt)
 object_words = word_positions(prompt, {parsed["colour"], parsed["shape"]})
 real = slice(0, len(names))
 share_of_attention = mean_attention[:, :, real].mean(axis=(0, 1))                   # (tokens,)
+padding_share = float(mean_attention[:, :, len(names):].sum(axis=2).max())
 print(f"\n{prompt!r}: {settings.attention_images} images, guidance {GUIDANCE}, attention averaged over "
       f"heads, the {sum(layer.last_attention_probs.shape[2] == pixels for layer in layers)} cross-attention "
       f"layers at {latent_size}x{latent_size} and all {settings.steps} steps")
@@ -239,51 +270,109 @@ print(f"the object covers {fg_cells.mean():.1%} of the image; per token: its sha
 for position, name in enumerate(names):
     marker = "  <- object word" if position in object_words else ""
     print(f"  {name!r:11}  share {share_of_attention[position]:6.1%}   inside/uniform {ratio[position]:5.2f}{marker}")
-where = "mostly outside the object" if ratio[:2].max() < 1 else "not avoiding the object"
-print(f"{names[0]!r} and {names[1]!r} take {share_of_attention[:2].sum():.0%} of all attention, {where}: in a "
-      f"causal encoder their states are the same for every prompt that starts this way, so they carry no "
-      f"content; pixels with nothing to read (the background) can park their attention there")
-object_ratio = float(np.mean(ratio[object_words]))
-print(f"object words {[names[i] for i in object_words]}: attention inside the object is {object_ratio:.2f} x "
-      f"what uniform attention would give (claim: >= {settings.attention_ratio})")
-if args.smoke:
-    assert np.isnan(object_ratio) or object_ratio >= 0.0
-else:
-    assert object_ratio >= settings.attention_ratio, object_ratio
+print(f"the {pipe.max_length - len(names)} padding positions get {padding_share:.1e} of any pixel's attention "
+      f"(masked: exactly nothing)")
+assert padding_share < 1e-6, padding_share
 
 
-def attention_figure(images, frames, timesteps, attention, prompt, regions, path, rows=3):
-    """Rows: a few sampling steps (x0 prediction, then one 8 x 8 map per word) and the mean over
-    all steps (final image). Each map has its own colour scale; the outline is the object region."""
+def attention_figure(images, frames, timesteps, attention, prompt, regions, ratios, path, rows=3):
+    """Rows: a few sampling steps (x0 prediction, then one 8 x 8 map per token, <start> and <end>
+    included) and the mean over all steps (final image). Each map has its own colour scale; the
+    outline is the object region; the last row's titles give each token's inside/uniform ratio."""
     names = ["<start>"] + pipe.tokenizer.tokens(prompt) + ["<end>"]
-    words = range(1, len(names) - 1)
     picks = np.unique(np.linspace(0, len(timesteps) - 1, rows + 1)[:-1].round().astype(int))
-    fig, axes = plt.subplots(len(picks) + 1, len(words) + 1, figsize=(1.7 * (len(words) + 1),
-                                                                      2.0 * (len(picks) + 1) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(picks) + 1, len(names) + 1, figsize=(1.55 * (len(names) + 1),
+                                                                      1.9 * (len(picks) + 1) + 0.7), squeeze=False)
     size = images.shape[-1]
     for r, pick in enumerate(list(picks) + [None]):
         maps = attention.mean(axis=0) if pick is None else attention[pick]         # (B, 64, L)
         show(axes[r, 0], images[0] if pick is None else frames[pick],
              "final image" if pick is None else f"x0 guess, t = {timesteps[pick]}")
         axes[r, 0].set_ylabel("mean of all steps" if pick is None else f"step {pick + 1}", fontsize=8)
-        for c, position in enumerate(words, start=1):
+        for position, name in enumerate(names):
             column = maps[0, :, position].reshape(latent_size, latent_size)
-            ax = axes[r, c]
+            ax = axes[r, position + 1]
             ax.imshow(column, cmap="magma", interpolation="nearest", extent=(0, size, size, 0))
             ax.contour(np.arange(size) + 0.5, np.arange(size) + 0.5, regions[0].astype(float), levels=[0.5],
                        colors="cyan", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             share = maps[0, :, position].mean()
-            ax.set_title(f"{names[position].strip()!r} {share:.0%}", fontsize=8)
-    fig.suptitle(f"Which latent pixels read each word of {prompt!r}\n(cross-attention at {latent_size}x"
-                 f"{latent_size}, mean over heads and layers; bright = attends; % = the word's share of "
-                 f"attention; cyan = object)", fontsize=9)
+            detail = f"\ninside x{ratios[position]:.2f}" if pick is None else ""
+            ax.set_title(f"{name.strip()!r} {share:.0%}{detail}", fontsize=8)
+    fig.suptitle(f"Which latent pixels read each token of {prompt!r}\n(cross-attention at {latent_size}x"
+                 f"{latent_size}, mean over heads and layers; bright = attends; % = the token's share of "
+                 f"attention; cyan = object;\nlast row: attention inside the object / uniform, over all "
+                 f"{len(images)} images)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-attention_figure(images, frames, timesteps, attention, prompt, foreground(images), out / "attention_maps.png")
+attention_figure(images, frames, timesteps, attention, prompt, foreground(images), ratio, out / "attention_maps.png")
+
+
+# %% 3. Why "on", "the" and "left" light up on the circle: each token's state holds the words before it
+# Swap words and see which token states change: a causal encoder can only change states at and after the swap.
+swaps = {"red circle -> blue square": "a blue square on the left", "left -> right": "a red circle on the right"}
+states, _ = pipe.encode_prompts([prompt] + list(swaps.values()))
+states = backend.to_numpy(states)[:, :len(names)]                                  # (prompts, tokens, 128)
+change = {what: np.linalg.norm(states[k + 1] - states[0], axis=1) / np.linalg.norm(states[0], axis=1)
+          for k, what in enumerate(swaps)}
+unit = states[0] / np.linalg.norm(states[0], axis=1, keepdims=True)
+similarity = unit @ unit.T                                                          # cosine of token states
+shape_position = word_positions(prompt, {parsed["shape"]})[0]
+print(f"\ntoken states of {prompt!r}: how much each changes (|c - c'| / |c|) when words are swapped, and its "
+      f"cosine with the state of {names[shape_position]!r}")
+print(f"  {'token':11}" + "".join(f"{what:>28}" for what in swaps) + f"{'cosine with circle':>20}"
+      f"{'inside/uniform':>16}")
+for position, name in enumerate(names):
+    print(f"  {name!r:11}" + "".join(f"{change[what][position]:28.2f}" for what in swaps)
+          + f"{similarity[position, shape_position]:20.2f}{ratio[position]:16.2f}")
+first_word = min(object_words)
+content_free = list(range(first_word))             # <start> and "a": before any content word
+after_object = [p for p in range(shape_position + 1, len(names) - 1) if p not in object_words]  # on, the, left
+swap_object = change["red circle -> blue square"]
+print(f"states before the first swapped word do not move ({swap_object[:first_word].max():.1e}): the encoder "
+      f"is causal; {[names[p] for p in after_object]} after the object change by "
+      f"{swap_object[after_object].min():.2f}-{swap_object[after_object].max():.2f} when the object does, "
+      f"as much as the object words ({swap_object[object_words].min():.2f}-{swap_object[object_words].max():.2f})")
+print(f"so their states are near copies of the circle's (cosine {similarity[after_object, shape_position].min():.2f}"
+      f"-{similarity[after_object, shape_position].max():.2f}), and the U-Net reads the circle through them: "
+      f"their inside/uniform {np.nanmin(ratio[after_object]):.2f}-{np.nanmax(ratio[after_object]):.2f}")
+assert swap_object[:first_word].max() < 1e-5 and change["left -> right"][:len(names) - 2].max() < 1e-5, change
+assert swap_object[after_object].min() > 0.5, swap_object    # function words after the object carry it
+object_ratio = float(np.mean(ratio[object_words]))
+free_ratio = float(np.nanmax(ratio[content_free]))
+print(f"the honest claim: object words {[names[i] for i in object_words]} put {object_ratio:.2f} x uniform of "
+      f"their attention inside the object, the content-free tokens {[names[i] for i in content_free]} at most "
+      f"{free_ratio:.2f} x (they are read on the background: a place to park attention), padding nothing "
+      f"(claim: object words >= content-free + {settings.attention_margin})")
+assert args.smoke or object_ratio >= free_ratio + settings.attention_margin, (object_ratio, free_ratio)
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
+image = axes[0].imshow(similarity, cmap="RdBu_r", vmin=-1, vmax=1)
+axes[0].set_xticks(range(len(names)), [n.strip() for n in names], rotation=45, fontsize=8)
+axes[0].set_yticks(range(len(names)), [n.strip() for n in names], fontsize=8)
+for i in range(len(names)):
+    for j in range(len(names)):
+        axes[0].text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=6)
+axes[0].set_title("cosine between the text encoder's token states\n('on', 'the', 'left' ~ 'circle': "
+                  "causal states carry the words before them)", fontsize=9)
+fig.colorbar(image, ax=axes[0], fraction=0.046)
+x = np.arange(len(names))
+colours = ["tab:grey" if p in content_free else "tab:red" if p in object_words else "tab:blue" for p in x]
+axes[1].bar(x - 0.2, ratio, width=0.4, color=colours, label="attention inside the object / uniform")
+axes[1].bar(x + 0.2, swap_object, width=0.4, color="none", edgecolor="k", hatch="//",
+            label="state change when 'red circle' -> 'blue square'")
+axes[1].axhline(1.0, color="k", lw=0.8, ls=":")
+axes[1].set_xticks(x, [n.strip() for n in names], fontsize=8)
+axes[1].set(ylabel="ratio (1 = uniform) / relative change",
+            title="filled: where each token is read (red = object word, blue = after it, grey = content-free)\n"
+                  "hatched: how much the token's state depends on the object words")
+axes[1].title.set_fontsize(9)
+axes[1].legend(fontsize=8, loc="upper right")
+fig.tight_layout()
+save_figure(fig, out / "token_states.png")
 
 # two objects: does each word look at its own object?
 pair_prompt = "a red circle to the left of a blue square"
@@ -304,17 +393,90 @@ for position in first_words + second_words:
 own_first = np.mean(binding[pair["colour"]][first_words]) - np.mean(binding[pair["colour2"]][first_words])
 own_second = np.mean(binding[pair["colour2"]][second_words]) - np.mean(binding[pair["colour"]][second_words])
 print(f"words of object 1 prefer object 1 by {own_first:+.2f}; words of object 2 prefer object 2 by "
-      f"{own_second:+.2f} (claim: both > 0: each object's words are read on that object)")
+      f"{own_second:+.2f} (claim: both > 0: each object's words are read on that object; the state of 'blue' "
+      f"also carries 'red circle', which is why its preference is the weaker)")
 if not args.smoke:
     assert own_first > 0 and own_second > 0, (own_first, own_second)
-attention_figure(pair_images, pair_frames, pair_timesteps, pair_attention, pair_prompt,
-                 colour_region(pair_images, pair["colour"]) | colour_region(pair_images, pair["colour2"]),
+both = colour_region(pair_images, pair["colour"]) | colour_region(pair_images, pair["colour2"])
+attention_figure(pair_images, pair_frames, pair_timesteps, pair_attention, pair_prompt, both,
+                 inside_share(pair_mean, per_cell(both.astype(np.float32)))[:len(pair_names)],
                  out / "attention_maps_two_objects.png", rows=2)
 for layer in layers:
     layer.store_attention = False
 
 
-# %% 3. Guidance-scale sweep: the same noise, s = 0 (unconditional) to 7
+# %% 4. Your own text-to-image model: conditioning dropout while training, guidance while sampling
+# The one training loop (minidiff/train/loop.py fit) through the text2image job: the shipped VAE's latents of
+# rendered shapes, the shipped (frozen) text encoder's states of their captions, and in every batch each caption
+# swapped for "" with probability cond_dropout (run_text2image's draw_batch). One-object scenes only: a short run.
+job = Text2ImageJob(model=LEARNER_UNET, steps=settings.train_steps, batch_size=settings.train_batch, lr=2e-3,
+                    warmup_steps=max(1, settings.train_steps // 10), dataset_size=settings.train_images,
+                    cond_dropout=LEARNER_DROPOUT, two_object_fraction=0.0, seed=args.seed,
+                    log_every=max(1, settings.train_steps // 15), checkpoint_every=settings.train_steps,
+                    sample_every=settings.train_steps)
+
+
+def train_and_judge(job, prompts):
+    """Train ``job`` from scratch; sample one image per prompt at each LEARNER_SCALES from the result.
+    Returns (FitResult, {scale: images}, {scale: accuracy_by_category table})."""
+    result = run_text2image(job, progress=False)
+    own = dataclasses.replace(pipe, unet=result.model)        # the shipped VAE and text encoder, your U-Net
+    images = {scale: to_host(evaluate.generate(own, prompts, scale, settings.accuracy_steps, args.seed))
+              for scale in LEARNER_SCALES}
+    tables = {scale: evaluate.accuracy_by_category(evaluate.match_size(images[scale], judge.config.image_size),
+                                                   prompts, judge) for scale in LEARNER_SCALES}
+    return result, images, tables
+
+
+one_object_prompts = [p for p in captions.CATEGORY_PROMPTS if shapes.parse_caption(p)["num_objects"] == 1]
+own_prompts = [p for p in one_object_prompts[::settings.prompt_stride] for _ in range(2)]
+start = time.perf_counter()
+own_result, own_images, own_tables = train_and_judge(job, own_prompts)
+print(f"\nyour U-Net: {own_result.model.num_parameters():,} parameters, {job.steps} steps of {job.batch_size} "
+      f"latents ({job.steps * job.batch_size:,} examples, about {LEARNER_DROPOUT * job.steps * job.batch_size:,.0f} "
+      f"of them with the empty caption) in {time.perf_counter() - start:.0f} s with its evaluation")
+print(evaluate.format_categories({f"s = {scale:g}": own_tables[scale] for scale in LEARNER_SCALES}))
+(first_step, first_loss), (last_step, last_loss) = own_result.history[0], own_result.history[-1]
+colour = {scale: own_tables[scale]["single/colour"][0] for scale in LEARNER_SCALES}
+guided_scale = LEARNER_SCALES[-1]
+print(f"loss {first_loss:.3f} at step {first_step} -> {last_loss:.3f} at step {last_step}; colour right "
+      + ", ".join(f"{colour[s]:.0%} at s = {s:g}" for s in LEARNER_SCALES)
+      + f" (claim: s = {guided_scale:g} >= s = 0 + {settings.colour_gain:.0%}; s = 0 is the unconditional model the "
+        f"empty captions taught, so its colours are chance, about 1 in {len(shapes.COLOURS)})")
+assert args.smoke or last_loss < first_loss / 3, own_result.history
+assert colour[guided_scale] >= colour[0.0] + settings.colour_gain, colour
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+steps_logged, losses = zip(*own_result.history)
+axes[0].plot(steps_logged, losses, "o-")
+axes[0].set(yscale="log", xlabel="training step", ylabel="loss (mean over the log window)",
+            title=f"Your U-Net's training: L_simple, caption dropout p = {LEARNER_DROPOUT}")
+for category in own_tables[0.0]:
+    axes[1].plot(LEARNER_SCALES, [own_tables[s][category][0] for s in LEARNER_SCALES], "o-",
+                 lw=2.5 if category == "overall" else 1.5, label=category)
+axes[1].set(xlabel="guidance scale s", ylabel="accuracy (attribute classifier)", ylim=(-0.02, 1.02),
+            xticks=LEARNER_SCALES, title=f"Your model, {len(own_prompts)} one-object prompts per scale")
+axes[1].legend(fontsize=8)
+for ax in axes:
+    ax.grid(alpha=0.3)
+fig.tight_layout()
+save_figure(fig, out / "own_training.png")
+
+shown = own_prompts[::2][:6 if not args.smoke else 2]
+fig, axes = plt.subplots(len(LEARNER_SCALES), len(shown), figsize=(1.9 * len(shown), 2.2 * len(LEARNER_SCALES)),
+                         squeeze=False)
+for r, scale in enumerate(LEARNER_SCALES):
+    for c, p in enumerate(shown):
+        i = own_prompts.index(p)
+        show(axes[r, c], own_images[scale][i], p.replace(" on the", "\non the").replace(" at the", "\nat the")
+             .replace(" in the", "\nin the") if r == 0 else None)
+    axes[r, 0].set_ylabel(f"s = {scale:g}" + (" (uncond.)" if scale == 0 else ""), fontsize=9)
+fig.suptitle(f"Your model after {job.steps} steps: the same noise at each guidance scale", fontsize=9)
+fig.tight_layout()
+save_figure(fig, out / "own_samples.png")
+
+
+# %% 5. Guidance-scale sweep on the shipped model: the same noise, s = 0 (unconditional) to 7
 sweep_prompts = ["a red circle on the left", "a small blue square at the top",
                  "a large yellow triangle in the center", "a purple square to the right of an orange circle"]
 sweep = {scale: to_host(evaluate.generate(pipe, sweep_prompts, scale, settings.steps, args.seed))
@@ -338,68 +500,69 @@ for scale in SCALES:
     print(f"  s = {scale:g}: the classifier says {sum(sweep_ok[scale])} of {len(sweep_prompts)} sweep images obey")
 
 
-# %% 4. Prompt accuracy against the guidance scale
-one_object = [p for p in evaluate.FIXED_PROMPTS if shapes.parse_caption(p)["num_objects"] == 1]
-two_object = [p for p in evaluate.FIXED_PROMPTS if shapes.parse_caption(p)["num_objects"] == 2]
-half = settings.num_prompts // 2          # fewer prompts (smoke): some of each kind
-chosen = list(evaluate.FIXED_PROMPTS) if settings.num_prompts >= len(evaluate.FIXED_PROMPTS) else \
-    one_object[:settings.num_prompts - half] + two_object[:half]
-prompts = [p for p in chosen for _ in range(settings.images_per_prompt)]
+# %% 6. The shipped model's prompt accuracy by category, against the guidance scale
+# An average hides the failing case: accuracy per single-object attribute, per relation as the prompt says
+# it, and colour-shape binding, on CATEGORY_PROMPTS (30 one-object prompts, 10 per relation).
+category_prompts = list(captions.CATEGORY_PROMPTS[::settings.prompt_stride])
+prompts = [p for p in category_prompts for _ in range(settings.images_per_prompt)]
 size = judge.config.image_size
 rendered = np.stack([shapes.render(shapes.parse_caption(p), pipe.vae.config.image_size, rng=(args.seed, i))
                      for i, p in enumerate(prompts)])
-ceiling, _ = evaluate.prompt_accuracy(evaluate.match_size(rendered, size), prompts, judge)
-vertical = [i for i, p in enumerate(prompts) if " above " in p or " below " in p]
-horizontal = [i for i, p in enumerate(prompts) if " left of " in p or " right of " in p]
-print(f"\n{len(prompts)} images per scale ({len(set(prompts))} prompts x {settings.images_per_prompt}), "
-      f"{settings.accuracy_steps} DDIM steps; the judge scores true renders of the prompts at {ceiling:.1%}")
-accuracy, per_attribute, split = {}, {}, {}
-for scale in SCALES:
+tables = {"true renders": evaluate.accuracy_by_category(evaluate.match_size(rendered, size), prompts, judge)}
+print(f"\n{len(prompts)} images per scale ({len(category_prompts)} prompts x {settings.images_per_prompt}), "
+      f"{settings.accuracy_steps} DDIM steps")
+for scale in settings.accuracy_scales:
     start = time.perf_counter()
     generated = evaluate.match_size(to_host(evaluate.generate(pipe, prompts, scale, settings.accuracy_steps,
                                                               args.seed)), size)
-    accuracy[scale], per_attribute[scale] = evaluate.prompt_accuracy(generated, prompts, judge)
-    split[scale] = {name: evaluate.prompt_accuracy(generated[rows], [prompts[i] for i in rows], judge)[0]
-                    for name, rows in (("above/below", vertical), ("left/right", horizontal)) if rows}
-    print(f"  s = {scale:g}: accuracy {accuracy[scale]:.1%} ({time.perf_counter() - start:.0f} s)", flush=True)
+    tables[f"s = {scale:g}"] = evaluate.accuracy_by_category(generated, prompts, judge)
+    print(f"  s = {scale:g}: overall {tables[f's = {scale:g}']['overall'][0]:.1%} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+print(evaluate.format_categories(tables))
+scale_names = [f"s = {scale:g}" for scale in settings.accuracy_scales]
+at4, at0 = tables["s = 4"], tables["s = 0"]
 
-attributes = list(per_attribute[SCALES[0]])
-print(f"\n{'scale':>6} {'all':>6} " + " ".join(f"{a:>12}" for a in attributes)
-      + "".join(f" {'2 obj. ' + name:>19}" for name in split[SCALES[0]]))
-for scale in SCALES:
-    print(f"{scale:6g} {accuracy[scale]:6.1%} " + " ".join(f"{per_attribute[scale][a]:12.1%}" for a in attributes)
-          + "".join(f" {v:19.1%}" for v in split[scale].values()))
-best = max(SCALES, key=lambda s: accuracy[s])
-print(f"scale 0 ignores the prompt, so its {accuracy[0.0]:.1%} is chance for these prompts (every stated "
-      f"attribute right by luck); the best scale, s = {best:g}, reaches {accuracy[best]:.1%} "
-      f"(claim: >= scale 0 + {settings.accuracy_gain:.0%})")
-assert accuracy[best] >= accuracy[0.0] + settings.accuracy_gain, accuracy
-if split[best]:
-    print("two-object prompts at the best scale: " + ", ".join(f"{k} {v:.0%}" for k, v in split[best].items())
-          + " (the judge reads scenes in canonical form, 'A below B' = 'B above A', so two objects in swapped "
-            "places count as wrong shapes and colours, not as a wrong relation)")
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-axes[0].plot(SCALES, [accuracy[s] for s in SCALES], "o-", lw=2.5, color="k", label="all stated attributes")
-axes[0].axhline(ceiling, color="grey", ls=":", label="true renders (judge's ceiling)")
-for name in split[SCALES[0]]:
-    axes[0].plot(SCALES, [split[s][name] for s in SCALES], "s--", label=f"two objects, {name}")
-axes[0].set(xlabel="guidance scale s", ylabel="prompt accuracy", ylim=(-0.02, 1.02),
-            title=f"Prompt accuracy ({len(prompts)} images per scale)")
-axes[0].legend(fontsize=8)
-for attribute in attributes:
-    axes[1].plot(SCALES, [per_attribute[s][attribute] for s in SCALES], "o-", label=attribute)
-axes[1].set(xlabel="guidance scale s", ylabel="accuracy of the attribute", ylim=(-0.02, 1.02),
-            title="Each attribute on its own (over the prompts that state it)")
-axes[1].legend(fontsize=8, ncol=2)
-for ax in axes:
-    ax.set_xticks(SCALES)
+def mean_of(table, categories):
+    """Mean accuracy over the categories the table has (NaN if none)."""
+    values = [table[c][0] for c in categories if c in table]
+    return float(np.mean(values)) if values else float("nan")
+
+
+vertical = mean_of(at4, ("relation/above", "relation/below"))
+horizontal = mean_of(at4, ("relation/to the left of", "relation/to the right of"))
+print(f"at s = 4: single-object colour {at4['single/colour'][0]:.0%} and shape {at4['single/shape'][0]:.0%} "
+      f"(claim: >= {settings.single_floor:.0%}); overall {at4['overall'][0]:.0%} against {at0['overall'][0]:.0%} "
+      f"unguided (claim: >= + {settings.accuracy_gain:.0%})")
+print(f"relations at s = 4: left/right {horizontal:.0%}, above/below {vertical:.0%}. This model draws both objects "
+      f"(see binding) but picks which one goes on top by a coin toss: its text encoder barely tells 'above' from "
+      f"'below' (data/pretrained/README.md), so no guidance scale can fix it; better text states (hard negatives) can")
+assert min(at4["single/colour"][0], at4["single/shape"][0]) >= settings.single_floor, at4
+assert at4["overall"][0] >= at0["overall"][0] + settings.accuracy_gain, (at4, at0)
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+groups = (("single object", [c for c in at4 if c.startswith("single/")] + ["overall"]),
+          ("two objects", [c for c in at4 if c.startswith("relation/")] + ["binding"]))
+for ax, (title, categories) in zip(axes, groups):
+    for category in categories:
+        if category not in at4:
+            continue
+        line, = ax.plot(settings.accuracy_scales, [tables[n][category][0] for n in scale_names], "o-",
+                        lw=2.5 if category in ("overall", "binding") else 1.5,
+                        label=f"{category.split('/')[-1]} ({at4[category][1]})")
+        ax.plot([settings.accuracy_scales[-1] + 0.4], [tables["true renders"][category][0]], "_", ms=12,
+                color=line.get_color())
+    ax.set(xlabel="guidance scale s", title=f"{title}: accuracy by category (n prompts); dash = true renders",
+           xticks=settings.accuracy_scales, ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+axes[0].set_ylabel("prompt accuracy (attribute classifier)")
+fig.suptitle(f"Shipped model: {len(prompts)} images per scale, {settings.accuracy_steps} DDIM steps", fontsize=9)
 fig.tight_layout()
 save_figure(fig, out / "accuracy_vs_guidance.png")
 
 
-# %% 5. A negative prompt: away from an attribute the prompt leaves open
+# %% 7. A negative prompt: away from an attribute the prompt leaves open
 open_prompt, negative = "a red circle", "a large red circle"
 n = settings.negative_images
 
@@ -440,5 +603,51 @@ fig.suptitle(f"prompt {open_prompt!r}, guidance {NEGATIVE_GUIDANCE:g}, same seed
              f"{large_steered:.0%} with the negative prompt", fontsize=9)
 fig.tight_layout()
 save_figure(fig, out / "negative_prompt.png")
+
+# %% Exercises
+# 1. Guidance by hand. Fill in my_guidance: eps_uncond + s (eps_cond - eps_uncond). The cell checks it against
+#    minidiff/diffusion/guidance.py guided_prediction at s = 0, 1 and 4. Then the negative prompt: show on paper
+#    that eps_n + s (eps_c - eps_n) = eps_u + s (eps_c - eps_u) - (s - 1) (eps_n - eps_u).
+# 2. Predict the causal encoder. Which token positions (0 = <start>) of "a small blue square at the top" change
+#    their state when "small" becomes "large"? Write your answer in predicted_changes before you run the cell;
+#    it checks you against the text encoder. Which of those tokens would you expect to light up on the square?
+# 3. No dropout, no guidance. Predict what eps_theta(z, t, "") is for a model that never saw an empty caption,
+#    then run with MINIDIFF_EXERCISE=3: your U-Net trains again with cond_dropout = 0 and the table compares
+#    its colour and shape accuracy at s = 0, 1, 3 with the model above. Where does guidance help, where not?
+
+
+def my_guidance(eps_uncond, eps_cond, scale):
+    """Your code: the classifier-free guided noise prediction."""
+    return None
+
+
+predicted_changes = None          # your answer to exercise 2: a list of positions, e.g. [2, 3]
+
+rng = np.random.default_rng(args.seed)
+eps_u, eps_c = rng.standard_normal((2, 2, 4, 8, 8)).astype(np.float32)
+if my_guidance(eps_u, eps_c, 4.0) is None:
+    print("exercise 1: fill in my_guidance")
+else:
+    for scale in (0.0, 1.0, 4.0):
+        assert np.allclose(my_guidance(eps_u, eps_c, scale), guidance.guided_prediction(eps_u, eps_c, scale),
+                           atol=1e-5), scale
+    print("exercise 1: correct at s = 0, 1 and 4")
+
+small, large = pipe.encode_prompts(["a small blue square at the top", "a large blue square at the top"])[0]
+small, large = backend.to_numpy(small), backend.to_numpy(large)
+real_tokens = len(pipe.tokenizer.tokens("a small blue square at the top")) + 2
+moved = np.linalg.norm(small - large, axis=1)[:real_tokens] / np.linalg.norm(small[:real_tokens], axis=1)
+measured = [int(p) for p in np.flatnonzero(moved > 1e-5)]
+if predicted_changes is None:
+    print("exercise 2: fill in predicted_changes")
+else:
+    assert sorted(predicted_changes) == measured, f"the encoder changes positions {measured}"
+    print(f"exercise 2: correct, positions {measured} change")
+
+if exercise == "3":
+    bare_result, _, bare_tables = train_and_judge(dataclasses.replace(job, cond_dropout=0.0), own_prompts)
+    print("exercise 3: your model with and without conditioning dropout")
+    print(evaluate.format_categories({**{f"p={LEARNER_DROPOUT} s={s:g}": own_tables[s] for s in LEARNER_SCALES},
+                                      **{f"p=0 s={s:g}": bare_tables[s] for s in LEARNER_SCALES}}))
 
 print(f"\nlesson 10 done in {time.perf_counter() - lesson_start:.0f} s")
