@@ -100,8 +100,8 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
 
 def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed, classifier, batch_size,
                          verbose, spacing, clip_x0):
-    from .diffusion.schedule import NoiseSchedule
-    from .pipeline import Pipeline
+    from ..diffusion.schedule import NoiseSchedule
+    from ..pipeline import Pipeline
     if num_images < 2:
         raise ValueError(f"evaluate: need at least 2 images for a Fréchet distance, got {num_images}")
     if steps < 1:
