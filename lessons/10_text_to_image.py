@@ -336,7 +336,7 @@ print(f"states before the first swapped word do not move ({swap_object[:first_wo
       f"is causal; {[names[p] for p in after_object]} after the object change by "
       f"{swap_object[after_object].min():.2f}-{swap_object[after_object].max():.2f} when the object does, "
       f"as much as the object words ({swap_object[object_words].min():.2f}-{swap_object[object_words].max():.2f})")
-print(f"so their states are near copies of the circle's (cosine {similarity[after_object, shape_position].min():.2f}"
+print(f"so their states point the way the circle's does (cosine {similarity[after_object, shape_position].min():.2f}"
       f"-{similarity[after_object, shape_position].max():.2f}), and the U-Net reads the circle through them: "
       f"their inside/uniform {np.nanmin(ratio[after_object]):.2f}-{np.nanmax(ratio[after_object]):.2f}")
 assert swap_object[:first_word].max() < 1e-5 and change["left -> right"][:len(names) - 2].max() < 1e-5, change
@@ -356,8 +356,8 @@ axes[0].set_yticks(range(len(names)), [n.strip() for n in names], fontsize=8)
 for i in range(len(names)):
     for j in range(len(names)):
         axes[0].text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=6)
-axes[0].set_title("cosine between the text encoder's token states\n('on', 'the', 'left' ~ 'circle': "
-                  "causal states carry the words before them)", fontsize=9)
+axes[0].set_title("cosine between the text encoder's token states\n(after 'circle' the states stay close to "
+                  "its: causal states carry the words before them)", fontsize=9)
 fig.colorbar(image, ax=axes[0], fraction=0.046)
 x = np.arange(len(names))
 colours = ["tab:grey" if p in content_free else "tab:red" if p in object_words else "tab:blue" for p in x]
@@ -370,7 +370,7 @@ axes[1].set(ylabel="ratio (1 = uniform) / relative change",
             title="filled: where each token is read (red = object word, blue = after it, grey = content-free)\n"
                   "hatched: how much the token's state depends on the object words")
 axes[1].title.set_fontsize(9)
-axes[1].legend(fontsize=8, loc="upper right")
+axes[1].legend(fontsize=8, loc="upper left")
 fig.tight_layout()
 save_figure(fig, out / "token_states.png")
 
@@ -555,12 +555,13 @@ for ax, (title, categories) in zip(axes, groups):
                         label=f"{category.split('/')[-1]} ({at4[category][1]})")
         ax.plot([settings.accuracy_scales[-1] + 0.4], [tables["true renders"][category][0]], "_", ms=12,
                 color=line.get_color())
-    ax.set(xlabel="guidance scale s", title=f"{title}: accuracy by category (n prompts); dash = true renders",
+    ax.set(xlabel="guidance scale s", title=f"{title} (n prompts in each category)",
            xticks=settings.accuracy_scales, ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 axes[0].set_ylabel("prompt accuracy (attribute classifier)")
-fig.suptitle(f"Shipped model: {len(prompts)} images per scale, {settings.accuracy_steps} DDIM steps", fontsize=9)
+fig.suptitle(f"Shipped model, accuracy by category: {len(prompts)} images per scale, {settings.accuracy_steps} DDIM "
+             f"steps; the dash right of each line = true renders (the judge's ceiling)", fontsize=9)
 fig.tight_layout()
 save_figure(fig, out / "accuracy_vs_guidance.png")
 
