@@ -36,6 +36,9 @@ COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 RELATIONS = ("above", "below", "to the left of", "to the right of")
+# colours outside the base vocabulary, used only when asked for (the pink LoRA fine-tune): the shipped
+# models, their classifier and every default caption know COLOURS alone
+EXTRA_COLOURS = ("pink",)
 LABEL_KEYS = ("num_objects", "shape", "colour", "size", "position",
               "shape2", "colour2", "size2", "relation")
 _VOCABULARY = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS,
@@ -82,15 +85,15 @@ def _object_phrase(shape, colour, size):
 
 
 def caption_for(attributes: dict, rng, omit_size_probability: float = OMIT_SIZE_PROBABILITY,
-                omit_position_probability: float = OMIT_POSITION_PROBABILITY) -> str:
+                omit_position_probability: float = OMIT_POSITION_PROBABILITY, extra_colours=()) -> str:
     """A caption for one scene's attributes (words, as from `attributes_from_labels`).
 
     ``rng``: a NumPy Generator or an int seed. Size words, and the position of a single object,
     are omitted at random with the given probabilities (meaning "any"); ``None`` attributes are
-    always omitted.
+    always omitted. ``extra_colours``: words of EXTRA_COLOURS also allowed as colours.
     """
     rng = np.random.default_rng(rng)          # a Generator passes through unchanged
-    a = validate_attributes(attributes)
+    a = validate_attributes(attributes, extra_colours)
 
     def size_word(key):
         if a[key] is None or rng.random() < omit_size_probability:
@@ -160,8 +163,12 @@ def parse_caption(text: str) -> dict:
         f"relations {RELATIONS})")
 
 
-def validate_attributes(attributes: dict) -> dict:
-    """All LABEL_KEYS present (missing -> None), words checked against the vocabulary."""
+def validate_attributes(attributes: dict, extra_colours=()) -> dict:
+    """All LABEL_KEYS present (missing -> None), words checked against the vocabulary (the colours
+    and, when asked for, the ``extra_colours`` of EXTRA_COLOURS)."""
+    unknown_extra = [c for c in extra_colours if c not in EXTRA_COLOURS]
+    if unknown_extra:
+        raise ValueError(f"scene attributes: extra colour {unknown_extra[0]!r} is not one of {EXTRA_COLOURS}")
     unknown = set(attributes) - set(LABEL_KEYS)
     if unknown:
         raise ValueError(f"scene attributes: unknown keys {sorted(unknown)}; allowed {LABEL_KEYS}")
@@ -169,6 +176,7 @@ def validate_attributes(attributes: dict) -> dict:
     if a["num_objects"] not in (1, 2):
         raise ValueError(f"scene attributes: num_objects must be 1 or 2, got {a['num_objects']!r}")
     for key, vocabulary in _VOCABULARY.items():
+        vocabulary = vocabulary + tuple(extra_colours) if key in ("colour", "colour2") else vocabulary
         if a[key] is not None and a[key] not in vocabulary:
             raise ValueError(f"scene attributes: {key}={a[key]!r} is not one of {vocabulary}")
     needed = ("shape", "colour") + (("shape2", "colour2", "relation") if a["num_objects"] == 2 else ())

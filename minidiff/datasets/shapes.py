@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .captions import (COLOURS, LABEL_KEYS, OMIT_POSITION_PROBABILITY,  # noqa: F401 (re-exported)
+from .captions import (COLOURS, EXTRA_COLOURS, LABEL_KEYS, OMIT_POSITION_PROBABILITY,  # noqa: F401 (re-exported)
                        OMIT_SIZE_PROBABILITY, POSITIONS, RELATIONS, SHAPES, SIZES,
                        attributes_from_labels, canonical_attributes, canonical_labels, caption_for,
                        labels_from_attributes, matches_prompt,
@@ -47,6 +47,9 @@ RGB = np.array([[0.90, 0.12, 0.12],    # red
                 [1.00, 0.55, 0.05]],   # orange
                np.float32)
 BACKGROUND = 0.20  # neutral dark grey (the same level in R, G and B)
+# colours outside the base vocabulary (captions.EXTRA_COLOURS), rendered only when asked for:
+# sample(..., extra_colours=("pink",)) teaches a fine-tune a colour the shipped models never saw
+EXTRA_RGB = {"pink": (0.96, 0.45, 0.70)}
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def _sample_labels(n, rng, two_object_fraction):
             "size2": np.where(two, size2, absent), "relation": np.where(two, relation, absent)}
 
 
-def _sample_geometry(labels, rng, size, config):
+def _sample_geometry(labels, rng, size, config, palette=RGB):
     """Object centres, diameters (pixels) and colours, and the background level, for each scene.
 
     One object: centre at its anchor (left = (0.25 S, 0.5 S), ...) plus a little jitter.
@@ -142,7 +145,7 @@ def _sample_geometry(labels, rng, size, config):
     cy = np.clip(cy, margin + diameter / 2, size - margin - diameter / 2)
 
     colours = np.stack([labels["colour"], np.maximum(labels["colour2"], 0)], axis=1)
-    rgb = RGB[colours] + config.colour_jitter * (2 * rng.random((n, 2, 3)) - 1)   # (n, 2, 3)
+    rgb = palette[colours] + config.colour_jitter * (2 * rng.random((n, 2, 3)) - 1)   # (n, 2, 3)
     background = BACKGROUND + config.background_jitter * (2 * rng.random(n) - 1)
     return {"cx": cx.astype(np.float32), "cy": cy.astype(np.float32),
             "diameter": diameter.astype(np.float32), "rgb": np.clip(rgb, 0, 1).astype(np.float32),
@@ -207,14 +210,44 @@ def _check_arguments(n, size, two_object_fraction):
         raise ValueError(f"shapes: two_object_fraction must be in [0, 1], got {two_object_fraction!r}")
 
 
-def _captions(labels, rng, config):
-    return [caption_for(attributes_from_labels(labels, i), rng, config.omit_size_probability,
-                        config.omit_position_probability) for i in range(len(labels["shape"]))]
+def _captions(labels, rng, config, extra_colours=()):
+    """One caption per scene; colour labels from len(COLOURS) on name the ``extra_colours``."""
+    names = COLOURS + tuple(extra_colours)
+    base = {k: np.where(v >= len(COLOURS), 0, v) if k in ("colour", "colour2") else v for k, v in labels.items()}
+    out = []
+    for i in range(len(labels["shape"])):
+        attributes = attributes_from_labels(base, i)
+        for key in ("colour", "colour2"):
+            if labels[key][i] >= 0:
+                attributes[key] = names[int(labels[key][i])]
+        out.append(caption_for(attributes, rng, config.omit_size_probability, config.omit_position_probability,
+                               extra_colours=extra_colours))
+    return out
+
+
+def _recolour(labels, seed, extra_colours, extra_fraction):
+    """Give object 1 (the only object, or the relation's subject) of a share ``extra_fraction`` of the
+    scenes one of the ``extra_colours`` (labels len(COLOURS) + k), drawn from a stream of its own so
+    every other attribute is the one the base data would have. Object 2 keeps a base colour, so two
+    objects of one shape still differ in colour."""
+    unknown = [c for c in extra_colours if c not in EXTRA_COLOURS]
+    if unknown:
+        raise ValueError(f"shapes: extra colour {unknown[0]!r} is not one of {EXTRA_COLOURS}")
+    if not 0.0 <= extra_fraction <= 1.0:
+        raise ValueError(f"shapes: extra_fraction must be in [0, 1], got {extra_fraction!r}")
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
+    n = len(labels["colour"])
+    chosen = rng.random(n) < extra_fraction
+    extra = len(COLOURS) + rng.integers(0, len(extra_colours), n)
+    return dict(labels, colour=np.where(chosen, extra, labels["colour"]).astype(np.int64))
 
 
 def sample(n: int, seed=0, size: int = 32, two_object_fraction: float = 0.3,
-           config: ShapesConfig = DEFAULT, chunk: int = 256) -> dict:
+           config: ShapesConfig = DEFAULT, chunk: int = 256, extra_colours=(), extra_fraction: float = 0.5) -> dict:
     """n captioned scenes, fully determined by ``seed`` (an int or a sequence of ints).
+
+    ``extra_colours`` (e.g. ("pink",), from EXTRA_COLOURS; default none: the base vocabulary): object 1
+    of a share ``extra_fraction`` of the scenes takes one of them, colour label len(COLOURS) + k.
 
     Returns dict(images=float32 (n, 3, size, size) in [-1, 1] (NumPy, host),
                  captions=list of n str, labels=dict of int64 (n,) arrays (see module docstring),
@@ -223,13 +256,17 @@ def sample(n: int, seed=0, size: int = 32, two_object_fraction: float = 0.3,
     _check_arguments(n, size, two_object_fraction)
     attribute_rng, geometry_rng, caption_rng = _streams(seed)
     labels = _sample_labels(n, attribute_rng, two_object_fraction)
-    geometry = _sample_geometry(labels, geometry_rng, size, config)
+    palette = RGB
+    if extra_colours:
+        labels = _recolour(labels, seed, tuple(extra_colours), extra_fraction)
+        palette = np.concatenate([RGB, np.array([EXTRA_RGB[c] for c in extra_colours], np.float32)])
+    geometry = _sample_geometry(labels, geometry_rng, size, config, palette)
     images = np.empty((n, 3, size, size), np.float32)
     for start in range(0, n, chunk):   # chunks keep the supersampled masks small in memory
         part = slice(start, start + chunk)
         images[part] = _render({k: v[part] for k, v in labels.items()},
                                {k: v[part] for k, v in geometry.items()}, size, config.supersample)
-    captions = _captions(labels, caption_rng, config)
+    captions = _captions(labels, caption_rng, config, tuple(extra_colours))
     return {"images": images, "captions": captions, "labels": labels, "boxes": _boxes(labels, geometry)}
 
 
