@@ -91,29 +91,41 @@ rng = backend.rng(args.seed)
 eps = rng.standard_normal(x0.shape, dtype=np.float32)
 strip_t = np.linspace(0, T - 1, settings.strip_columns).round().astype(int)
 
-fig, axes = plt.subplots(2 * settings.num_images, settings.strip_columns, constrained_layout=True,
-                         figsize=(1.3 * settings.strip_columns, 1.35 * 2 * settings.num_images))
-correlation = {}
-for row_block, name in enumerate(("linear", "cosine")):
-    s = schedules[name]
-    for col, t in enumerate(strip_t):
-        xt = s.q_sample(x0, int(t), eps)                                # closed form, one t for the batch
-        # how much x_t still looks like x_0: the correlation of their pixels
-        a, b = backend.to_numpy(x0).ravel(), backend.to_numpy(xt).ravel()
-        correlation[name, int(t)] = float(np.corrcoef(a, b)[0, 1])
-        # show x_t clipped to [-1, 1] (noise makes it wander outside)
-        tiles = to_uint8(xp.clip(xt, -1, 1))
-        for i in range(settings.num_images):
-            ax = axes[row_block * settings.num_images + i, col]
-            ax.imshow(tiles[i])
-            ax.set_xticks([]), ax.set_yticks([])
-            if row_block == 0 and i == 0:
-                ax.set_title(f"t = {t}", fontsize=9)
-            if col == 0:
-                ax.set_ylabel(name, fontsize=9)
-fig.suptitle("Forward process x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps, same eps in every column:\n"
-             "linear schedule (top rows) vs cosine schedule (bottom rows)", fontsize=10)
-save_figure(fig, out_dir / "noising_strip.png")
+
+def noising_strip(named_schedules, path, title, marks=None):
+    """Draw x_t for each image at the strip's t under each schedule (a block of rows per schedule), save it to
+    `path`, and return {(name, t): correlation of x_t with x_0}. `marks`: {name: t}, a red frame on that column."""
+    rows = len(named_schedules) * settings.num_images
+    fig, axes = plt.subplots(rows, settings.strip_columns, constrained_layout=True, squeeze=False,
+                             figsize=(1.3 * settings.strip_columns, 1.35 * rows))
+    correlation = {}
+    for row_block, (name, s) in enumerate(named_schedules.items()):
+        for col, t in enumerate(strip_t):
+            xt = s.q_sample(x0, int(t), eps)                                # closed form, one t for the batch
+            # how much x_t still looks like x_0: the correlation of their pixels
+            a, b = backend.to_numpy(x0).ravel(), backend.to_numpy(xt).ravel()
+            correlation[name, int(t)] = float(np.corrcoef(a, b)[0, 1])
+            # show x_t clipped to [-1, 1] (noise makes it wander outside)
+            tiles = to_uint8(xp.clip(xt, -1, 1))
+            for i in range(settings.num_images):
+                ax = axes[row_block * settings.num_images + i, col]
+                ax.imshow(tiles[i])
+                ax.set_xticks([]), ax.set_yticks([])
+                if (marks or {}).get(name) == int(t):
+                    for spine in ax.spines.values():
+                        spine.set(color="red", linewidth=2.5)
+                if row_block == 0 and i == 0:
+                    ax.set_title(f"t = {t}", fontsize=9)
+                if col == 0:
+                    ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+    return correlation
+
+
+correlation = noising_strip({name: schedules[name] for name in ("linear", "cosine")}, out_dir / "noising_strip.png",
+                            "Forward process x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps, same eps in every column:\n"
+                            "linear schedule (top rows) vs cosine schedule (bottom rows)")
 
 print("correlation of x_t with x_0 (1 = untouched, 0 = pure noise):")
 for name in ("linear", "cosine"):
@@ -146,31 +158,39 @@ assert zero_snr.alphas_cumprod[-1] == 0 and zero_snr.alphas_cumprod[0] == schedu
 # %% 4. closed form == iterated one-step noising (Monte Carlo)
 # Follow a few pixels of one image through x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps_t, many chains at
 # once, and compare the empirical mean and variance at a few t with sqrt(abar_t) x_0 and 1 - abar_t.
-s = schedules["linear"]
 pixels = backend.to_numpy(x0[0]).ravel()[:: (3 * 32 * 32) // settings.pixels][: settings.pixels]
-start = xp.asarray(np.broadcast_to(pixels, (settings.chains, settings.pixels)).astype(np.float64))
-x = start.copy()
 check_t = [9, 99, 499, 999]
-iterated, closed = {}, {}
-for t in range(T):
-    noise = rng.standard_normal(x.shape, dtype=np.float64)
-    x = np.sqrt(s.alphas[t]) * x + np.sqrt(s.betas[t]) * noise            # one step of q(x_t | x_{t-1})
-    if t in check_t:
-        iterated[t] = backend.to_numpy(x)
-        closed[t] = backend.to_numpy(s.q_sample(start, t, rng.standard_normal(x.shape, dtype=np.float64)))
 
-print(f"{settings.chains} chains, {settings.pixels} pixels; theory: mean sqrt(abar_t) x_0, variance 1 - abar_t")
-worst_z, worst_var = 0.0, 0.0
-for t in check_t:
-    mean_theory = np.sqrt(s.alphas_cumprod[t]) * pixels
-    var_theory = 1 - s.alphas_cumprod[t]
-    standard_error = np.sqrt(var_theory / settings.chains)
-    for label, samples in (("iterated", iterated[t]), ("closed", closed[t])):
-        z = np.abs(samples.mean(axis=0) - mean_theory).max() / standard_error
-        var_error = np.abs(samples.var(axis=0) / var_theory - 1).max()
-        worst_z, worst_var = max(worst_z, z), max(worst_var, var_error)
-        print(f"  t={t:3d} {label:>8}: max |mean - theory| = {z:4.2f} standard errors, "
-              f"max |var / theory - 1| = {var_error:.3f}")
+
+def iterate_and_compare(s, pixels, rng, label=""):
+    """Follow `pixels` through T one-step noisings, many chains at once; at each t in check_t compare the
+    iterated and the closed-form samples with the theory. Returns (iterated, closed, worst z, worst var error)."""
+    start = xp.asarray(np.broadcast_to(pixels, (settings.chains, len(pixels))).astype(np.float64))
+    x = start.copy()
+    iterated, closed = {}, {}
+    for t in range(s.num_steps):
+        noise = rng.standard_normal(x.shape, dtype=np.float64)
+        x = np.sqrt(s.alphas[t]) * x + np.sqrt(s.betas[t]) * noise            # one step of q(x_t | x_{t-1})
+        if t in check_t:
+            iterated[t] = backend.to_numpy(x)
+            closed[t] = backend.to_numpy(s.q_sample(start, t, rng.standard_normal(x.shape, dtype=np.float64)))
+    print(f"{label}{settings.chains} chains, {len(pixels)} pixels; theory: mean sqrt(abar_t) x_0, variance 1 - abar_t")
+    worst_z, worst_var = 0.0, 0.0
+    for t in check_t:
+        mean_theory = np.sqrt(s.alphas_cumprod[t]) * pixels
+        var_theory = 1 - s.alphas_cumprod[t]
+        standard_error = np.sqrt(var_theory / settings.chains)
+        for kind, samples in (("iterated", iterated[t]), ("closed", closed[t])):
+            z = np.abs(samples.mean(axis=0) - mean_theory).max() / standard_error
+            var_error = np.abs(samples.var(axis=0) / var_theory - 1).max()
+            worst_z, worst_var = max(worst_z, z), max(worst_var, var_error)
+            print(f"  t={t:3d} {kind:>8}: max |mean - theory| = {z:4.2f} standard errors, "
+                  f"max |var / theory - 1| = {var_error:.3f}")
+    return iterated, closed, worst_z, worst_var
+
+
+s = schedules["linear"]
+iterated, closed, worst_z, worst_var = iterate_and_compare(s, pixels, rng)
 var_limit = settings.z_limit * np.sqrt(2 / settings.chains)               # std of a sample variance: sqrt(2/N)
 print(f"worst: {worst_z:.2f} standard errors (limit {settings.z_limit}), variance {worst_var:.3f} "
       f"(limit {var_limit:.3f})")
@@ -190,3 +210,65 @@ fig.suptitle(f"One pixel (x_0 = {pixels[0]:.2f}): iterating q(x_t|x_(t-1)) vs sa
              fontsize=10)
 save_figure(fig, out_dir / "closed_form_vs_iterated.png")
 print("done: the closed form is exact, so training can noise any x_0 to any t in one step.")
+
+# %% Exercises
+# Run one with MINIDIFF_EXERCISE=N python lessons/01_forward_process.py --quick (several: MINIDIFF_EXERCISE=1,3;
+# in a notebook: set EXERCISE below).
+#
+#   1. Predict the strip, then look. my_betas(T) below is a schedule of your own (to start: a constant
+#      beta_t = 0.005). Before running, work out on paper at which t its abar_t = prod (1 - beta_s) first falls
+#      below 0.5 (half the signal's variance gone), and set MY_HALF_T_GUESS. The lesson draws its noising strip
+#      under the linear one, frames the column nearest the true answer, and says how close you were (10%).
+#      Then change my_betas (a steeper line? a cosine of your own?) and predict again.
+#   2. Check the closed form on your own schedule. Fill in my_alphas_cumprod(betas); the lesson compares it with
+#      NoiseSchedule(betas).alphas_cumprod, then iterates one-step noising on my_betas for many chains and checks
+#      the closed form as section 4 did.
+#   3. Read the SNR figure. Order the three schedules by the t at which SNR(t) first drops below 1 (signal and
+#      noise equally strong), earliest first, and set MY_SNR_ORDER; the lesson computes the crossings.
+import os
+
+EXERCISE = os.environ.get("MINIDIFF_EXERCISE", "")
+MY_HALF_T_GUESS = None          # exercise 1: an integer t
+MY_SNR_ORDER = None             # exercise 3: e.g. ["cosine", "linear", "scaled_linear"]
+
+
+def my_betas(num_steps):
+    """Exercise 1 and 2: your schedule, beta_t for t = 0 .. num_steps-1."""
+    return np.full(num_steps, 0.005)
+
+
+def my_alphas_cumprod(betas):
+    """Exercise 2: abar_t = prod_{s<=t} (1 - beta_s), from the betas alone."""
+    return None                 # replace with your one line
+
+
+if "1" in EXERCISE.split(","):
+    mine = NoiseSchedule(my_betas(T), name="mine")
+    half_t = int(np.argmax(mine.alphas_cumprod < 0.5))
+    frame = int(strip_t[np.abs(strip_t - half_t).argmin()])
+    noising_strip({"linear": schedules["linear"], "mine": mine}, out_dir / "exercise_1_my_strip.png",
+                  f"Your schedule (bottom rows) under the linear one: abar_t < 0.5 from t = {half_t} "
+                  f"(red frame: the nearest column, t = {frame})", marks={"mine": frame})
+    print(f"exercise 1: your schedule's abar_t first falls below 0.5 at t = {half_t}; your guess: {MY_HALF_T_GUESS}")
+    if MY_HALF_T_GUESS is not None:
+        assert abs(MY_HALF_T_GUESS - half_t) <= 0.1 * half_t + 1, "exercise 1: more than 10% off; look at why"
+        print("  within 10%: well predicted")
+if "2" in EXERCISE.split(","):
+    betas = my_betas(T)
+    guess = my_alphas_cumprod(betas)
+    if guess is None:
+        print("exercise 2: fill in my_alphas_cumprod first")
+    else:
+        error = np.abs(np.asarray(guess) - NoiseSchedule(betas).alphas_cumprod).max()
+        print(f"exercise 2: max |yours - NoiseSchedule(betas).alphas_cumprod| = {error:.1e}")
+        assert error < 1e-12, "exercise 2: your abar_t differs from the schedule's"
+    _, _, z, var_error = iterate_and_compare(NoiseSchedule(betas, name="mine"), pixels, rng, label="your schedule: ")
+    print(f"exercise 2: worst {z:.2f} standard errors, variance {var_error:.3f} (limits {settings.z_limit}, "
+          f"{var_limit:.3f})")
+    assert z < settings.z_limit and var_error < var_limit, "exercise 2: the closed form must hold for any schedule"
+if "3" in EXERCISE.split(","):
+    crossing = {name: int(np.argmax(s.snr(steps) < 1)) for name, s in schedules.items()}
+    order = sorted(crossing, key=crossing.get)
+    print("exercise 3: SNR(t) first below 1 at " + ", ".join(f"{k} t = {v}" for k, v in crossing.items())
+          + f"; order {order}; yours {MY_SNR_ORDER}")
+    assert MY_SNR_ORDER in (None, order), f"exercise 3: not this time; the order is {order}"

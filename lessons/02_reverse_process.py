@@ -71,12 +71,15 @@ class Settings:
     cov_tol: float = 0.06        # |sample covariance - true covariance|, per entry
     weight_tol: float = 0.025    # |fraction in component k - w_k|
     spread_tol: float = 0.12     # |std in component k / s_k - 1|
+    tweedie_pairs: int = 400000  # (x_0, x_t) pairs for the Monte-Carlo E[x_0 | x_t] of Gaussian data
+    tweedie_queries: int = 200   # x_t points where the mixture's E[x_0 | x_t] is estimated
+    tweedie_data: int = 20000    # data points the importance-weighted estimate averages over
 
 
 FULL = Settings()
 QUICK = Settings(num_samples=4000, weight_tol=0.03, cov_tol=0.08)
 SMOKE = Settings(num_samples=400, ddpm_steps=100, ddim_steps=20, mean_tol=0.2, cov_tol=0.3, weight_tol=0.1,
-                 spread_tol=0.4)
+                 spread_tol=0.4, tweedie_pairs=40000, tweedie_queries=40, tweedie_data=4000)
 
 args = parse_lesson_args('Lesson 02: the reverse process — the posterior, the ELBO and L_simple, and sampling with a perfect denoiser.')
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
@@ -126,16 +129,21 @@ for t in (10, 500):
     assert abs(mean_grid - mean[0]) < 1e-6 and abs(var_grid / variance - 1) < 1e-3
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
-axes[0].plot(t_all, coef_x0, label="coefficient of x_0")
-axes[0].plot(t_all, coef_xt, label="coefficient of x_t")
-axes[0].set(title="posterior mean = a x_0 + b x_t", xlabel="timestep t", ylabel="coefficient")
+# every panel has a log t axis: the posterior changes fastest at small t, where a linear axis squeezes it
+axes[0].semilogx(t_all, coef_x0, label="coefficient a of x_0")
+axes[0].semilogx(t_all, coef_xt, label="coefficient b of x_t")
+axes[0].set(title="posterior mean = a x_0 + b x_t: the pull a toward x_0 grows as t -> 0",
+            xlabel="timestep t (log scale)",
+            ylabel="coefficient")
 axes[1].loglog(t_all, fixed_small, label="fixed_small: beta_t (1-abar_(t-1)) / (1-abar_t)")
 axes[1].loglog(t_all, fixed_large, "--", label="fixed_large: beta_t")
 axes[1].set(title="reverse-step variance (they differ only at small t)", xlabel="timestep t (log scale)",
             ylabel="variance (log scale)")
-axes[2].semilogy(t_all, elbo_weight)
-axes[2].set(title="ELBO weight on |eps - eps_theta|^2 (L_simple uses 1)", xlabel="timestep t",
+axes[2].loglog(t_all, elbo_weight)
+axes[2].set(title="ELBO weight on |eps - eps_theta|^2 (L_simple uses 1)", xlabel="timestep t (log scale)",
             ylabel="beta_t / (2 alpha_t (1 - abar_(t-1)))")
+for ax in axes:
+    ax.grid(True, which="major", alpha=0.3)
 axes[0].legend(), axes[1].legend(fontsize=8)
 save_figure(fig, out_dir / "posterior.png")
 
@@ -191,7 +199,95 @@ for t in (50, 300, 700):
     print(f"t={t}: L_simple " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
     assert losses["exact eps*"] == min(losses.values()), "the exact conditional mean has the lowest L_simple"
 
-# %% 3. DDPM and DDIM with the exact denoiser recover the data
+# %% 3. Tweedie's formula, checked: E[x_0 | x_t] = (x_t + (1 - abar_t) score(x_t)) / sqrt(abar_t)
+# The score is grad log q(x_t), and eps* = -sqrt(1 - abar_t) score, so Tweedie's denoised guess is exactly what
+# predict_x0(x_t, t, eps*) computes. Two checks that do not use the formula itself:
+#   (a) Gaussian data x_0 ~ N(mu, s^2): q(x_t) = N(sqrt(abar) mu, abar s^2 + 1 - abar), so the score is known, and
+#       (x_0, x_t) are jointly Gaussian:
+#       E[x_0 | x_t] = mu + sqrt(abar) s^2 / (abar s^2 + 1 - abar) (x_t - sqrt(abar) mu).
+#       A Monte-Carlo estimate bins many (x_0, x_t) pairs by x_t and averages x_0 in each bin.
+#   (b) the mixture: Bayes with data samples, E[x_0 | x_t] ~ sum_i w_i x_0^(i) / sum_i w_i with
+#       w_i = q(x_t | x_0^(i)) = N(x_t; sqrt(abar) x_0^(i), 1 - abar) (self-normalised importance sampling).
+gauss_mu, gauss_s = 0.7, 0.4
+tweedie_t = (10, 100, 500)
+host_rng = np.random.default_rng(args.seed + 3)
+gaussian_curves, worst_gauss_z, worst_formula = {}, 0.0, 0.0
+for t in tweedie_t:
+    a, b = np.sqrt(schedule.alphas_cumprod[t]), np.sqrt(1 - schedule.alphas_cumprod[t])
+    var_t = a ** 2 * gauss_s ** 2 + b ** 2                                          # Var(x_t)
+    x0_pairs = gauss_mu + gauss_s * host_rng.standard_normal(settings.tweedie_pairs)
+    xt_pairs = a * x0_pairs + b * host_rng.standard_normal(settings.tweedie_pairs)  # q(x_t | x_0)
+    edges = np.quantile(xt_pairs, np.linspace(0.02, 0.98, 31))                      # 30 bins, equal counts
+    which = np.digitize(xt_pairs, edges) - 1
+    inside = (which >= 0) & (which < 30)
+    count = np.bincount(which[inside], minlength=30)
+    xt_bin = np.bincount(which[inside], xt_pairs[inside], minlength=30) / count      # mean x_t in each bin
+    x0_bin = np.bincount(which[inside], x0_pairs[inside], minlength=30) / count      # Monte Carlo E[x_0 | bin]
+
+    def score(x):
+        return -(x - a * gauss_mu) / var_t                                          # grad log N(x; a mu, var_t)
+
+    tweedie = (xt_bin + b ** 2 * score(xt_bin)) / a
+    closed = gauss_mu + a * gauss_s ** 2 / var_t * (xt_bin - a * gauss_mu)
+    # E[x_0 | x_t] is linear in x_t here, so averaging it over a bin is the same as evaluating it at the bin's mean
+    standard_error = np.sqrt(gauss_s ** 2 * b ** 2 / var_t / count)                # sqrt(Var(x_0 | x_t) / n)
+    worst_gauss_z = max(worst_gauss_z, float(np.abs(x0_bin - tweedie).max() / standard_error.min()))
+    worst_formula = max(worst_formula, float(np.abs(tweedie - closed).max()))
+    gaussian_curves[t] = (xt_bin, x0_bin, tweedie)
+print(f"(a) Gaussian data N({gauss_mu}, {gauss_s}^2), t in {tweedie_t}: Tweedie vs closed-form posterior mean, "
+      f"max |diff| {worst_formula:.1e}; vs Monte Carlo ({settings.tweedie_pairs} pairs, 30 bins): "
+      f"worst {worst_gauss_z:.2f} standard errors")
+assert worst_formula < 1e-12 and worst_gauss_z < 5, "Tweedie's formula must give the posterior mean of Gaussian data"
+
+mixture_checks, worst_mixture = {}, 0.0
+pool = sample_data(settings.tweedie_data, rng).astype(np.float64)                  # x_0^(i) for the weights
+for t in (50, 200, 500):
+    a, b = np.sqrt(schedule.alphas_cumprod[t]), np.sqrt(1 - schedule.alphas_cumprod[t])
+    queries = a * sample_data(settings.tweedie_queries, rng) + b * host_rng.standard_normal(
+        (settings.tweedie_queries, 2))                                              # x_t from the true q(x_t)
+    t_batch = xp.full((len(queries),), t, dtype=xp.int64)
+    xt_device = xp.asarray(queries, dtype=np.float64)
+    tweedie = backend.to_numpy(schedule.predict_x0(xt_device, t_batch, exact_eps(xt_device, t_batch)))
+    squared = ((queries[:, None, :] - a * pool[None]) ** 2).sum(-1)                  # |x_t - sqrt(abar) x_0^(i)|^2
+    log_w = -squared / (2 * b ** 2)
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    monte_carlo = w @ pool                                                          # (queries, 2)
+    # the estimate's standard error, sqrt(sum_i w_i^2 (x_0^(i) - estimate)^2) (the delta method for a weighted mean)
+    standard_error = np.sqrt(np.einsum("qi,qid->qd", w ** 2, (pool[None] - monte_carlo[:, None]) ** 2))
+    z = float((np.abs(tweedie - monte_carlo) / standard_error).max())
+    worst_mixture = max(worst_mixture, z)
+    mixture_checks[t] = (queries, tweedie, monte_carlo)
+    print(f"(b) mixture, t={t}: Tweedie (from eps*) vs importance-weighted Bayes over {len(pool)} data points: "
+          f"max |diff| {np.abs(tweedie - monte_carlo).max():.4f} = {z:.2f} standard errors "
+          f"(median effective sample size {np.median(1 / (w ** 2).sum(axis=1)):.0f})")
+print(f"worst: {worst_mixture:.2f} standard errors over {3 * settings.tweedie_queries} points x 2 coordinates "
+      "(limit 5)")
+assert worst_mixture < 5, "Tweedie's E[x_0 | x_t] from the exact score must match Bayes computed with data samples"
+
+fig, axes = plt.subplots(1, 4, figsize=(18, 4.4), constrained_layout=True)
+for t, colour in zip(tweedie_t, ("tab:blue", "tab:orange", "tab:green")):
+    xt_bin, x0_bin, tweedie = gaussian_curves[t]
+    axes[0].plot(xt_bin, tweedie, color=colour, lw=1.5, label=f"t={t}: Tweedie from the score")
+    axes[0].plot(xt_bin, x0_bin, "o", color=colour, ms=3.5, label=f"t={t}: Monte Carlo, mean x_0 per x_t bin")
+axes[0].axhline(gauss_mu, color="k", lw=0.6, ls=":")
+axes[0].set(title=f"Gaussian data N({gauss_mu}, {gauss_s}^2): E[x_0 | x_t]", xlabel="x_t", ylabel="E[x_0 | x_t]")
+axes[0].legend(fontsize=7)
+for ax, (t, (queries, tweedie, monte_carlo)) in zip(axes[1:], mixture_checks.items()):
+    shown = slice(0, 40)
+    ax.scatter(data[:2000, 0], data[:2000, 1], s=1, c="lightgray", label="data x_0")
+    ax.quiver(queries[shown, 0], queries[shown, 1], *(tweedie[shown] - queries[shown]).T, angles="xy",
+              scale_units="xy", scale=1, width=0.004, color="tab:blue", alpha=0.7, label="x_t -> Tweedie's E[x_0|x_t]")
+    ax.scatter(monte_carlo[shown, 0], monte_carlo[shown, 1], marker="x", s=18, c="tab:red",
+               label="Bayes with data samples")
+    ax.set(title=f"mixture, t = {t}: the denoised guess", xlabel="x[0]", ylabel="x[1]", xlim=(-3, 3), ylim=(-3, 3),
+           aspect="equal")
+axes[1].legend(fontsize=7, loc="lower left")
+fig.suptitle("Tweedie's formula E[x_0|x_t] = (x_t + (1-abar_t) score(x_t)) / sqrt(abar_t), checked against "
+             "Monte Carlo (dots, crosses)")
+save_figure(fig, out_dir / "tweedie.png")
+
+# %% 4. DDPM and DDIM with the exact denoiser recover the data
 runs = {
     f"DDPM, {settings.ddpm_steps} steps (fixed_small)": dict(sampler="ddpm", steps=settings.ddpm_steps),
     f"DDPM, {settings.ddpm_steps} steps (fixed_large)": dict(sampler="ddpm", steps=settings.ddpm_steps,
@@ -229,7 +325,7 @@ for label, (x, _) in [("data (a fresh draw)", (data, None))] + list(results.item
     # points assigned by argmax are slightly tighter than the component itself; the tolerance allows for it
     assert np.abs(spreads / stds - 1).max() < settings.spread_tol, f"{label}: spreads {spreads}"
 
-# %% 4. pictures: samples, marginals, trajectories
+# %% 5. pictures: samples, marginals, trajectories
 panels = [("data", data)] + [(label, x) for label, (x, _) in results.items()]
 fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), constrained_layout=True)
 for ax, (label, x) in zip(axes, panels):
@@ -265,3 +361,71 @@ ax.set(title=f"{label}: 40 trajectories from noise to the modes", xlabel="x[0]",
 ax.legend(fontsize=8)
 save_figure(fig, out_dir / "ddim_trajectories.png")
 print("done: with the exact eps*, ancestral DDPM and deterministic DDIM both land on the data distribution.")
+
+# %% Exercises
+# Run one with MINIDIFF_EXERCISE=N python lessons/02_reverse_process.py --quick (several: MINIDIFF_EXERCISE=1,3;
+# in a notebook: set EXERCISE below).
+# Each fills in or guesses something here first; the lesson then checks it.
+#
+#   1. Write the posterior mean yourself. Fill in my_posterior_mean(x0, xt, t) from the formula in the docstring
+#      (use schedule.betas, schedule.alphas, schedule.alphas_cumprod). The lesson compares it with
+#      schedule.posterior at random points and timesteps.
+#   2. An under-confident denoiser. Replace eps* by 0.9 eps* (it removes only 90% of the noise it sees). Before
+#      running, predict: are DDIM's mixture components "wider" or "narrower" than the data's? Set
+#      MY_SPREAD_GUESS, then run; the lesson measures the spread of each component.
+#   3. How few steps does a perfect denoiser need? Guess the smallest DDIM step count in STEP_CHOICES whose samples
+#      still match the data's covariance within cov_tol (section 4's test). Set MY_STEPS_GUESS; the lesson sweeps.
+import os
+
+EXERCISE = os.environ.get("MINIDIFF_EXERCISE", "")
+MY_SPREAD_GUESS = None          # exercise 2: "wider" or "narrower"
+STEP_CHOICES = (2, 5, 10, 20, 50)
+MY_STEPS_GUESS = None           # exercise 3: one of STEP_CHOICES
+
+
+def my_posterior_mean(x0, xt, t):
+    """Exercise 1: mu_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
+                        + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t."""
+    return None                 # replace with your formula
+
+
+def component_spreads(points):
+    """Std of each mixture component's points, over the true s_k (1 = right)."""
+    component = assign(points)
+    return np.array([points[component == k].std(axis=0).mean() for k in range(K)]) / stds
+
+
+def ddim_samples(eps_fn, steps):
+    x = samplers.sample(eps_fn, schedule, (settings.num_samples, 2), sampler="ddim", steps=steps,
+                        rng=backend.rng(args.seed + 1), progress=False)
+    return backend.to_numpy(x)
+
+
+if "1" in EXERCISE.split(","):
+    check_rng = np.random.default_rng(args.seed + 4)
+    x0_check, xt_check = check_rng.standard_normal(16), check_rng.standard_normal(16)
+    for t in (1, 10, 500, 999):
+        mine = my_posterior_mean(x0_check, xt_check, t)
+        if mine is None:
+            print("exercise 1: fill in my_posterior_mean first")
+            break
+        error = np.abs(np.asarray(mine) - schedule.posterior(x0_check, xt_check, t)[0]).max()
+        print(f"exercise 1: t={t}: max |yours - schedule.posterior| = {error:.1e}")
+        assert error < 1e-10, f"exercise 1: not yet; at t={t} your mean is off by {error:.3e}"
+    else:
+        print("exercise 1: correct at every t")
+if "2" in EXERCISE.split(","):
+    spreads = component_spreads(ddim_samples(lambda x, t: 0.9 * exact_eps(x, t), settings.ddim_steps))
+    answer = "wider" if spreads.mean() > 1 else "narrower"
+    print(f"exercise 2: with 0.9 eps* the components' spread / true spread = {np.round(spreads, 2)}: {answer}")
+    print(f"  your guess: {MY_SPREAD_GUESS}" + ("" if MY_SPREAD_GUESS is None else
+                                                 ("  right" if MY_SPREAD_GUESS == answer else "  not this time")))
+    print("  why: x0_hat = (x_t - sqrt(1-abar) 0.9 eps*) / sqrt(abar) keeps 10% of the noise at every step")
+if "3" in EXERCISE.split(","):
+    true_cov_errors = {steps: float(np.abs(np.cov(ddim_samples(exact_eps, steps).T) - true_cov).max())
+                       for steps in STEP_CHOICES}
+    fewest = min(steps for steps, error in true_cov_errors.items() if error < settings.cov_tol)
+    print("exercise 3: DDIM with eps*, max |cov error| by steps: "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in true_cov_errors.items()) + f" (tolerance {settings.cov_tol})")
+    print(f"  fewest steps within tolerance: {fewest}; your guess: {MY_STEPS_GUESS}")
+    assert MY_STEPS_GUESS in (None, fewest), f"exercise 3: not this time, {fewest} steps is the fewest"
