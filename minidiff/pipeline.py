@@ -43,7 +43,8 @@ from .diffusion import guidance, samplers
 from .diffusion.guidance import guided_prediction  # noqa: F401  (re-exported: its old home)
 from .diffusion.schedule import NoiseSchedule
 from .nn.module import no_grad
-from .utils import from_uint8, image_grid, to_uint8
+from .images import load_image, load_mask  # noqa: F401  (re-exported: their old home)
+from .utils import image_grid, to_uint8
 
 DEFAULT_DIR = zoo.PRETRAINED_DIR
 HOW_TO_GET = zoo.HOW_TO_GET
@@ -68,56 +69,6 @@ def _check_common(steps, guidance_scale, num_images):
 def _check_strength(strength):
     if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
-
-
-def load_image(image):
-    """A PIL image, a path, or a uint8 (H, W, 3) array -> float32 (1, 3, H, W) in [-1, 1] on the host.
-
-    The image must be RGB: other modes (RGBA, grey, palette) are refused rather than guessed at."""
-    from PIL import Image
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {path} not found")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except OSError as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from None
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            raise ValueError(f"image must be RGB, got mode {image.mode!r}: convert it first, "
-                             f"e.g. Image.open(path).convert('RGB')")
-        image = np.asarray(image)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"image must be RGB uint8 of shape (H, W, 3), got {array.dtype} {array.shape}")
-    return from_uint8(array)
-
-
-def load_mask(mask, size):
-    """A PIL image, path or array -> float32 (H, W) in {0, 1} (1 = repaint). ``size`` = (H, W) of the image."""
-    from PIL import Image
-    if isinstance(mask, (str, Path)):
-        path = Path(mask)
-        if not path.is_file():
-            raise FileNotFoundError(f"mask file {path} not found")
-        try:
-            with Image.open(path) as opened:
-                mask = opened.convert("L")
-        except OSError as exc:
-            raise ValueError(f"cannot read mask {path}: {exc}") from None
-    if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
-    array = np.asarray(mask)
-    if array.ndim == 3:                      # an RGB mask: any bright channel counts
-        array = array.max(axis=2)
-    if array.shape != tuple(size):
-        raise ValueError(f"mask size {array.shape[1]}x{array.shape[0]} does not match the image size "
-                         f"{size[1]}x{size[0]}")
-    threshold = 0.5 if array.dtype.kind == "f" or array.dtype == bool else 128
-    return (array >= threshold).astype(np.float32)
 
 
 def to_pil(images):
