@@ -88,6 +88,7 @@ class Pipeline:
     schedule: NoiseSchedule
     prediction_type: str = "epsilon"
     max_length: int = 24
+    lora: object = None                  # the LoRA adapters attached to the U-Net (load_lora), or None
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -111,6 +112,22 @@ class Pipeline:
         schedule = NoiseSchedule.make(diffusion["schedule"], num_steps=diffusion["num_steps"])
         return cls(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
                    prediction_type=diffusion["prediction_type"], max_length=text_encoder.config.max_length)
+
+    # -- LoRA (minidiff/models/lora.py) ---------------------------------------------------------
+    def load_lora(self, path, scale=1.0):
+        """Attach the LoRA adapter saved at ``path`` to the U-Net, weighed by ``scale`` (0: the base
+        model, 1: as trained); it stays until ``unload_lora``. An adapter made for another U-Net is
+        one AdapterMismatch (a ValueError); a missing file a FileNotFoundError."""
+        from .models.lora import load_adapter
+        self.unload_lora()
+        self.lora = load_adapter(path, self.unet, scale)
+        return self.lora
+
+    def unload_lora(self):
+        """Detach the LoRA adapter: the U-Net is the base model again."""
+        if self.lora is not None:
+            self.lora.detach()
+            self.lora = None
 
     @property
     def device(self) -> str:

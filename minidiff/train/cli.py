@@ -87,6 +87,11 @@ def add_arguments(parser):
                         help="vae: weight of a patch-GAN term, its discriminator trained alongside (default 0: off)")
     parser.add_argument("--adversarial-start", type=int,
                         help="vae: the step at which the GAN term joins (default 0)")
+    parser.add_argument("--unet", help="lora: the finished text2image unet.npz to adapt (default data/pretrained/unet.npz)")
+    parser.add_argument("--rank", type=int, help="lora: the adapters' rank r (default 4)")
+    parser.add_argument("--alpha", type=float, help="lora: the adapters' alpha; they add (alpha / r) B A (default 4)")
+    parser.add_argument("--extra-fraction", type=float,
+                        help="lora: share of training scenes whose object is pink (default 0.5)")
     parser.add_argument("--half", action="store_true",
                         help="store the final weights as float16 (half the file size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

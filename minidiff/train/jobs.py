@@ -319,8 +319,14 @@ def run_classifier(cfg: ClassifierJob, out=None, resume=False, deadline=None, st
     return result
 
 
+def run_lora(cfg, **options):
+    """The lora job lives in finetune.py (it builds on this file's diffusion loss)."""
+    from .finetune import run_lora as run
+    return run(cfg, **options)
+
+
 RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
-           "text2image": run_text2image, "classifier": run_classifier}
+           "text2image": run_text2image, "classifier": run_classifier, "lora": run_lora}
 
 
 def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,

@@ -1,0 +1,50 @@
+"""The fine-tuning jobs (minidiff/train/finetune.py): the pink training data, the colour judge, and a
+two-step lora run on the shipped U-Net that trains the adapters alone and writes a loadable adapter."""
+import numpy as np
+import pytest
+
+from minidiff import zoo
+from minidiff.datasets import shapes
+from minidiff.datasets.captions import COLOURS, caption_for
+from minidiff.train.config import make_config
+from minidiff.train.finetune import LORA_FILE, colour_share, object_colours, run_lora
+
+
+def test_pink_appears_only_when_asked_for():
+    base = shapes.sample(64, seed=5)
+    pink = shapes.sample(64, seed=5, extra_colours=("pink",), extra_fraction=0.5)
+    assert not any("pink" in c for c in base["captions"])
+    chosen = pink["labels"]["colour"] == len(COLOURS)
+    assert 10 < chosen.sum() < 54
+    assert all(("pink" in c) == bool(k) for c, k in zip(pink["captions"], chosen))
+    # every scene that stayed in the base colours is the very image the base data has
+    np.testing.assert_array_equal(pink["images"][~chosen], base["images"][~chosen])
+    with pytest.raises(ValueError, match="not one of"):
+        caption_for({"num_objects": 1, "shape": "circle", "colour": "pink"}, 0)
+
+
+def test_the_colour_judge_reads_true_one_object_renders():
+    pink = shapes.sample(48, seed=2, two_object_fraction=0.0, extra_colours=("pink",), extra_fraction=0.5)
+    truth = pink["labels"]["colour"]
+    assert np.mean(object_colours(pink["images"]) == truth) >= 0.95
+    only_pink = pink["images"][truth == len(COLOURS)]
+    assert colour_share(only_pink, "pink") >= 0.95
+
+
+@pytest.mark.skipif(not (zoo.PRETRAINED_DIR / "unet.npz").is_file(), reason="needs the shipped models")
+def test_lora_job_trains_the_adapters_alone_and_writes_them(tmp_path):
+    from minidiff.models.lora import load_adapter
+    from minidiff.models.unet import UNet
+    cfg = make_config("lora", "quick", {"steps": 2, "batch_size": 2, "dataset_size": 8, "log_every": 1})
+    result = run_lora(cfg, out=tmp_path, progress=False)
+    unet_before, _ = zoo.load_trained(cfg.unet)
+    for (name, p), (_, q) in zip(result.unet.named_parameters(), unet_before.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)         # the U-Net never changed
+    assert any(np.abs(p.data).max() > 0 for n, p in result.model.named_parameters() if n.endswith("lora_B"))
+    path = tmp_path / LORA_FILE
+    assert path.stat().st_size < 0.05 * (zoo.PRETRAINED_DIR / "unet.npz").stat().st_size * 2   # float32 vs float16
+    fresh, _ = zoo.load_trained(cfg.unet)
+    adapters = load_adapter(path, fresh)
+    assert adapters.num_parameters() == result.model.num_parameters()
+    with pytest.raises(ValueError, match="another model"):
+        load_adapter(path, UNet(make_config("text2image", "quick").model))
