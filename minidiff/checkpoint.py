@@ -33,6 +33,7 @@ from .files import atomic_write
 FORMAT_VERSION = 1
 META_KEY = "__meta__"
 SECTIONS = ("model", "optim", "ema", "extra")
+MAX_CHECKPOINT_BYTES = 4 << 30      # the arrays of one checkpoint, unpacked (the largest shipped: 5 MB)
 
 
 class CheckpointError(ValueError):
@@ -68,13 +69,20 @@ def _flatten(tree, prefix):
 
 
 def _unflatten(flat):
-    """Inverse of ``_flatten`` with the section prefix already removed."""
+    """Inverse of ``_flatten`` with the section prefix already removed. A name that is both an
+    array and a folder of arrays ("a" and "a/b"), or has an empty part ("a//b"), is a ValueError."""
     tree = {}
     for name, value in flat.items():
         *parents, leaf = name.split("/")
+        if not all(parents) or not leaf:
+            raise ValueError(f"entry name {name!r} has an empty part")
         node = tree
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"entry {name!r} lies under {part!r}, which is an array")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"entry {name!r} is an array and a folder of arrays")
         node[leaf] = value
     return tree
 
@@ -123,54 +131,106 @@ def save_checkpoint(path, model=None, optimizer=None, ema=None, config=None, ste
 
 
 # -- load ------------------------------------------------------------------------------------------
+def _check_file_kind(path):
+    """CheckpointError unless the file starts like a zip archive (an .npz); names what it is instead."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz checkpoint")
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"checkpoint {path} is a Python pickle (such as a PyTorch .pt file), not an "
+                              ".npz checkpoint: minidiff never unpickles a file, because unpickling can run code")
+    if not head.startswith(b"PK"):
+        raise CheckpointError(f"checkpoint {path} is not an .npz archive (it does not start like a zip "
+                              "file): corrupt, or another format")
+
+
+def _read_archive(path):
+    """{entry name: host array} of every entry (a damaged one fails here), within MAX_CHECKPOINT_BYTES."""
+    key = None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            unpacked = sum(info.file_size for info in archive.zip.infolist())
+            if unpacked > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"checkpoint {path} unpacks to {unpacked:,} bytes, over the limit of "
+                                      f"{MAX_CHECKPOINT_BYTES:,}: not a checkpoint minidiff writes")
+            if META_KEY not in archive.files:
+                raise CheckpointError(f"checkpoint {path}: no {META_KEY!r} entry (not a minidiff checkpoint)")
+            arrays = {}
+            for key in archive.files:
+                arrays[key] = archive[key]
+        return arrays
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        where = f" at entry {key!r}" if key else ""
+        if "allow_pickle" in str(exc):      # an object array: numpy would have to unpickle it
+            raise CheckpointError(f"checkpoint {path}{where} holds pickled Python objects: minidiff never "
+                                  "unpickles, because unpickling can run code") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated{where} "
+                              f"({type(exc).__name__}: {exc}); save it again") from None
+
+
+def _read_meta(path, data) -> dict:
+    """The JSON header, checked: an object with this format version, a config object (or null) and a
+    step that is an integer >= 0."""
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise CheckpointError(f"checkpoint {path}: its {META_KEY!r} entry must be uint8 bytes, got {data.dtype} {data.shape}")
+    try:
+        meta = json.loads(data.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:          # bad UTF-8 or JSON, absurd nesting or numbers
+        raise CheckpointError(f"checkpoint {path} is corrupt at entry {META_KEY!r} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); save it again") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: its header must be a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {version!r}, this minidiff reads {FORMAT_VERSION}")
+    if meta.get("config") is not None and not isinstance(meta["config"], dict):
+        raise CheckpointError(f"checkpoint {path}: its config must be a JSON object, got "
+                              f"{type(meta['config']).__name__}")
+    step = meta.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {path}: its step must be an integer >= 0, got {step!r}")
+    return meta
+
+
 def load_checkpoint(path, hint=None):
     """Read a checkpoint written by ``save_checkpoint``.
 
     hint:  what to tell the user when the file does not exist (e.g. the command that trains it).
-    Raises FileNotFoundError (with the hint) or CheckpointError (corrupt, truncated, not ours).
+    Raises FileNotFoundError (with the hint) or CheckpointError (corrupt, truncated, a pickle, not
+    ours, a header of the wrong types, an entry that is not numbers).
     """
     path = Path(path)
     if not path.is_file():
         how = hint or "train one first (python -m minidiff train ...) or check the path"
         raise FileNotFoundError(f"checkpoint {path} not found: {how}")
-    key = None
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"checkpoint {path}: a single .npy array, not an .npz checkpoint")
-        with archive:
-            if META_KEY not in archive.files:
-                raise CheckpointError(f"checkpoint {path}: no {META_KEY!r} entry (not a minidiff checkpoint)")
-            arrays = {}
-            for key in archive.files:        # read every entry now: a damaged one fails here
-                arrays[key] = archive[key]
-            key = META_KEY
-            meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError, KeyError) as exc:
-        where = f" at entry {key!r}" if key else ""
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated{where} "
-                              f"({type(exc).__name__}: {exc}); save it again") from None
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {version!r}, this minidiff reads {FORMAT_VERSION}")
+    _check_file_kind(path)
+    arrays = _read_archive(path)
+    meta = _read_meta(path, arrays.pop(META_KEY))
 
     sections = {name: {} for name in SECTIONS}
     for name, value in arrays.items():
         section, _, rest = name.partition("/")
         if section not in sections or not rest:
             raise CheckpointError(f"checkpoint {path}: unexpected entry {name!r}")
+        if value.dtype.kind not in "biuf":               # bool, integers, floats: what minidiff stores
+            raise CheckpointError(f"checkpoint {path}: entry {name!r} holds {value.dtype} values, not numbers")
         sections[section][rest] = value
+    try:
+        optim_state, ema_state, extra = (_unflatten(sections[name]) for name in ("optim", "ema", "extra"))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
     return Checkpoint(
         path=str(path),
         model_state=sections["model"],
-        optim_state=_unflatten(sections["optim"]) or None,
-        ema_state=_unflatten(sections["ema"]) or None,
+        optim_state=optim_state or None,
+        ema_state=ema_state or None,
         config=meta.get("config"),
-        step=int(meta.get("step", 0)),
-        extra=_unflatten(sections["extra"]),
-        format_version=version,
+        step=meta.get("step", 0),
+        extra=extra,
+        format_version=meta["format_version"],
     )
 
 

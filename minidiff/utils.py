@@ -77,9 +77,21 @@ def output_dir(name: str, override: str | None = None) -> Path:
     return path
 
 
+class NotFiniteImageError(FloatingPointError):
+    """An image holding NaN or infinite values: as uint8 it would be silently black or flat."""
+
+
 def to_uint8(images):
-    """Images in [-1, 1], (N, C, H, W) or (C, H, W), NumPy or CuPy -> uint8 (N, H, W, C) on the host."""
+    """Images in [-1, 1], (N, C, H, W) or (C, H, W), NumPy or CuPy -> uint8 (N, H, W, C) on the host.
+
+    NaN or infinite values raise NotFiniteImageError: cast to uint8 they would become a plausible
+    but meaningless (black or flat) picture."""
     x = backend.to_numpy(images).astype(np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise NotFiniteImageError(f"the image holds {bad:,} NaN or infinite values out of {np.size(x):,}: "
+                                  "the model's output is not a number (damaged weights, or a guidance "
+                                  "scale far too large)")
     if x.ndim == 3:
         x = x[None]
     x = np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)

@@ -16,6 +16,7 @@ may be gzip-compressed (detected from their first bytes, whatever their name). P
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..utils import from_uint8
 IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_BYTES = 1 << 30                     # the most IDX data one file may hold (after decompression)
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -55,12 +57,20 @@ def read_idx(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
-    data = path.read_bytes()
-    if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: gzip data is corrupt ({exc})") from None
+    with open(path, "rb") as f:
+        compressed = f.read(2) == GZIP_MAGIC
+    too_big = f"{path}: more than {MAX_BYTES:,} bytes of IDX data (MNIST's largest file holds 47 MB)"
+    if not compressed:
+        if path.stat().st_size > MAX_BYTES:
+            raise ValueError(too_big)
+        return parse_idx(path.read_bytes(), str(path))
+    try:                                # read at most one byte past the limit: a gzip bomb stops there
+        with gzip.open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: gzip data is corrupt ({exc})") from None
+    if len(data) > MAX_BYTES:
+        raise ValueError(too_big + " once decompressed")
     return parse_idx(data, str(path))
 
 

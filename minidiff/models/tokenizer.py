@@ -44,6 +44,9 @@ PAD_ID, START_ID, END_ID = 0, 1, 2
 BYTE_OFFSET = len(SPECIAL_TOKENS)      # id of byte b is BYTE_OFFSET + b
 BASE_VOCAB = BYTE_OFFSET + 256         # the first merge gets this id
 FORMAT = "minidiff-bpe-1"
+MAX_FILE_BYTES = 64 << 20      # limits on a tokenizer.json (the shipped one: 2 kB, 40 merges)
+MAX_MERGES = 100_000
+MAX_TOKEN_BYTES = 1024         # merges can double a token's length each time: 40 merges would make 1 TB
 # a word: optional leading space + letters | digits | other symbols (emoji, punctuation, _); or spaces
 WORD_PATTERN = re.compile(r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+")
 
@@ -75,6 +78,19 @@ def _merge(tokens: list, pair: tuple, new_id: int) -> list:
 
 def _pairs(tokens) -> Counter:
     return Counter(zip(tokens, tokens[1:]))
+
+
+def _check_token_lengths(merges, path):
+    """ValueError if a merge would build a token longer than MAX_TOKEN_BYTES (lengths only, in ints:
+    the tokens themselves are built after this check)."""
+    lengths = [0] * BYTE_OFFSET + [1] * 256
+    for rank, (a, b) in enumerate(merges):
+        if not (0 <= a < len(lengths) and 0 <= b < len(lengths)):
+            return                      # an id out of range: BPETokenizer(merges) says which
+        lengths.append(lengths[a] + lengths[b])
+        if lengths[-1] > MAX_TOKEN_BYTES:
+            raise ValueError(f"tokenizer file {path}: merge {rank} {(a, b)} makes a token of {lengths[-1]:,} "
+                             f"bytes, over the limit of {MAX_TOKEN_BYTES:,}")
 
 
 class BPETokenizer:
@@ -267,28 +283,43 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, path) -> "BPETokenizer":
-        """Read a tokenizer written by `save`; a clear error for a missing or foreign file."""
+        """Read a tokenizer written by `save`. Every field is checked before use, and a missing,
+        foreign, damaged or absurd file (too big, too many merges, a token longer than
+        MAX_TOKEN_BYTES) is one clear ValueError (FileNotFoundError when there is no file)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"tokenizer file {path} is {path.stat().st_size:,} bytes, over the limit of "
+                             f"{MAX_FILE_BYTES:,}: not a tokenizer minidiff writes")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"tokenizer file {path} is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:       # bad UTF-8 or JSON, absurd nesting or numbers
+            raise ValueError(f"tokenizer file {path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"tokenizer file {path} is not a {FORMAT} tokenizer "
                              f"(format={data.get('format') if isinstance(data, dict) else None!r})")
-        if tuple(data.get("special_tokens", ())) != SPECIAL_TOKENS:
-            raise ValueError(f"tokenizer file {path}: special tokens {data.get('special_tokens')} "
-                             f"differ from {list(SPECIAL_TOKENS)}")
+        specials = data.get("special_tokens")
+        if not isinstance(specials, list) or tuple(specials) != SPECIAL_TOKENS:
+            raise ValueError(f"tokenizer file {path}: special_tokens must be {list(SPECIAL_TOKENS)}, "
+                             f"got {specials!r:.80}")
         merges = data.get("merges")
         if not isinstance(merges, list) or not all(
                 isinstance(pair, list) and len(pair) == 2
                 and all(isinstance(i, int) and not isinstance(i, bool) for i in pair) for pair in merges):
             raise ValueError(f"tokenizer file {path}: merges must be a list of [a, b] pairs of integer ids")
-        tokenizer = cls(merges)
-        if tokenizer.vocab_size != data.get("vocab_size"):
-            raise ValueError(f"tokenizer file {path} says vocab_size {data.get('vocab_size')} but "
+        if len(merges) > MAX_MERGES:
+            raise ValueError(f"tokenizer file {path}: {len(merges):,} merges, over the limit of {MAX_MERGES:,}")
+        _check_token_lengths(merges, path)
+        vocab_size = data.get("vocab_size")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise ValueError(f"tokenizer file {path}: vocab_size must be an integer, got {vocab_size!r:.80}")
+        try:
+            tokenizer = cls(merges)
+        except ValueError as exc:
+            raise ValueError(f"tokenizer file {path}: {exc}") from None
+        if tokenizer.vocab_size != vocab_size:
+            raise ValueError(f"tokenizer file {path} says vocab_size {vocab_size} but "
                              f"its merges give {tokenizer.vocab_size}")
         return tokenizer
 
