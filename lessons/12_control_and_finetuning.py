@@ -1,0 +1,134 @@
+r"""Lesson 12: fine-tuning a finished model with LoRA -- a new colour, a few percent of the weights.
+
+The shipped text-to-image model knows six colours. To teach it a seventh, pink, we could retrain the
+U-Net, but every weight would move and the old colours could be forgotten. LoRA (Hu et al., 2021)
+freezes every weight W of the model and learns a *low-rank change* beside the attention projections:
+
+    y = x W^T + (alpha / r) (x A^T) B^T          A: (r, in),  B: (out, r),  r = 4
+
+B starts at zero, so at step 0 the adapted model is the base model, bit for bit; A starts random, so
+the first gradient reaches B. The backward, with u = x A^T and s = alpha / r, is four lines:
+
+    dB = s dy^T u        dU = s dy B        dA = dU^T x        dx = dy W + dU A
+
+Only A and B train (r (in + out) numbers per layer instead of in * out), and once trained they fold
+into the weights for free inference: W' = W + s B A.
+
+Cells: (1) the adapter's gradients against finite differences in float64; (2) adapters on every
+q, k, v and out projection of the shipped U-Net: its size beside the U-Net's, and the step-0 output
+equal to the base's; (3) merging equals adapting; (4) the trained pink adapter (when
+data/pretrained/lora_pink.npz is shipped): the share of "a pink ..." prompts giving a pink object,
+with and without it, judged by pixel colour (the attribute classifier has no pink class); exercises.
+
+Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more steps).
+
+Read beside: minidiff/models/lora.py (LoRALinear, add_lora, merge_lora, save_adapter, load_adapter),
+minidiff/train/finetune.py (the lora job, the colour judge), minidiff/datasets/shapes.py (the opt-in
+pink), minidiff/nn/gradcheck.py, lesson 04 (gradient checks), lesson 10 (the model being adapted).
+"""
+# %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
+import sys, pathlib  # noqa: E401
+_lessons = pathlib.Path(globals().get("__file__", "lessons/_")).resolve().parent
+sys.path.insert(0, str(next((p for p in (_lessons.parent, pathlib.Path.cwd(), pathlib.Path.cwd().parent)
+                             if (p / "minidiff" / "__init__.py").is_file()), _lessons.parent)))
+import minidiff  # noqa: F401,E402  (before NumPy: it sets how OpenBLAS's threads wait, minidiff/__init__.py)
+
+import dataclasses
+import time
+
+import numpy as np
+
+from minidiff import zoo
+from minidiff.models.lora import LoRALinear, add_lora, load_adapter, merge_lora
+from minidiff.nn.gradcheck import check_module
+from minidiff.nn.layers import Linear
+from minidiff.pipeline import load_pipeline
+from minidiff.train.finetune import LORA_FILE, PINK_PROMPTS, pink_report
+from minidiff.utils import image_grid, output_dir, parse_lesson_args
+
+NAME = "12_control_and_finetuning"
+
+
+@dataclasses.dataclass
+class Settings:
+    steps: int                    # DDIM steps when sampling the pink prompts
+    prompts: int                  # how many of PINK_PROMPTS are sampled
+
+
+FULL = Settings(steps=50, prompts=len(PINK_PROMPTS))
+QUICK = Settings(steps=20, prompts=len(PINK_PROMPTS))
+SMOKE = Settings(steps=2, prompts=2)
+
+args = parse_lesson_args("Lesson 12: fine-tuning a finished model with LoRA.")
+settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+out = output_dir(NAME, args.out)
+lesson_start = time.perf_counter()
+
+# %% 1. the adapter's backward is the derivative of its forward (float64, random upstream gradient)
+rng = np.random.default_rng(0)
+layer = LoRALinear(Linear(12, 10, rng=rng).to(dtype=np.float64), rank=3, alpha=6.0, rng=rng)
+layer.lora_B.data = rng.standard_normal(layer.lora_B.shape)          # B = 0 would hide dA
+report = check_module(layer, [rng.standard_normal((2, 5, 12))])
+print(report)
+assert report.passed(1e-6), "LoRALinear's dx, dA, dB disagree with finite differences"
+assert {r.name for r in report.rows} == {"x0", "lora_A", "lora_B"}   # the base weight is not a parameter
+
+# %% 2. adapters on the shipped U-Net: small, and exactly the base model at step 0
+pipe = load_pipeline()
+unet = pipe.unet
+z = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+t = np.array([100, 700])
+context, context_mask = pipe.encode_prompts(["a red circle on the left", "a blue square at the top"])
+base_out = unet(z, t, context, context_mask)
+adapters = add_lora(unet, rank=4, alpha=4.0)
+share = adapters.num_parameters() / unet.num_parameters()
+print(f"{len(adapters.layers)} adapted projections; adapter {adapters.num_parameters():,} parameters beside "
+      f"the U-Net's {unet.num_parameters():,}: {100 * share:.2f}%")
+assert share < 0.05
+step0_out = unet(z, t, context, context_mask)
+print(f"step 0: max |adapted - base| = {np.abs(step0_out - base_out).max():.1e} (B = 0)")
+assert np.array_equal(step0_out, base_out)
+
+# %% 3. merging: W' = W + s B A computes what the adapted model computes
+for lora in adapters.layers.values():
+    lora.lora_B.data = 0.05 * rng.standard_normal(lora.lora_B.shape).astype(np.float32)
+adapted_out = unet(z, t, context, context_mask)
+originals = {name: lora.base.weight.data.copy() for name, lora in adapters.layers.items()}
+merge_lora(adapters)
+merged_out = unet(z, t, context, context_mask)
+difference = np.abs(merged_out - adapted_out).max()
+print(f"merged vs adapted: max |difference| = {difference:.1e} (float32 rounding); the adapter moved the output "
+      f"by {np.abs(adapted_out - base_out).max():.2f}")
+assert difference < 1e-4 * max(1.0, np.abs(adapted_out).max())
+for name, lora in adapters.layers.items():                           # put the shipped weights back
+    lora.base.weight.data = originals[name]
+assert np.array_equal(unet(z, t, context, context_mask), base_out)
+
+# %% 4. the trained pink adapter: does "a pink circle on the left" give a pink object?
+path = zoo.PRETRAINED_DIR / LORA_FILE
+prompts = PINK_PROMPTS[:settings.prompts]
+if path.is_file():
+    base = pink_report(pipe, prompts, steps=settings.steps)
+    lora = pipe.load_lora(path)
+    adapted = pink_report(pipe, prompts, steps=settings.steps)
+    pipe.unload_lora()
+    print(f"pink share over {len(prompts)} prompts: base model {base['pink_share']:.2f}, "
+          f"with {LORA_FILE} {adapted['pink_share']:.2f}")
+    print("  base colours:   ", base["colours"])
+    print("  adapted colours:", adapted["colours"])
+    image_grid(np.concatenate([base["images"], adapted["images"]]), nrow=len(prompts), scale=4).save(
+        out / "pink_before_after.png")
+    if not args.smoke:
+        assert adapted["pink_share"] > base["pink_share"]
+else:
+    print(f"{path} is not shipped: train one with `python -m minidiff train lora --out DIR` "
+          f"and load it with Pipeline.load_lora(DIR/{LORA_FILE})")
+
+# %% exercises
+# 1. Rank: train `python -m minidiff train lora --rank 1` and `--rank 16`. How does the pink share move,
+#    and how does the adapter's size? (r (in + out) per layer.)
+# 2. Where to adapt: add_lora(unet, targets=("to_k", "to_v")) adapts only what reads the prompt in
+#    cross-attention (and self-attention). Is it enough for a new colour word?
+# 3. Scale: pipe.load_lora(path, scale=s) for s in 0, 0.5, 1, 2. At which s does pink appear, and when do
+#    the shapes break?
+print(f"lesson 12 done in {time.perf_counter() - lesson_start:.0f} s; figures in {out}")
