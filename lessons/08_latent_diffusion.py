@@ -83,7 +83,7 @@ class Settings:
     timing_rounds: int = 5        # rounds of alternated timings (one step of each model per round); medians
     timing_samples: int = 8       # batch of the network calls timed for sampling
     min_pixel_steps: int = 20
-    deadline_factor: float = 3.0  # each training run stops at this many times its expected seconds
+    deadline_factor: float = 4.0  # each run stops (saved) after this many times its expected seconds of wall time
     fd_ratio: float = 0.5         # latent FD must be below this fraction of the untrained model's
     latent_beats_pixel: bool = True   # at equal CPU seconds (not asserted on a GPU, where both are launch-bound)
 
@@ -149,12 +149,17 @@ def decode(z):
     return xp.clip(vae.decode_latents(z), -1, 1)
 
 
+# On a CPU the clock is this process's CPU time (what the work costs, whoever else shares the cores);
+# on a GPU it is wall time (the kernels run outside the process).
+clock = time.process_time if device == "cpu" else time.perf_counter
+
+
 def timed(fn):
     backend.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     backend.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 # One round times one training step (forward + backward of L_simple), one sampling network call and
@@ -203,7 +208,7 @@ for name, (config, _, _) in candidates.items():
                    "sample_ms": 1e3 * (settings.sample_steps * median["call"] + median["decode"]) / settings.timing_samples,
                    "spread": max(np.ptp(values) / max(np.median(values), 1e-9) for values in timings[name].values())}
 latent_name, pixel_name, pixel_full_name = costs
-print(f"\ncost on {device}, medians of {settings.timing_rounds} alternated rounds (training step: batch "
+print(f"\n{'CPU' if device == 'cpu' else 'wall'} time on {device}, medians of {settings.timing_rounds} alternated rounds (training step: batch "
       f"{settings.batch_size}, forward + backward; sample: {settings.sample_steps} network calls at batch "
       f"{settings.timing_samples}, the latent one plus Dec):")
 print(f"  {'':16s} {'numbers/image':>13s} {'parameters':>11s} {'ms/train step':>14s} {'ms/sample':>10s}")
@@ -229,7 +234,7 @@ for ax, key, label in ((axes[0], "step_ms", f"ms per training step (batch {setti
     ax.set_xlim(min(values) / 2, max(values) * 4)
     ax.tick_params(axis="x", which="minor", labelbottom=False)           # powers of ten only
 axes[0].set_ylabel("U-Net input")
-fig.suptitle(f"Cost on {device}: latent 4x8x8 (sampling includes the decoder) vs pixel U-Nets of the same widths\n"
+fig.suptitle(f"{'CPU' if device == 'cpu' else 'Wall'} time on {device}: latent 4x8x8 (sampling includes the decoder) vs pixel U-Nets of the same widths\n"
              f"(medians of {settings.timing_rounds} rounds that alternate the three models)", y=1.06)
 save_figure(fig, out / "cost.png")
 
@@ -243,7 +248,7 @@ print(f"\nLATENT: the `latent` job, {latent_cfg.steps} steps of batch {latent_cf
       f"{latent_cfg.dataset_size} images encoded once, schedule {latent_cfg.schedule}")
 expected = settings.latent_steps * costs[latent_name]["step_ms"] / 1e3
 latent = train.run_latent(latent_cfg, out=None, progress=False,
-                          deadline=time.perf_counter() + settings.deadline_factor * expected + 30)
+                          deadline=time.perf_counter() + max(60.0, settings.deadline_factor * expected))
 latent_seconds = latent.seconds
 print(f"latent U-Net: {latent.steps_run} steps in {latent_seconds:.1f} s "
       f"({1e3 * latent_seconds / latent.steps_run:.0f} ms/step)")
@@ -260,7 +265,7 @@ print(f"\nPIXEL: the `pixel` job at {settings.pixel_size}x{settings.pixel_size} 
       f"latent steps x {step_ratio:.3f} (the median cost ratio above): the same compute")
 expected = pixel_steps * costs[pixel_name]["step_ms"] / 1e3
 pixel = train.run_pixel(pixel_cfg, out=None, progress=False,
-                        deadline=time.perf_counter() + settings.deadline_factor * expected + 30)
+                        deadline=time.perf_counter() + max(60.0, settings.deadline_factor * expected))
 print(f"pixel U-Net: {pixel.steps_run} steps in {pixel.seconds:.1f} s ({1e3 * pixel.seconds / pixel.steps_run:.0f} "
       f"ms/step); latent U-Net: {latent.steps_run} steps in {latent_seconds:.1f} s")
 
@@ -268,8 +273,10 @@ fig, ax = plt.subplots(figsize=(7, 4))
 for result, label in ((latent, f"latent 4x8x8 ({latent.steps_run} steps)"),
                       (pixel, f"pixel {settings.pixel_size}x{settings.pixel_size} ({pixel.steps_run} steps)")):
     steps_logged, losses = map(np.asarray, zip(*result.history))
-    ax.plot(steps_logged * result.seconds / result.steps_run, losses, marker=".", label=label)
-ax.set(title="Training loss against wall-clock seconds (the same compute for both)", xlabel="training time (s)",
+    step_ms = costs[latent_name if result is latent else pixel_name]["step_ms"]
+    ax.plot(steps_logged * step_ms / 1e3, losses, marker=".", label=label)
+ax.set(title="Training loss against compute (the same budget for both)",
+       xlabel="steps x median cost of a step, from the timing above (s)",
        ylabel="training loss, mean over a log window", yscale="log")
 ax.legend()
 ax.grid(alpha=0.3)
@@ -330,7 +337,10 @@ ratio = fd["latent U-Net"] / fd["untrained latent U-Net"]
 print(f"latent / untrained FD = {ratio:.3f} (must be < {settings.fd_ratio}); latent / pixel FD at equal training "
       f"seconds = {fd['latent U-Net'] / fd[pixel_label]:.3f}")
 assert np.isfinite(fd["latent U-Net"]) and ratio < settings.fd_ratio
-if settings.latent_beats_pixel:
+if pixel.steps_run < pixel_steps:
+    print(f"the machine was busy: the pixel run stopped at its deadline after {pixel.steps_run} of {pixel_steps} "
+          "steps, so the comparison is not at equal compute and is not asserted")
+elif settings.latent_beats_pixel:
     assert fd["latent U-Net"] < fd[pixel_label], "at equal CPU time the latent model should be ahead"
 
 count = min(48, settings.num_eval)

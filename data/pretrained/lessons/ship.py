@@ -17,7 +17,8 @@ from minidiff.checkpoint import save_checkpoint  # noqa: E402
 def ship(source, dest):
     model, ckpt = zoo.load_trained(source, expect="pixel")          # the EMA weights when it has them
     extra = {"complete": np.asarray(1), "steps_run": np.asarray(ckpt.step)}
-    path = save_checkpoint(dest, model=model, config=ckpt.config, step=ckpt.step, extra=extra, dtype=np.float16)
+    path = save_checkpoint(dest, model=model, config=ckpt.config, step=ckpt.step, extra=extra, dtype=np.float16,
+                           compress=True)
     print(f"{dest}: step {ckpt.step} of {ckpt.config['train']['steps']}, {path.stat().st_size / 1e6:.2f} MB")
     return path
 
