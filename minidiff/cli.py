@@ -8,30 +8,49 @@
     python -m minidiff evaluate outputs/train/unet.npz --guidance 1 4 7.5
     python -m minidiff bench
 
-The image commands write PNG files (and, with ``--n`` > 1, a grid of all of them): each file goes
-to a temporary name and is renamed into place, and an existing file is never replaced without
-``--force``. Everything that can be checked before the models load (numbers, files, sizes, the
-output path) is checked first. Bad input ends with one line on stderr and exit code 2, never a
-traceback; a training run whose loss stops being finite ends with exit code 1.
+The image commands write PNG files (and, with ``--n`` > 1, a grid of all of them): all of them or
+none. Each goes to a temporary name first; only when every one is written are they renamed into
+place, and an existing file is never replaced without ``--force`` (decided at the rename itself,
+so two runs racing for one name cannot both win). Everything that can be checked before the
+models load (numbers, files, sizes, the output path) is checked first.
+
+Every failure ends in one place, :func:`main`: one line on stderr and an exit code, never a
+traceback (``--debug`` adds one):
+
+    0    done
+    1    a runtime failure: a full disk, out of memory, training that diverged, a result that is
+         not a number, or an internal error (please report it)
+    2    bad input: arguments, files, images, checkpoints, an output that exists
+    130  interrupted: Ctrl-C or SIGTERM (a training run keeps its last checkpoint)
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import math
 import os
 import re
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from . import backend
 from .diffusion.samplers import SAMPLERS
-from .files import atomic_write_bytes
+from .files import atomic_write_many, interrupt_on_sigterm, remove_stale_temps
+from .images import MAX_PIXELS
 from .utils import REPO_ROOT, image_grid
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+# errors of the machine, not of the input: exit code 1
+RUNTIME_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EFBIG, errno.EPIPE}
 DEFAULT_OUTPUTS = REPO_ROOT / "outputs"
+MAX_IMAGES = 256
+MAX_BATCH_PIXELS = MAX_IMAGES * 32 * 32      # --n times the pixels of one image, for one run
+MAX_GUIDANCE = 100.0                          # far past any useful scale (7.5 is typical); 1e30 makes a flat image
+MAX_PROMPT_CHARS = 1000                       # the text encoder reads 24 tokens; BPE on a long word is quadratic
+MAX_SEED = 2 ** 63
 
 
 class UsageError(Exception):
@@ -61,22 +80,59 @@ def _add_sampling_arguments(parser, default_guidance=4.0):
     backend.add_device_argument(parser)
 
 
+def _check_text(text, name):
+    """A prompt as the shell gave it: valid UTF-8 (bytes that are not arrive as surrogates) and short."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        what = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
+        raise ValueError(f"{name} is not valid UTF-8 text ({what} at character {exc.start}); "
+                         "check the terminal's encoding") from None
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} is {len(text):,} characters, over the limit of {MAX_PROMPT_CHARS:,} "
+                         "(the text encoder reads 24 tokens, about 100 characters)")
+
+
 def _check_sampling_arguments(args):
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise ValueError(f"--guidance must be a number >= 0, got {args.guidance}")
+    if not (math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE):
+        raise ValueError(f"--guidance must be a number in [0, {MAX_GUIDANCE:g}], got {args.guidance}")
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {args.sampler!r}")
-    if not 1 <= args.n <= 256:
-        raise ValueError(f"--n must be between 1 and 256, got {args.n}")
+    if not 0 <= args.seed < MAX_SEED:
+        raise ValueError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if not 1 <= args.n <= MAX_IMAGES:
+        raise ValueError(f"--n must be between 1 and {MAX_IMAGES}, got {args.n}")
+    _check_text(args.prompt, "the prompt")
+    _check_text(args.negative, "--negative")
     if args.checkpoints is not None and not Path(args.checkpoints).is_dir():
         raise FileNotFoundError(f"--checkpoints {args.checkpoints}: no such folder")
+
+
+def _check_batch(args, width, height):
+    """--n images of ``width`` x ``height`` within MAX_BATCH_PIXELS (memory grows with their sum)."""
+    if args.n * width * height > MAX_BATCH_PIXELS:
+        most = max(1, MAX_BATCH_PIXELS // (width * height))
+        raise ValueError(f"--n {args.n} images of {width}x{height} pixels are {args.n * width * height:,} pixels, "
+                         f"over the limit of {MAX_BATCH_PIXELS:,} for one run; use --n {most} or fewer")
 
 
 def _slug(text: str) -> str:
     words = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
     return words[:60] or "unconditional"
+
+
+def _check_extend(extend, width, height):
+    """The canvas outpainting grows, (width + 2 extend) x (height + 2 extend), within MAX_PIXELS."""
+    grown = (width + 2 * extend) * (height + 2 * extend)
+    if grown > MAX_PIXELS:
+        # the largest e with (W + 2e)(H + 2e) <= MAX_PIXELS:  4e^2 + 2(W + H)e + WH - MAX_PIXELS <= 0
+        most = (math.isqrt((width + height) ** 2 - 4 * (width * height - MAX_PIXELS)) - (width + height)) // 4
+        raise ValueError(f"--extend {extend} grows the {width}x{height} image to {width + 2 * extend}x"
+                         f"{height + 2 * extend} = {grown:,} pixels, over the limit of {MAX_PIXELS:,}; "
+                         f"use --extend {most} or less")
 
 
 def output_paths(args, command: str):
@@ -110,21 +166,21 @@ def _png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def write_images(images, paths):
-    """PIL images -> PNG files (atomically); the last path gets a grid when there are several."""
+def write_images(images, paths, overwrite=False):
+    """PIL images -> PNG files, all or none (``files.atomic_write_many``); the last path gets a grid
+    when there are several. Without ``overwrite`` a file that appeared meanwhile is refused."""
     import numpy as np
     blobs = [_png_bytes(image) for image in images]
     if len(paths) > len(images):           # the grid of all images
         tiles = np.stack([np.asarray(image) for image in images]).astype(np.float32) / 127.5 - 1.0
         blobs.append(_png_bytes(image_grid(tiles.transpose(0, 3, 1, 2), scale=4)))
-    for blob, path in zip(blobs, paths):
-        atomic_write_bytes(path, blob)
-        print(f"wrote {path}")
+    for path in atomic_write_many(dict(zip(paths, blobs)), overwrite=overwrite):
+        print(f"wrote {_printable(path)}")
 
 
 def _read_image(path):
-    """Check an input image early (exists, readable, RGB) so bad input fails before the models load."""
-    from .pipeline import load_image
+    """Check an input image early (exists, readable, RGB, size) so bad input fails before the models load."""
+    from .images import load_image
     return load_image(path)
 
 
@@ -139,25 +195,34 @@ def run_image_command(args) -> int:
         if not args.prompt.strip():
             print("note: the prompt is empty: sampling unconditionally (guidance has no effect)", file=sys.stderr)
         paths = output_paths(args, command)
+        remove_stale_temps(paths[0].parent)
         images = pipeline.text_to_image(args.prompt, **common)
     elif command == "img2img":
         if not 0.0 <= args.strength <= 1.0:
             raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
-        _read_image(args.image)
+        height, width = _read_image(args.image).shape[2:]
+        _check_batch(args, width, height)
         paths = output_paths(args, command)
+        remove_stale_temps(paths[0].parent)
         images = pipeline.image_to_image(args.image, args.prompt, strength=args.strength, **common)
     elif command == "inpaint":
-        pixels = _read_image(args.image)
-        pipeline.load_mask(args.mask, pixels.shape[2:])
+        from .images import load_mask
+        height, width = _read_image(args.image).shape[2:]
+        load_mask(args.mask, (height, width))
+        _check_batch(args, width, height)
         paths = output_paths(args, command)
+        remove_stale_temps(paths[0].parent)
         images = pipeline.inpaint(args.image, args.mask, args.prompt, **common)
     else:  # outpaint
         if args.extend < 1:
             raise ValueError(f"--extend must be >= 1 pixel, got {args.extend}")
-        _read_image(args.image)
+        height, width = _read_image(args.image).shape[2:]
+        _check_extend(args.extend, width, height)
+        _check_batch(args, width + 2 * args.extend, height + 2 * args.extend)
         paths = output_paths(args, command)
+        remove_stale_temps(paths[0].parent)
         images = pipeline.outpaint(args.image, args.prompt, extend=args.extend, **common)
-    write_images(images, paths)
+    write_images(images, paths, overwrite=args.force)
     return 0
 
 
@@ -212,11 +277,7 @@ def _dispatch(args) -> int:
             raise ValueError(str(exc)) from None
     if args.command == "train":
         from . import train
-        try:
-            return train.main(args)
-        except train.TrainingDiverged as exc:
-            print(f"minidiff: {_one_line(exc)}", file=sys.stderr)
-            return EXIT_FAILED
+        return train.main(args)
     if args.command == "evaluate":
         from . import evaluate
         return evaluate.main(args)
@@ -232,26 +293,66 @@ def run_bench(argv) -> int:
     return bench.main(list(argv)) or 0
 
 
+def _printable(text) -> str:
+    """``text`` safe to print on any terminal: bytes that were not UTF-8 in a path shown escaped."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _one_line(exc) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return _printable(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def _is_bad_input(exc) -> bool:
+    """Errors that the input caused (exit 2): values, files, checkpoints, images."""
+    if isinstance(exc, OSError):
+        return exc.errno not in RUNTIME_ERRNOS
+    if isinstance(exc, (ValueError, OverflowError)):  # CheckpointError and UnicodeError are ValueErrors
+        return True
+    image_module = sys.modules.get("PIL.Image")       # PIL's bomb guard, for an image read elsewhere
+    return image_module is not None and isinstance(exc, image_module.DecompressionBombError)
+
+
+def failure(exc) -> tuple:
+    """(exit code, the one line to print) for an exception that ended a command."""
+    if isinstance(exc, UsageError):
+        return EXIT_BAD_INPUT, f"{_one_line(exc)} (try --help)"
+    if isinstance(exc, KeyboardInterrupt):
+        detail = _one_line(exc) if str(exc) else ""
+        return EXIT_INTERRUPTED, "minidiff: interrupted" + (f": {detail}" if detail else "")
+    if _is_bad_input(exc):
+        return EXIT_BAD_INPUT, f"minidiff: error: {_one_line(exc)}"
+    if isinstance(exc, MemoryError):
+        return EXIT_FAILED, (f"minidiff: error: out of memory ({_one_line(exc)}); try fewer images (--n), "
+                             "a smaller image or fewer --steps")
+    if isinstance(exc, (OSError, RuntimeError, ArithmeticError)):   # disk full, diverged, not a number
+        return EXIT_FAILED, f"minidiff: error: {_one_line(exc)}"
+    return EXIT_FAILED, (f"minidiff: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                         "(a bug: please report it; --debug shows where)")
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning as one line ("minidiff: warning: ..."), without Python's source line."""
+    print(f"minidiff: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     """Parse ``argv`` (default sys.argv[1:]), run the command, return the exit code.
 
-    Every expected failure goes through this one handler: one line on stderr, no traceback."""
-    from .checkpoint import CheckpointError
+    Every failure goes through this one handler: one line on stderr and the exit code the module
+    docstring lists. ``--debug`` anywhere in ``argv`` (or ``MINIDIFF_DEBUG=1``) prints the
+    traceback too. SIGTERM is handled as Ctrl-C; warnings print as one line each."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    try:
-        if argv[:1] == ["bench"]:
-            return run_bench(argv[1:])
-        return _dispatch(build_parser(argv[0] if argv else None).parse_args(argv))
-    except UsageError as exc:
-        print(f"{_one_line(exc)} (try --help)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ValueError, CheckpointError, OSError) as exc:   # FileNotFound, FileExists, Permission, ...
-        print(f"minidiff: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("minidiff: interrupted", file=sys.stderr)
-        return 130
+    debug = "--debug" in argv or os.environ.get("MINIDIFF_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    with warnings.catch_warnings(), interrupt_on_sigterm():
+        warnings.showwarning = _print_warning
+        try:
+            if argv[:1] == ["bench"]:
+                return run_bench(argv[1:])
+            return _dispatch(build_parser(argv[0] if argv else None).parse_args(argv))
+        except (Exception, KeyboardInterrupt) as exc:
+            code, line = failure(exc)
+            if debug:
+                traceback.print_exc()
+            print(line, file=sys.stderr)
+            return code

@@ -10,7 +10,8 @@ user's umask gives any new file (a plain ``mkstemp`` would leave it readable by 
 temporary file is hard-linked to the target's name, which fails when the name exists, so two runs
 racing for one name cannot both win. :func:`atomic_write_many` writes a batch (the images of one
 command) all or nothing, and :func:`remove_stale_temps` clears the temporary files a killed
-process (SIGKILL, power loss) left behind.
+process (SIGKILL, power loss) left behind. Under :func:`interrupt_on_sigterm` a SIGTERM stops the
+process as Ctrl-C does, so the temporary file of a write in progress is removed too.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -138,3 +141,22 @@ def remove_stale_temps(folder) -> list:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm():
+    """While inside, SIGTERM (``kill``, a job scheduler's stop) raises KeyboardInterrupt as Ctrl-C
+    does: cleanup runs (a half-written temporary file is removed, the last complete file stays)
+    instead of the process vanishing. Only the main thread receives signals; elsewhere this does
+    nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

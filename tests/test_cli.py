@@ -67,8 +67,8 @@ def files_under(folder):
 
 BAD_INPUTS = {  # name: (argv after the command's own inputs, a fragment of the one-line message)
     "zero steps": (["generate", "a red circle", "--steps", "0"], "--steps must be >= 1"),
-    "negative guidance": (["generate", "a red circle", "--guidance", "-1"], "--guidance must be a number >= 0"),
-    "nan guidance": (["generate", "a red circle", "--guidance", "nan"], "--guidance must be a number >= 0"),
+    "negative guidance": (["generate", "a red circle", "--guidance", "-1"], "--guidance must be a number in [0, 100]"),
+    "nan guidance": (["generate", "a red circle", "--guidance", "nan"], "--guidance must be a number in [0, 100]"),
     "unknown sampler": (["generate", "a red circle", "--sampler", "plms"], "--sampler must be one of"),
     "no images": (["generate", "a red circle", "--n", "0"], "--n must be between 1 and 256"),
     "strength above one": (["img2img", "{images}/rgb.png", "x", "--strength", "1.5"], "--strength must be in [0, 1]"),

@@ -39,10 +39,13 @@ and ``minidiff/zoo.py`` (the files), ``minidiff/diffusion/loss.py`` (the objecti
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,7 @@ import numpy as np
 
 from .. import backend, zoo
 from ..checkpoint import load_checkpoint, load_into, save_checkpoint
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, interrupt_on_sigterm, remove_stale_temps
 from ..nn.layers import Dropout
 from ..nn.module import no_grad
 from ..optim import EMA, AdamWGroups, clip_grad_norm, warmup_cosine
@@ -62,8 +65,15 @@ from .config import TrainConfig
 RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "sample_every", "vae", "text_encoder", "tokenizer")
 
 
+LOCK_FILE = ".train.lock"          # in an --out folder while a run trains into it
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or the gradient norm) stopped being a finite number."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run between two atomic saves; the message names what is kept."""
 
 
 def step_rng(seed: int, step: int):
@@ -129,6 +139,65 @@ def _evaluated(model, metrics_fn):
         model.train()
 
 
+_held_locks = set()                # folders this process holds (a nested fit, train all stage by stage)
+
+
+@contextlib.contextmanager
+def output_lock(out):
+    """Hold ``out/.train.lock`` while training into ``out``: a second run on the same folder refuses
+    at once with FileExistsError. The lock is an flock, which the system drops when the process
+    ends, however it ends, so a killed run never leaves a stale lock. (No lock where there is no
+    fcntl, on Windows.) Nested use inside one process is allowed."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    folder = Path(out).resolve() if out is not None else None
+    if fcntl is None or folder is None or folder in _held_locks:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip() or "?"
+        os.close(fd)
+        raise FileExistsError(f"--out {folder} is in use by another training run (process {holder}); "
+                              "wait for it to finish, or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _held_locks.add(folder)
+    try:
+        yield
+    finally:
+        _held_locks.discard(folder)
+        os.close(fd)                   # releases the flock
+
+
+def _one_run_per_output(train):
+    """``fit`` runs inside this guard: ``out`` locked (one run per folder), the temporary files a
+    killed run left in it removed first, and SIGTERM stopping the run as Ctrl-C does, with a
+    TrainingInterrupted that says which checkpoint is kept."""
+    @functools.wraps(train)
+    def guarded(job, model, loss_fn, cfg, config, out=None, *args, **kwargs):
+        with output_lock(out), interrupt_on_sigterm():
+            if out is not None:
+                for folder in (Path(out), Path(out) / "samples"):
+                    remove_stale_temps(folder)
+            try:
+                return train(job, model, loss_fn, cfg, config, out, *args, **kwargs)
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt as exc:
+                path = Path(out) / zoo.FILES[job] if out is not None else None
+                kept = (f"the last checkpoint saved in {path} is kept (continue with --resume)"
+                        if path is not None and path.exists() else "no checkpoint was written")
+                raise TrainingInterrupted(f"{job}: stopped by {exc or 'Ctrl-C'}; {kept}") from None
+    return guarded
+
+
+@_one_run_per_output
 def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resume=False, deadline=None,
         stop_at=None, sample_fn=None, finalize=None, progress=True, ship_dtype=None,
         metrics_fn=None) -> FitResult:
