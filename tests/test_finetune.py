@@ -48,3 +48,61 @@ def test_lora_job_trains_the_adapters_alone_and_writes_them(tmp_path):
     assert adapters.num_parameters() == result.model.num_parameters()
     with pytest.raises(ValueError, match="another model"):
         load_adapter(path, UNet(make_config("text2image", "quick").model))
+
+
+def test_placeholder_prompts_put_the_placeholder_id_at_a_real_position():
+    from minidiff.models.tokenizer import BPETokenizer
+    from minidiff.train.finetune import PLACEHOLDER_ID, encode_with_placeholder, placeholder_captions
+    tokenizer = BPETokenizer.train(shapes.caption_corpus(200, seed=0), 300)
+    [text] = placeholder_captions(["a small pink circle on the left"])
+    assert text == "a small <pink> circle on the left"
+    ids, mask = encode_with_placeholder(tokenizer, [text, "a red circle"], 16)
+    plain, plain_mask = tokenizer.encode("a small red circle on the left", 16)
+    position = int(np.flatnonzero(ids[0] == PLACEHOLDER_ID)[0])
+    assert mask[0, position]                                            # read as a real token
+    red = tokenizer.encode_text("a small red")[2:]                       # " red" in context
+    assert list(ids[0, position + 1:mask[0].sum()]) == list(plain[position + len(red):plain_mask.sum()])
+    np.testing.assert_array_equal(ids[1], tokenizer.encode("a red circle", 16)[0])
+
+
+def test_placeholder_gradient_through_the_frozen_text_encoder_matches_finite_differences():
+    from minidiff.models.text_encoder import TextEncoder, TextEncoderConfig
+    from minidiff.models.tokenizer import BPETokenizer
+    from minidiff.nn.gradcheck import check_module
+    from minidiff.nn.module import Module
+    from minidiff.train.finetune import PlaceholderToken, encode_with_placeholder
+    tokenizer = BPETokenizer.train(shapes.caption_corpus(200, seed=0), 300)
+    encoder = TextEncoder(TextEncoderConfig.tiny(vocab_size=300), seed=0).to(dtype=np.float64)
+    token = PlaceholderToken(encoder, tokenizer).attach()
+    ids, mask = encode_with_placeholder(tokenizer, ["a <pink> circle", "a blue square"], 8)
+
+    class States(Module):                     # the encoder's states as a function of v alone
+        def _children(self):
+            yield "token", token
+
+        def forward(self):
+            return encoder.forward(ids, mask)[0]
+
+        def backward(self, d_states):
+            return encoder.backward(d_states)
+
+    report = check_module(States(), [])
+    assert [r.name for r in report.rows] == ["token.embedding"]
+    assert report.passed(1e-6), str(report)
+    token.detach()
+    assert "forward" not in vars(encoder.token_embedding)
+
+
+@pytest.mark.skipif(not (zoo.PRETRAINED_DIR / "unet.npz").is_file(), reason="needs the shipped models")
+def test_textual_inversion_job_moves_only_the_new_token(tmp_path):
+    from minidiff.train.finetune import TOKEN_FILE, load_token, run_textual_inversion
+    cfg = make_config("textual_inversion", "quick", {"steps": 2, "batch_size": 2, "dataset_size": 8,
+                                                     "log_every": 1})
+    result = run_textual_inversion(cfg, out=tmp_path, progress=False)
+    shipped = zoo.load_text_encoder(cfg.text_encoder)
+    for (name, p), (_, q) in zip(result.text_encoder.named_parameters(), shipped.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    start = shipped.token_embedding.weight.data[zoo.load_tokenizer(cfg.tokenizer).encode_text("red")].mean(0, keepdims=True)
+    assert not np.allclose(result.model.embedding.data, start)          # v moved
+    token = load_token(tmp_path / TOKEN_FILE, shipped, zoo.load_tokenizer(cfg.tokenizer))
+    np.testing.assert_array_equal(token.embedding.data, result.model.embedding.data)

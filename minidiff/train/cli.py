@@ -92,6 +92,7 @@ def add_arguments(parser):
     parser.add_argument("--alpha", type=float, help="lora: the adapters' alpha; they add (alpha / r) B A (default 4)")
     parser.add_argument("--extra-fraction", type=float,
                         help="lora: share of training scenes whose object is pink (default 0.5)")
+    parser.add_argument("--init-word", help="textual_inversion: the word whose embedding the new token starts from (default red)")
     parser.add_argument("--half", action="store_true",
                         help="store the final weights as float16 (half the file size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,7 +17,7 @@ from ..models.clip import CLIPConfig
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 
-JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora")
+JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora", "textual_inversion")
 
 
 # =================================================================================================
@@ -207,22 +207,27 @@ class ClassifierJob(TrainConfig):
 
 
 @dataclass
-class LoRAJob(DiffusionTrainConfig):
-    """LoRA on a finished text2image U-Net (train/finetune.py): only the adapters on its attention
-    projections train, on captioned shapes where object 1 of ``extra_fraction`` of the scenes is pink
-    (a colour the base model never saw); the rest keep the base colours, so the old ones are not forgotten."""
+class PinkFineTune(DiffusionTrainConfig):
+    """What the fine-tunes of a finished text-to-image model share (train/finetune.py): the frozen
+    models, and captioned shapes where object 1 of ``extra_fraction`` of the scenes is pink (a colour
+    the base model never saw); the rest keep the base colours, so the old ones are not forgotten."""
     unet: str = str(zoo.PRETRAINED_DIR / zoo.FILES["text2image"])
     vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
     text_encoder: str = str(zoo.PRETRAINED_DIR / zoo.FILES["text_encoder"])
     tokenizer: str = str(zoo.PRETRAINED_DIR / zoo.FILES["tokenizer"])
-    rank: int = 4
-    alpha: float = 4.0
     extra_fraction: float = 0.5       # share of scenes whose object 1 is pink
     cond_dropout: float = 0.1
     two_object_fraction: float = 0.3
     schedule: str = "scaled_linear"
     guidance_scale: float = 4.0
     ema_decay: float = 0.99
+
+
+@dataclass
+class LoRAJob(PinkFineTune):
+    """LoRA: only rank-r adapters on the U-Net's attention projections train."""
+    rank: int = 4
+    alpha: float = 4.0
 
     @classmethod
     def quick(cls):
@@ -234,14 +239,31 @@ class LoRAJob(DiffusionTrainConfig):
         return cls(steps=2000, batch_size=128, lr=1e-3, warmup_steps=100, dataset_size=20000)
 
 
+@dataclass
+class TextualInversionJob(PinkFineTune):
+    """Textual inversion: one new token embedding "<pink>", everything else frozen (the pink captions
+    say "<pink>"). v starts at the embedding of ``init_word``."""
+    init_word: str = "red"
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=300, batch_size=16, lr=5e-3, warmup_steps=20, dataset_size=2000, log_every=25,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=2000, batch_size=128, lr=5e-3, warmup_steps=100, dataset_size=20000)
+
+
 JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": ClipJob,
-               "text2image": Text2ImageJob, "classifier": ClassifierJob, "lora": LoRAJob}
+               "text2image": Text2ImageJob, "classifier": ClassifierJob, "lora": LoRAJob,
+               "textual_inversion": TextualInversionJob}
 
 
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
              "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model",
              "perceptual_weight", "adversarial_weight", "adversarial_start", "unet", "rank", "alpha",
-             "extra_fraction")
+             "extra_fraction", "init_word")
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):

@@ -1,8 +1,22 @@
 """Fine-tuning jobs: teach a finished text-to-image model something new without retraining it.
 
-    lora   low-rank adapters (models/lora.py) on the U-Net's attention projections learn one new
-           colour, pink, from captioned shapes; the U-Net's own weights never change. The adapter is
-           saved alone, DIR/lora_pink.npz, a few percent of the U-Net's size.
+    lora                low-rank adapters (models/lora.py) on the U-Net's attention projections learn
+                        one new colour, pink, from captioned shapes; the U-Net's own weights never
+                        change. The adapter is saved alone, DIR/lora_pink.npz, a few percent of the
+                        U-Net's size.
+    textual_inversion   the same colour as ONE new token embedding v, "<pink>", with the text encoder
+                        and the U-Net frozen: the loss's gradient flows back through the U-Net's
+                        cross-attention (dcontext), through the frozen text encoder, into v alone.
+                        Saved as DIR/pink_token.npz (128 numbers).
+
+Textual inversion (Gal et al., 2022), how the placeholder is read: a prompt "a <pink> circle" is
+tokenized around the placeholder, and the placeholder's position gets the id of <pad> (0) with the
+mask True there, an id the tokenizer never gives a real token; ``PlaceholderToken`` rides beside the
+text encoder's token embedding and returns v wherever the id is 0 (at padded positions too, which
+nothing reads: the text encoder is causal and the U-Net masks them):
+
+    x_0[b, l] = v                 where ids[b, l] = 0        (else E_tok[ids[b, l]], frozen)
+    dv = sum_{b, l: ids = 0} dx_0[b, l]
 
 The job hands ``fit`` (loop.py, the one training loop) a Module whose parameters are the adapters
 alone, so AdamW, clipping and the EMA see nothing else; the loss runs the whole U-Net forward and
@@ -15,23 +29,34 @@ colour among the palette's seven.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import backend, zoo
+from ..backend import get_array_module
 from ..datasets import shapes
 from ..datasets.captions import COLOURS
+from ..diffusion.loss import diffusion_loss, training_targets
 from ..diffusion.schedule import NoiseSchedule
-from ..models.lora import add_lora, save_adapter
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..diffusion import guidance, samplers
+from ..models.lora import AdapterMismatch, add_lora, save_adapter
+from ..models.tokenizer import END_ID, PAD_ID, START_ID
+from ..nn.layers import Embedding
+from ..nn.module import Module, Parameter, no_grad
 from ..pipeline import Pipeline
-from .config import LoRAJob
+from .config import LoRAJob, TextualInversionJob
 from .data import SHAPES_DATA_SEED, encode_dataset, text_states
 from .jobs import _diffusion_loss_fn
 from .loop import fit
 
 LORA_FILE = "lora_pink.npz"
+TOKEN_FILE = "pink_token.npz"
+PLACEHOLDER = "<pink>"
+PLACEHOLDER_ID = PAD_ID           # never produced from text; at a real (mask True) position it is the placeholder
 PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
                      for where in ("on the left", "on the right", "at the top", "at the bottom"))
 
@@ -122,6 +147,171 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
         print(f"lora: adapter -> {path} ({path.stat().st_size / 1024:.0f} KiB)")
     result.unet = unet                         # result.model: the adapters, attached to this U-Net
     return result
+
+
+# -- textual inversion -------------------------------------------------------------------------------
+class PlaceholderToken(Module):
+    """One learnable token embedding v (1, W) read by a frozen text encoder wherever ids hold
+    PLACEHOLDER_ID. ``attach`` routes the encoder's token embedding through it; its only parameter
+    is v, started at the embedding of ``init_word`` (its tokens' mean)."""
+
+    def __init__(self, text_encoder, tokenizer, init_word: str = "red"):
+        self._text_encoder = text_encoder
+        table = text_encoder.token_embedding.weight.data                        # (vocab, W), frozen
+        ids = tokenizer.encode_text(init_word)
+        # v: (1, W), one row (a matrix, so the optimiser's groups see a weight)
+        self.embedding = Parameter(table[ids].mean(axis=0, keepdims=True).copy())
+        self._cache = None
+
+    def _children(self):
+        yield "embedding", self.embedding                                      # v alone: the encoder is frozen
+
+    def forward(self, ids):
+        table = self._text_encoder.token_embedding
+        x = Embedding.forward(table, ids)                                      # E_tok[ids]: (B, L, W)
+        chosen = ids == PLACEHOLDER_ID                                          # (B, L)
+        self._cache = chosen if self.caching else None
+        xp = get_array_module(x)
+        # x_0[b, l] = v where ids[b, l] is the placeholder
+        return xp.where(chosen[..., None], self.embedding.data, x)
+
+    def backward(self, dx):
+        chosen, self._cache = self._cache, None
+        # dv = sum over the placeholder's positions of dx_0 (the frozen table's rows get nothing)
+        self.embedding.accumulate(dx[chosen].sum(axis=0, keepdims=True))
+        return None
+
+    def attach(self):
+        table = self._text_encoder.token_embedding
+        table.forward, table.backward = self.forward, self.backward
+        return self
+
+    def detach(self):
+        for name in ("forward", "backward"):
+            vars(self._text_encoder.token_embedding).pop(name, None)
+        return self
+
+
+def encode_with_placeholder(tokenizer, texts, max_length: int):
+    """Prompts that may hold PLACEHOLDER once -> (ids (N, L) int64, mask (N, L) bool) on the host:
+    <start> tokens(left) PLACEHOLDER_ID tokens(right) <end> <pad>..."""
+    ids = np.full((len(texts), max_length), PAD_ID, np.int64)
+    mask = np.zeros((len(texts), max_length), bool)
+    for row, text in enumerate(texts):
+        if text.count(PLACEHOLDER) > 1:
+            raise ValueError(f"textual inversion: {text!r} holds {PLACEHOLDER} more than once")
+        if PLACEHOLDER in text:
+            left, right = text.split(PLACEHOLDER)
+            # "a" + right keeps the space before right's first word; the "a" token is dropped again
+            tokens = tokenizer.encode_text(left) + [PLACEHOLDER_ID] + tokenizer.encode_text("a" + right)[1:]
+        else:
+            tokens = tokenizer.encode_text(text)
+        tokens = [START_ID] + tokens[:max_length - 2] + [END_ID]
+        ids[row, :len(tokens)] = tokens
+        mask[row, :len(tokens)] = True
+    return ids, mask
+
+
+def placeholder_captions(captions, colour="pink"):
+    """The captions with the colour word replaced by the placeholder ("a pink circle" -> "a <pink> circle")."""
+    return [" ".join(PLACEHOLDER if word == colour else word for word in c.split(" ")) for c in captions]
+
+
+def run_textual_inversion(cfg: TextualInversionJob, out=None, resume=False, deadline=None, stop_at=None,
+                          progress=True, ship_dtype=None):
+    """Learn v for "<pink>" with the U-Net and the text encoder frozen; with ``out``, write DIR/pink_token.npz."""
+    if resume:
+        raise ValueError("train textual_inversion: --resume is not supported (the token is written when the run ends)")
+    xp = backend.get_xp()
+    vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
+    token = PlaceholderToken(text_encoder, tokenizer, cfg.init_word).attach()
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED, 16), size=vae.config.image_size,
+                          two_object_fraction=cfg.two_object_fraction, extra_colours=("pink",),
+                          extra_fraction=cfg.extra_fraction)
+    means, stds = encode_dataset(vae, batch["images"])
+    L = text_encoder.config.max_length
+    ids, masks = (xp.asarray(a) for a in encode_with_placeholder(tokenizer, placeholder_captions(batch["captions"]), L))
+    empty_ids, empty_mask = (xp.asarray(a) for a in tokenizer.encode_batch([""], L))
+    schedule = NoiseSchedule.make(diffusion["schedule"], diffusion["num_steps"])
+    prediction_type = diffusion["prediction_type"]
+    text_encoder.train()
+    unet.train()
+
+    def loss_fn(rng, step):
+        unet.zero_grad()
+        text_encoder.zero_grad()                   # the frozen weights' gradients are computed, never used
+        idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
+        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
+        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout
+        ids_b = xp.where(drop[:, None], empty_ids, ids[idx])
+        mask_b = xp.where(drop[:, None], empty_mask, masks[idx])
+        context, _ = text_encoder.forward(ids_b, mask_b)                        # reads v at the placeholder
+        x_t, t, noise, _ = training_targets(schedule, z0, rng, prediction_type)
+        prediction = unet.forward(x_t, t, context, mask_b)
+        loss, d_out = diffusion_loss(prediction, z0, noise, t, schedule, prediction_type, None)
+        _, dcontext = unet.backward(d_out)                                      # through cross-attention
+        text_encoder.backward(dcontext)                                         # through the encoder, into v
+        return loss
+
+    config = {"job": "textual_inversion", "train": dataclasses.asdict(cfg)}
+    result = fit("textual_inversion", token, loss_fn, cfg, config, out=None, deadline=deadline, stop_at=stop_at,
+                 progress=progress)
+    for model in (unet, text_encoder):
+        model.zero_grad()
+        model.eval()
+    if result.complete and out is not None:
+        path = Path(out) / TOKEN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_token(path, token)
+        result.checkpoint = path
+        print(f"textual_inversion: {PLACEHOLDER} -> {path}")
+    result.text_encoder, result.unet = text_encoder, unet
+    return result
+
+
+def save_token(path, token: PlaceholderToken):
+    """v alone, with the placeholder and the text encoder's config it was learned for."""
+    config = {"job": "textual_inversion", "placeholder": PLACEHOLDER,
+              "base": {"model": json_config(token._text_encoder.config)}}
+    return save_checkpoint(path, model=token, config=config)
+
+
+def json_config(config) -> dict:
+    """A model config as plain JSON, as a saved file records it."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def load_token(path, text_encoder, tokenizer):
+    """Attach the placeholder embedding saved at ``path`` to ``text_encoder``; one clear error when the
+    file is not a learned token or was learned for another text encoder."""
+    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train textual_inversion`")
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if config.get("job") != "textual_inversion":
+        raise AdapterMismatch(f"{path} is not a textual-inversion token (its job is {config.get('job')!r})")
+    if config.get("base", {}).get("model") != json_config(text_encoder.config):
+        raise AdapterMismatch(f"{path} was learned for another text encoder")
+    token = PlaceholderToken(text_encoder, tokenizer)
+    token.load_state_dict(ckpt.model_state)
+    return token.attach()
+
+
+def placeholder_images(pipe: Pipeline, prompts, guidance_scale=4.0, steps=25, seed=0):
+    """Images for prompts holding PLACEHOLDER (the text encoder must have a PlaceholderToken attached)."""
+    xp = pipe.xp
+    ids, mask = (xp.asarray(a) for a in encode_with_placeholder(pipe.tokenizer, list(prompts), pipe.max_length))
+    with no_grad():
+        cond, _ = pipe.text_encoder.forward(ids, mask)
+    uncond, uncond_mask = pipe.encode_prompts([""] * len(prompts))
+
+    def unet(z, t, context, context_mask):
+        with no_grad():
+            return pipe.unet.forward(z, t, context, context_mask)
+    model_fn = guidance.guided_model_fn(unet, cond, mask, uncond, uncond_mask, guidance_scale)
+    size = pipe.vae.config.latent_size
+    latents = samplers.sample(model_fn, pipe.schedule, (len(prompts), pipe.latent_channels, size, size),
+                              sampler="ddim", steps=steps, rng=backend.rng(seed, pipe.device),
+                              prediction_type=pipe.prediction_type, progress=False)
+    return backend.to_numpy(pipe.decode(latents))
 
 
 def pink_report(pipe: Pipeline, prompts=PINK_PROMPTS, guidance_scale=4.0, steps=25, seed=0):
