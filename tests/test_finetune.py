@@ -106,3 +106,19 @@ def test_textual_inversion_job_moves_only_the_new_token(tmp_path):
     assert not np.allclose(result.model.embedding.data, start)          # v moved
     token = load_token(tmp_path / TOKEN_FILE, shipped, zoo.load_tokenizer(cfg.tokenizer))
     np.testing.assert_array_equal(token.embedding.data, result.model.embedding.data)
+
+
+@pytest.mark.skipif(not (zoo.PRETRAINED_DIR / "unet.npz").is_file(), reason="needs the shipped models")
+def test_controlnet_job_writes_a_controlnet_for_its_unet(tmp_path):
+    from minidiff.models.unet import UNet
+    from minidiff.train.finetune import CONTROLNET_FILE, load_controlnet, run_controlnet
+    cfg = make_config("controlnet", "quick", {"steps": 2, "batch_size": 2, "dataset_size": 8, "log_every": 1})
+    result = run_controlnet(cfg, out=tmp_path, progress=False)
+    assert any(np.abs(conv.weight.data).max() > 0 for conv in result.model.controlnet.zero_convs)   # it trained
+    unet, _ = zoo.load_trained(cfg.unet)
+    controlled = load_controlnet(tmp_path / CONTROLNET_FILE, unet)
+    for (name, p), (_, q) in zip(controlled.controlnet.named_parameters(),
+                                 result.model.controlnet.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    with pytest.raises(ValueError, match="another U-Net"):
+        load_controlnet(tmp_path / CONTROLNET_FILE, UNet(make_config("text2image", "quick").model))

@@ -17,7 +17,7 @@ from ..models.clip import CLIPConfig
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 
-JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora", "textual_inversion")
+JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora", "textual_inversion", "controlnet")
 
 
 # =================================================================================================
@@ -255,9 +255,25 @@ class TextualInversionJob(PinkFineTune):
         return cls(steps=2000, batch_size=128, lr=5e-3, warmup_steps=100, dataset_size=20000)
 
 
+@dataclass
+class ControlNetJob(PinkFineTune):
+    """ControlNet beside the frozen U-Net, on the base shapes (extra_fraction unused) with their
+    Sobel outlines as controls."""
+    extra_fraction: float = 0.0
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=300, batch_size=8, lr=1e-4, warmup_steps=20, dataset_size=2000, log_every=25,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=3000, batch_size=128, lr=1e-4, warmup_steps=100, dataset_size=20000)
+
+
 JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": ClipJob,
                "text2image": Text2ImageJob, "classifier": ClassifierJob, "lora": LoRAJob,
-               "textual_inversion": TextualInversionJob}
+               "textual_inversion": TextualInversionJob, "controlnet": ControlNetJob}
 
 
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",

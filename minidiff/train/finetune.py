@@ -8,6 +8,8 @@
                         and the U-Net frozen: the loss's gradient flows back through the U-Net's
                         cross-attention (dcontext), through the frozen text encoder, into v alone.
                         Saved as DIR/pink_token.npz (128 numbers).
+    controlnet          a ControlNet (models/controlnet.py) beside the frozen U-Net learns to follow an
+                        outline: each training image's Sobel edge map is its control. DIR/controlnet.npz.
 
 Textual inversion (Gal et al., 2022), how the placeholder is read: a prompt "a <pink> circle" is
 tokenized around the placeholder, and the placeholder's position gets the id of <pad> (0) with the
@@ -43,18 +45,20 @@ from ..diffusion.loss import diffusion_loss, training_targets
 from ..diffusion.schedule import NoiseSchedule
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..diffusion import guidance, samplers
+from ..models.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map
 from ..models.lora import AdapterMismatch, add_lora, save_adapter
 from ..models.tokenizer import END_ID, PAD_ID, START_ID
 from ..nn.layers import Embedding
 from ..nn.module import Module, Parameter, no_grad
 from ..pipeline import Pipeline
-from .config import LoRAJob, TextualInversionJob
+from .config import ControlNetJob, LoRAJob, TextualInversionJob
 from .data import SHAPES_DATA_SEED, encode_dataset, text_states
 from .jobs import _diffusion_loss_fn
 from .loop import fit
 
 LORA_FILE = "lora_pink.npz"
 TOKEN_FILE = "pink_token.npz"
+CONTROLNET_FILE = "controlnet.npz"
 PLACEHOLDER = "<pink>"
 PLACEHOLDER_ID = PAD_ID           # never produced from text; at a real (mask True) position it is the placeholder
 PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
@@ -312,6 +316,77 @@ def placeholder_images(pipe: Pipeline, prompts, guidance_scale=4.0, steps=25, se
                               sampler="ddim", steps=steps, rng=backend.rng(seed, pipe.device),
                               prediction_type=pipe.prediction_type, progress=False)
     return backend.to_numpy(pipe.decode(latents))
+
+
+# -- controlnet -------------------------------------------------------------------------------------
+def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
+                   ship_dtype=None):
+    """Train a ControlNet on outlines beside the frozen U-Net; with ``out``, write DIR/controlnet.npz."""
+    if resume:
+        raise ValueError("train controlnet: --resume is not supported (the ControlNet is written when the run ends)")
+    xp = backend.get_xp()
+    vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
+    control_config = ControlNetConfig(hint_downsample=int(np.log2(vae.config.downsample_factor)))
+    controlnet = ControlNet(unet, control_config, seed=cfg.seed).to(backend.device())
+    model = ControlledUNet(unet, controlnet)
+    print(f"controlnet: {controlnet.num_parameters():,} parameters beside the locked U-Net's {unet.num_parameters():,}")
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED, 17), size=vae.config.image_size,
+                          two_object_fraction=cfg.two_object_fraction)
+    controls = edge_map(xp.asarray(batch["images"]))                              # (N, 1, H, W) in {0, 1}
+    means, stds = encode_dataset(vae, batch["images"])
+    states, masks = text_states(text_encoder, tokenizer, batch["captions"])
+    empty_state, empty_mask = text_states(text_encoder, tokenizer, [""])
+    schedule = NoiseSchedule.make(diffusion["schedule"], diffusion["num_steps"])
+    prediction_type = diffusion["prediction_type"]
+    unet.train()
+
+    def loss_fn(rng, step):
+        unet.zero_grad()                           # the locked U-Net's gradients are computed, never used
+        idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
+        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
+        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout
+        context = xp.where(drop[:, None, None], empty_state, states[idx])
+        context_mask = xp.where(drop[:, None], empty_mask, masks[idx])
+        x_t, t, noise, _ = training_targets(schedule, z0, rng, prediction_type)
+        prediction = model.forward(x_t, t, context, context_mask, controls[idx])
+        loss, d_out = diffusion_loss(prediction, z0, noise, t, schedule, prediction_type, None)
+        model.backward(d_out)
+        return loss
+
+    config = {"job": "controlnet", "train": dataclasses.asdict(cfg)}
+    result = fit("controlnet", model, loss_fn, cfg, config, out=None, deadline=deadline, stop_at=stop_at,
+                 progress=progress)
+    unet.zero_grad()
+    unet.eval()
+    if result.complete and out is not None:
+        path = Path(out) / CONTROLNET_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_controlnet(path, controlnet, dtype=ship_dtype)
+        result.checkpoint = path
+        print(f"controlnet: -> {path}")
+    return result
+
+
+def save_controlnet(path, controlnet: ControlNet, dtype=None):
+    """The ControlNet alone, with its config and its locked U-Net's config."""
+    config = {"job": "controlnet", "controlnet": dataclasses.asdict(controlnet.config),
+              "base": {"model": json_config(controlnet.unet_config)}}
+    return save_checkpoint(path, model=controlnet, config=config, dtype=dtype)
+
+
+def load_controlnet(path, unet):
+    """A ControlledUNet: ``unet`` locked, steered by the ControlNet saved at ``path``; one clear error
+    when the file is no ControlNet, or one made for another U-Net."""
+    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train controlnet`")
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if config.get("job") != "controlnet" or not isinstance(config.get("controlnet"), dict):
+        raise AdapterMismatch(f"{path} is not a ControlNet (its job is {config.get('job')!r})")
+    if config.get("base", {}).get("model") != json_config(unet.config):
+        raise AdapterMismatch(f"{path} is a ControlNet for another U-Net")
+    controlnet = ControlNet(unet, zoo.config_from_dict(ControlNetConfig, config["controlnet"], where=str(path)))
+    controlnet.load_state_dict(ckpt.model_state)
+    controlnet.to("gpu" if backend.is_gpu_array(unet.parameters()[0].data) else "cpu").eval()
+    return ControlledUNet(unet, controlnet)
 
 
 def pink_report(pipe: Pipeline, prompts=PINK_PROMPTS, guidance_scale=4.0, steps=25, seed=0):

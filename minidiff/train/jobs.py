@@ -331,9 +331,15 @@ def run_textual_inversion(cfg, **options):
     return run(cfg, **options)
 
 
+def run_controlnet(cfg, **options):
+    """The controlnet job lives in finetune.py too."""
+    from .finetune import run_controlnet as run
+    return run(cfg, **options)
+
+
 RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
            "text2image": run_text2image, "classifier": run_classifier, "lora": run_lora,
-           "textual_inversion": run_textual_inversion}
+           "textual_inversion": run_textual_inversion, "controlnet": run_controlnet}
 
 
 def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,
