@@ -1,15 +1,24 @@
 """The command line: bad input gives one line on stderr, exit code 2 and no file; good input writes PNGs."""
 import dataclasses
+import errno
+import fcntl
+import json
 import os
+import pickle
+import shutil
+import signal
+import struct
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minidiff import backend, cli
+from minidiff import backend, cli, files, pipeline, train
 from minidiff.checkpoint import save_checkpoint
 from minidiff.models.text_encoder import TextEncoder, TextEncoderConfig
 from minidiff.models.tokenizer import BPETokenizer
@@ -52,7 +61,73 @@ def images(tmp_path_factory):
     mask[4:12, 4:12] = 255
     Image.fromarray(mask).save(folder / "mask.png")
     Image.fromarray(mask[:8, :8]).save(folder / "small_mask.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "black_mask.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "big.png")
+    data = (folder / "big.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "bomb.png").write_bytes(png_header(30000, 30000))
+    (folder / "oversized.png").write_bytes(png_header(300, 300))
     return folder
+
+
+def png_header(width, height):
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels, with almost no pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+
+
+def rewrite_header(path, change):
+    """Rewrite a checkpoint's JSON header with ``change(header) -> header``, keeping its arrays."""
+    arrays = dict(np.load(path))
+    header = change(json.loads(arrays["__meta__"].tobytes()))
+    arrays["__meta__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+@pytest.fixture(scope="module")
+def hostile(checkpoints, tmp_path_factory):
+    """Copies of the checkpoint folder, each with one file damaged as a hostile user would."""
+    root = tmp_path_factory.mktemp("hostile")
+
+    def variant(name, file, damage):
+        folder = root / name
+        shutil.copytree(checkpoints, folder)
+        damage(folder / file)
+
+    def nan_weight(path):
+        arrays = dict(np.load(path))
+        key = next(k for k in arrays if k.startswith("model/") and arrays[k].dtype.kind == "f")
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[0] = np.nan
+        np.savez(path, **arrays)
+
+    def scale_factor(value):
+        def damage(path):
+            arrays = dict(np.load(path))
+            arrays["extra/scale_factor"] = np.asarray(value)
+            np.savez(path, **arrays)
+        return damage
+
+    def tokenizer(change):
+        def damage(path):
+            path.write_text(json.dumps(change(json.loads(path.read_text()))))
+        return damage
+
+    variant("pickled", "unet.npz", lambda p: p.write_bytes(pickle.dumps({"w": [1.0]})))
+    variant("nan_weight", "unet.npz", nan_weight)
+    variant("nan_scale", "vae.npz", scale_factor(np.nan))
+    variant("vector_scale", "vae.npz", scale_factor([1.0, 2.0]))
+    variant("header_list", "unet.npz", lambda p: rewrite_header(p, lambda h: [h]))
+    variant("config_list", "vae.npz", lambda p: rewrite_header(p, lambda h: {**h, "config": [1]}))
+    variant("channel_mults", "unet.npz", lambda p: rewrite_header(
+        p, lambda h: {**h, "config": {**h["config"], "model": {**h["config"]["model"], "channel_mults": 2}}}))
+    variant("merges", "tokenizer.json", tokenizer(lambda t: {**t, "merges": 5}))
+    variant("specials", "tokenizer.json", tokenizer(lambda t: {**t, "special_tokens": 5}))
+    variant("doubling", "tokenizer.json", tokenizer(lambda t: {**t, "merges": [[259 + i - 1 if i else 3] * 2
+                                                                             for i in range(40)]}))
+    return root
 
 
 def run_cli(capsys, *argv):
@@ -93,11 +168,47 @@ BAD_INPUTS = {  # name: (argv after the command's own inputs, a fragment of the 
     "unknown training job": (["train", "gan"], "invalid choice: 'gan'"),
     "training output is a file": (["train", "pixel", "--out", "{images}/rgb.png"], "is a file, not a folder"),
     "zero minutes": (["train", "pixel", "--max-minutes", "0"], "--max-minutes must be > 0"),
+    "negative seed": (["generate", "x", "--seed", "-1"], "--seed must be an integer in [0, 2**63), got -1"),
+    "huge guidance": (["generate", "x", "--guidance", "1e30"], "--guidance must be a number in [0, 100], got 1e+30"),
+    "huge extend": (["outpaint", "{images}/rgb.png", "x", "--extend", "1000"],
+                    "--extend 1000 grows the 16x16 image to 2016x2016 = 4,064,256 pixels, over the limit of "
+                    "65,536; use --extend 120 or less"),
+    "too many images of a big input": (["img2img", "{images}/big.png", "x", "--n", "100"],
+                                       "--n 100 images of 64x64 pixels are 409,600 pixels, over the limit of "
+                                       "262,144 for one run; use --n 64 or fewer"),
+    "too many images": (["generate", "x", "--n", "257"], "--n must be between 1 and 256, got 257"),
+    "decompression bomb": (["img2img", "{images}/bomb.png", "x"], "claims more pixels than even PIL will decode"),
+    "decompression bomb mask": (["inpaint", "{images}/rgb.png", "{images}/bomb.png", "x"],
+                                "mask {images}/bomb.png claims more pixels"),
+    "oversized image": (["img2img", "{images}/oversized.png", "x"], "300x300 = 90,000 pixels is over the limit"),
+    "all-black mask": (["inpaint", "{images}/rgb.png", "{images}/black_mask.png", "x"], "nothing to repaint"),
+    "truncated image": (["img2img", "{images}/truncated.png", "x"], "cannot read image"),
+    "not an image": (["img2img", "{hostile}/merges/tokenizer.json", "x"], "cannot read image"),
+    "non-UTF-8 prompt": (["generate", "a red \udcff circle"],
+                         "the prompt is not valid UTF-8 text (byte 0xff at character 6)"),
+    "non-UTF-8 negative prompt": (["generate", "x", "--negative", "\udce9t\udce9"], "--negative is not valid UTF-8"),
+    "very long prompt": (["generate", "a" * 1001], "the prompt is 1,001 characters, over the limit of 1,000"),
+    "pickled checkpoint": (["generate", "x", "--checkpoints", "{hostile}/pickled"], "is a Python pickle"),
+    "NaN weight": (["generate", "x", "--checkpoints", "{hostile}/nan_weight"], "holds NaN or infinite values"),
+    "NaN scale factor": (["generate", "x", "--checkpoints", "{hostile}/nan_scale"],
+                         "scale factor must be one finite number > 0"),
+    "vector scale factor": (["generate", "x", "--checkpoints", "{hostile}/vector_scale"],
+                            "scale factor must be one finite number > 0"),
+    "header a list": (["generate", "x", "--checkpoints", "{hostile}/header_list"], "header must be a JSON object"),
+    "config a list": (["generate", "x", "--checkpoints", "{hostile}/config_list"], "config must be a JSON object"),
+    "channel_mults a number": (["generate", "x", "--checkpoints", "{hostile}/channel_mults"],
+                               "channel_mults must be a sequence of positive integers, got 2"),
+    "tokenizer merges a number": (["generate", "x", "--checkpoints", "{hostile}/merges"],
+                                  "merges must be a list of [a, b] pairs"),
+    "tokenizer special_tokens a number": (["generate", "x", "--checkpoints", "{hostile}/specials"],
+                                          "special_tokens must be ['<pad>', '<start>', '<end>'], got 5"),
+    "tokenizer merges that double": (["generate", "x", "--checkpoints", "{hostile}/doubling"],
+                                     "bytes, over the limit of 1,024"),
 }
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_code_two_and_no_file(name, checkpoints, images, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_code_two_and_no_file(name, checkpoints, images, hostile, tmp_path, capsys):
     argv, message = BAD_INPUTS[name]
     (tmp_path / "folder.png").mkdir()
     (tmp_path / "empty").mkdir()
@@ -108,7 +219,8 @@ def test_bad_input_is_one_line_exit_code_two_and_no_file(name, checkpoints, imag
     (corrupt / "unet.npz").write_bytes(b"PK\x03\x04 not really a zip file")
     (tmp_path / "existing.png").write_bytes(b"keep me")
     before = files_under(tmp_path) + files_under(images)
-    argv = [a.format(images=images, tmp=tmp_path) for a in argv]
+    argv = [a.format(images=images, tmp=tmp_path, hostile=hostile) for a in argv]
+    message = message.format(images=images)
     if argv[0] in ("generate", "img2img", "inpaint", "outpaint") and "--checkpoints" not in argv:
         argv += ["--checkpoints", str(checkpoints)]
     code, out, err = run_cli(capsys, *argv, "--device", "cpu")
@@ -183,3 +295,134 @@ def test_command_line_process_reports_bad_input_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "minidiff: error: --steps must be >= 1, got 0"
     assert not list(tmp_path.iterdir())
+
+
+# -- runtime failures: exit code 1 (or 130), one line, and no file written ----------------------------
+def shown(err):
+    """The lines a terminal shows of ``err``: a progress bar redrawn with "\\r" is overwritten."""
+    return [line.split("\r")[-1] for line in err.strip().split("\n") if line.split("\r")[-1].strip()]
+
+
+def generate_argv(checkpoints, out, *extra):
+    return ["generate", "a red circle", "--steps", "1", "--out", out, "--checkpoints", checkpoints,
+            "--device", "cpu", *extra]
+
+
+def test_a_result_that_is_not_a_number_is_refused_not_written_black(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline.Pipeline, "decode", lambda self, latents: self.xp.full(
+        (latents.shape[0], 3, 16, 16), np.nan, np.float32))
+    code, _, err = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png", "--n", "2"))
+    assert code == 1 and len(shown(err)) == 1 and "NaN or infinite values" in err, err
+    assert files_under(tmp_path) == []
+
+
+def test_a_full_disk_is_exit_one_and_leaves_none_of_the_images(checkpoints, tmp_path, capsys, monkeypatch):
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:                      # the second of three files (g_1, g_2, the grid)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    code, _, err = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png", "--n", "2"))
+    assert code == 1 and shown(err) == ["minidiff: error: [Errno 28] No space left on device"], err
+    assert files_under(tmp_path) == []
+
+
+def test_an_output_that_appears_while_sampling_is_not_replaced(checkpoints, tmp_path, capsys, monkeypatch):
+    out, real = tmp_path / "g.png", pipeline.text_to_image
+
+    def racing(*args, **kwargs):                 # another run writes the grid's name meanwhile
+        out.write_bytes(b"the other run's")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "text_to_image", racing)
+    code, _, err = run_cli(capsys, *generate_argv(checkpoints, out, "--n", "2"))
+    assert code == 2 and "g.png exists; pass --force" in err and len(shown(err)) == 1
+    assert files_under(tmp_path) == [out] and out.read_bytes() == b"the other run's"
+
+
+@pytest.mark.parametrize("error, code, message", [
+    (MemoryError(), 1, "minidiff: error: out of memory"),
+    (KeyboardInterrupt(), 130, "minidiff: interrupted"),
+    (TypeError("'NoneType' object is not subscriptable"), 1, "minidiff: internal error: TypeError"),
+    (OSError(errno.EIO, "Input/output error"), 1, "minidiff: error: [Errno 5] Input/output error"),
+    (RuntimeError("CUDA failed"), 1, "minidiff: error: CUDA failed"),
+])
+def test_each_kind_of_failure_has_its_exit_code_and_one_line(checkpoints, tmp_path, capsys, monkeypatch,
+                                                             error, code, message):
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(pipeline, "text_to_image", fail)
+    got, _, err = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png"))
+    assert got == code and shown(err)[0].startswith(message) and len(shown(err)) == 1, err
+    assert files_under(tmp_path) == []
+
+
+def test_debug_shows_the_traceback_and_the_same_line(checkpoints, tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise TypeError("boom")
+    monkeypatch.setattr(pipeline, "text_to_image", fail)
+    code, _, err = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png", "--debug"))
+    assert code == 1 and "Traceback" in err and shown(err)[-1].startswith("minidiff: internal error")
+
+
+def test_a_cut_prompt_is_a_one_line_warning(checkpoints, tmp_path, capsys):
+    code, _, err = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png")[:1],
+                           "a red circle on the left " * 3, *generate_argv(checkpoints, tmp_path / "g.png")[2:])
+    warned = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert code == 0 and len(warned) == 1 and warned[0].startswith("minidiff: warning: tokenizer: prompt of"), err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+def test_stale_temporary_files_in_the_output_folder_are_removed(checkpoints, tmp_path, capsys):
+    stale = tmp_path / ".g.png.k1ll3d_0.tmp"
+    stale.write_bytes(b"half a PNG")
+    os.utime(stale, (files.STARTED - 60, files.STARTED - 60))
+    code, _, _ = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png"))
+    assert code == 0 and files_under(tmp_path) == [tmp_path / "g.png"]
+
+
+# -- training: one run per --out, SIGTERM as Ctrl-C ------------------------------------------------------
+def test_a_second_training_run_on_one_out_refuses_with_one_line(tmp_path, capsys):
+    fd = os.open(tmp_path / ".train.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)               # as the first run holds it
+    os.write(fd, b"4242\n")
+    try:
+        code, _, err = run_cli(capsys, "train", "pixel", "--out", tmp_path, "--steps", "2", "--batch-size", "2",
+                               "--dataset-size", "4", "--model", "quick16", "--no-progress", "--device", "cpu")
+    finally:
+        os.close(fd)
+    assert code == 2 and len(shown(err)) == 1, err
+    assert "is in use by another training run (process 4242)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".train.lock"]
+
+
+def test_sigterm_stops_training_like_ctrl_c_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    from minidiff.checkpoint import load_checkpoint
+    from minidiff.nn.layers import Linear
+    model = Linear(3, 1, rng=np.random.default_rng(0))
+    model.config = dataclasses.make_dataclass("Config", [("width", int, 3)])()
+    x = np.ones((4, 3), np.float32)
+
+    def loss_fn(rng, step):
+        if step == 3:                            # a scheduler stops the job during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        y = model.forward(x)
+        model.backward(2 * y / y.size)
+        return np.asarray((y ** 2).mean(), np.float32)
+
+    def fake_main(args):
+        cfg = train.TrainConfig(steps=10, log_every=1, checkpoint_every=2, warmup_steps=0)
+        config = {"job": "pixel", "model": {"width": 3}, "train": dataclasses.asdict(cfg)}
+        train.fit("pixel", model, loss_fn, cfg, config, out=args.out, progress=False)
+        return 0
+    monkeypatch.setattr(train, "main", fake_main)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_cli(capsys, "train", "pixel", "--out", tmp_path)
+    assert code == 130 and len(shown(err)) == 1, err
+    assert "interrupted: pixel: stopped by terminated (SIGTERM); the last checkpoint saved in" in err
+    assert load_checkpoint(tmp_path / "pixel.npz").step == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert signal.getsignal(signal.SIGTERM) == before
