@@ -484,5 +484,5 @@ if "3" in EXERCISE.split(","):
     answer = "fewer" if stray[1.0] < stray[0.0] else "more"
     print(f"exercise 3: DDIM {settings.ddim_steps} steps, off the roll: "
           + ", ".join(f"eta {eta}: {100 * v:.1f}%" for eta, v in stray.items())
-          + f"; MMD^2: " + ", ".join(f"eta {eta}: {mmd2(p, reference):.4f}" for eta, p in by_eta.items())
+          + "; MMD^2: " + ", ".join(f"eta {eta}: {mmd2(p, reference):.4f}" for eta, p in by_eta.items())
           + f"; eta 1 puts {answer} off the roll; your guess {MY_ETA_GUESS}{verdict(MY_ETA_GUESS, answer)}")
