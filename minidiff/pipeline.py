@@ -89,6 +89,7 @@ class Pipeline:
     prediction_type: str = "epsilon"
     max_length: int = 24
     lora: object = None                  # the LoRA adapters attached to the U-Net (load_lora), or None
+    controlled: object = None            # the U-Net steered by a ControlNet (load_controlnet), or None
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -129,6 +130,33 @@ class Pipeline:
             self.lora.detach()
             self.lora = None
 
+    # -- ControlNet (minidiff/models/controlnet.py) -------------------------------------------------
+    def load_controlnet(self, path):
+        """Steer the U-Net with the ControlNet saved at ``path`` whenever a ``control`` image is given."""
+        from .models.controlnet import load_controlnet
+        self.controlled = load_controlnet(path, self.unet)
+        return self.controlled
+
+    def load_control(self, control, num_images=1):
+        """An outline (white on black; an RGB or greyscale PNG path, PIL image or array) at the model's
+        image size -> (num_images, 1, H, W) in {0, 1} on the pipeline's device. Anything else is one
+        ValueError; a control without a loaded ControlNet too."""
+        if self.controlled is None:
+            raise ValueError("a control image needs a ControlNet: load one with load_controlnet (train one "
+                             "with `python -m minidiff train controlnet`)")
+        size = self.vae.config.image_size
+        if isinstance(control, (str, Path)) and Path(control).is_file():
+            from PIL import Image
+            try:
+                with Image.open(control) as opened:
+                    width, height = opened.size
+            except OSError as exc:
+                raise ValueError(f"cannot read control image {control}: {exc}") from None
+            if (width, height) != (size, size):
+                raise ValueError(f"control image {control} is {width}x{height}; the model's images are {size}x{size}")
+        outline = load_mask(control, (size, size))                                # (H, W) in {0, 1}
+        return self.xp.asarray(np.broadcast_to(outline, (num_images, 1, size, size)).copy())
+
     @property
     def device(self) -> str:
         """Where the pipeline's weights live ("cpu" or "gpu"): every array it makes goes there."""
@@ -147,17 +175,27 @@ class Pipeline:
             states, _ = self.text_encoder.forward(ids, mask)
         return states, mask
 
-    def guided_model_fn(self, prompts, negative_prompts, guidance_scale, batch=None):
+    def guided_model_fn(self, prompts, negative_prompts, guidance_scale, batch=None, control=None,
+                        control_scale=1.0):
         """model_fn(z_t, t) for the samplers: the U-Net under classifier-free guidance
         (``diffusion/guidance.py``). ``prompts`` and ``negative_prompts``: one string for every row
-        (repeated ``batch`` times), or a list with one string per row."""
+        (repeated ``batch`` times), or a list with one string per row. ``control`` (B, 1, H, W), from
+        ``load_control``: the ControlNet steers both guidance branches, weighed by ``control_scale``."""
         rows = lambda p: [p] * batch if isinstance(p, str) else list(p)          # noqa: E731
         cond, cond_mask = self.encode_prompts(rows(prompts))
         uncond, uncond_mask = self.encode_prompts(rows(negative_prompts))
+        if control is not None:
+            if not isinstance(control_scale, (int, float)) or not math.isfinite(control_scale):
+                raise ValueError(f"control_scale must be a finite number, got {control_scale!r}")
+            self.controlled.control_scale = float(control_scale)
 
         def unet(z, t, context, context_mask):
             with no_grad():
-                return self.unet.forward(z, t, context, context_mask)
+                if control is None:
+                    return self.unet.forward(z, t, context, context_mask)
+                repeats = z.shape[0] // control.shape[0]          # guidance runs both branches as one batch
+                return self.controlled.forward(z, t, context, context_mask,
+                                               self.xp.concatenate([control] * repeats))
         return guidance.guided_model_fn(unet, cond, cond_mask, uncond, uncond_mask, guidance_scale)
 
     def sample_prompts(self, prompts, guidance_scale, steps=50, seed=0, sampler="ddim", batch_size=64,
@@ -219,14 +257,17 @@ class Pipeline:
 
     # -- the four tasks ------------------------------------------------------------------------
     def text_to_image(self, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim",
-                      seed=0, num_images=1, return_intermediates=False, eta=0.0, progress=False):
-        """Images for ``prompt``: a list of PIL images (and the denoising strip, if asked for)."""
+                      seed=0, num_images=1, return_intermediates=False, eta=0.0, progress=False,
+                      control=None, control_scale=1.0):
+        """Images for ``prompt``: a list of PIL images (and the denoising strip, if asked for).
+        ``control``: an outline for the loaded ControlNet to follow (see ``load_control``)."""
         _check_prompt(prompt)
         _check_prompt(negative_prompt, "negative_prompt")
         _check_common(steps, guidance_scale, num_images)
         size = self.vae.config.image_size // self.factor
         shape = (num_images, self.latent_channels, size, size)
-        model_fn = self.guided_model_fn(prompt, negative_prompt, guidance_scale, num_images)
+        control = None if control is None else self.load_control(control, num_images)
+        model_fn = self.guided_model_fn(prompt, negative_prompt, guidance_scale, num_images, control, control_scale)
         result = self._sample(model_fn, shape, steps, sampler, seed, eta=eta,
                               return_intermediates=return_intermediates, progress=progress)
         if return_intermediates:

@@ -111,7 +111,8 @@ def test_textual_inversion_job_moves_only_the_new_token(tmp_path):
 @pytest.mark.skipif(not (zoo.PRETRAINED_DIR / "unet.npz").is_file(), reason="needs the shipped models")
 def test_controlnet_job_writes_a_controlnet_for_its_unet(tmp_path):
     from minidiff.models.unet import UNet
-    from minidiff.train.finetune import CONTROLNET_FILE, load_controlnet, run_controlnet
+    from minidiff.models.controlnet import load_controlnet
+    from minidiff.train.finetune import CONTROLNET_FILE, run_controlnet
     cfg = make_config("controlnet", "quick", {"steps": 2, "batch_size": 2, "dataset_size": 8, "log_every": 1})
     result = run_controlnet(cfg, out=tmp_path, progress=False)
     assert any(np.abs(conv.weight.data).max() > 0 for conv in result.model.controlnet.zero_convs)   # it trained
@@ -122,3 +123,19 @@ def test_controlnet_job_writes_a_controlnet_for_its_unet(tmp_path):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
     with pytest.raises(ValueError, match="another U-Net"):
         load_controlnet(tmp_path / CONTROLNET_FILE, UNet(make_config("text2image", "quick").model))
+
+    # the pipeline follows a drawing: an RGB or greyscale PNG at the model's size, anything else one error
+    from PIL import Image
+    from minidiff.models.controlnet import edge_map
+    from minidiff.pipeline import Pipeline
+    pipe = Pipeline.load()
+    outline = edge_map(shapes.sample(1, seed=3, size=32)["images"])[0, 0]
+    Image.fromarray((outline * 255).astype(np.uint8)).save(tmp_path / "outline.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="needs a ControlNet"):
+        pipe.text_to_image("a red circle", steps=1, control=tmp_path / "outline.png")
+    pipe.load_controlnet(tmp_path / CONTROLNET_FILE)
+    [image] = pipe.text_to_image("a red circle", steps=2, control=tmp_path / "outline.png", control_scale=0.5)
+    assert image.size == (32, 32)
+    with pytest.raises(ValueError, match="is 16x16; the model's images are 32x32"):
+        pipe.text_to_image("a red circle", steps=1, control=tmp_path / "small.png")

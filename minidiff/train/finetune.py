@@ -45,7 +45,7 @@ from ..diffusion.loss import diffusion_loss, training_targets
 from ..diffusion.schedule import NoiseSchedule
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..diffusion import guidance, samplers
-from ..models.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map
+from ..models.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map, save_controlnet
 from ..models.lora import AdapterMismatch, add_lora, save_adapter
 from ..models.tokenizer import END_ID, PAD_ID, START_ID
 from ..nn.layers import Embedding
@@ -365,28 +365,6 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
         result.checkpoint = path
         print(f"controlnet: -> {path}")
     return result
-
-
-def save_controlnet(path, controlnet: ControlNet, dtype=None):
-    """The ControlNet alone, with its config and its locked U-Net's config."""
-    config = {"job": "controlnet", "controlnet": dataclasses.asdict(controlnet.config),
-              "base": {"model": json_config(controlnet.unet_config)}}
-    return save_checkpoint(path, model=controlnet, config=config, dtype=dtype)
-
-
-def load_controlnet(path, unet):
-    """A ControlledUNet: ``unet`` locked, steered by the ControlNet saved at ``path``; one clear error
-    when the file is no ControlNet, or one made for another U-Net."""
-    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train controlnet`")
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    if config.get("job") != "controlnet" or not isinstance(config.get("controlnet"), dict):
-        raise AdapterMismatch(f"{path} is not a ControlNet (its job is {config.get('job')!r})")
-    if config.get("base", {}).get("model") != json_config(unet.config):
-        raise AdapterMismatch(f"{path} is a ControlNet for another U-Net")
-    controlnet = ControlNet(unet, zoo.config_from_dict(ControlNetConfig, config["controlnet"], where=str(path)))
-    controlnet.load_state_dict(ckpt.model_state)
-    controlnet.to("gpu" if backend.is_gpu_array(unet.parameters()[0].data) else "cpu").eval()
-    return ControlledUNet(unet, controlnet)
 
 
 def pink_report(pipe: Pipeline, prompts=PINK_PROMPTS, guidance_scale=4.0, steps=25, seed=0):
