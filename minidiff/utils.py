@@ -38,6 +38,8 @@ def lesson_parser(description: str) -> argparse.ArgumentParser:
                        help="train everything from scratch at full size (the default of a script)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default outputs/<lesson>)")
+    parser.add_argument("--exercise", default=None, metavar="N[,M]",
+                        help="also run these exercises of the lesson's last cell (same as MINIDIFF_EXERCISE=N)")
     backend.add_device_argument(parser)
     return parser
 
@@ -62,6 +64,8 @@ def parse_lesson_args(description: str, argv=None):
     if from_env and from_env not in LESSON_MODES:
         parser.error(f"MINIDIFF_LESSON must be one of {', '.join(LESSON_MODES)}, got {from_env!r}")
     args.mode = flagged[0] if flagged else from_env or ("quick" if notebook else "full")
+    if args.exercise is not None:          # the lessons read the exercises to run from the environment
+        os.environ["MINIDIFF_EXERCISE"] = args.exercise
     for mode in LESSON_MODES:
         setattr(args, mode, args.mode == mode)
     backend.set_device(args.device)
