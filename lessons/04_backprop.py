@@ -42,12 +42,14 @@ good to ~1e-9. A correct backward agrees to well below 1e-6; a wrong one is off 
 
 What you will see: the derivations (printed from the code's own docstrings), the im2col
 picture, a table of gradient-check errors for every op in minidiff (all < 1e-6), a deliberately
-broken GroupNorm backward caught by the check, and the speed of a convolution on this machine.
+broken GroupNorm backward caught by the check, the speed of a convolution on this machine, and
+"where is this gradient computed?": the chain of calls, file by file, through which a
+cross-attention weight's and a GroupNorm gamma's gradients reach them (recorded, not typed).
 
 Read beside: minidiff/nn/ops/linear.py, conv.py (im2col, conv2d, col2im), norm.py (group_norm and
 layer_norm, one normalize_backward), attention.py (every pair, derivation beside the code; all
 gathered in minidiff/nn/functional.py), minidiff/nn/reference.py (the loop versions),
-minidiff/nn/gradcheck.py (the checker). The faster routes an op may hand off to are in
+minidiff/nn/gradcheck.py (the checker), minidiff/nn/trace.py (gradient_path). The faster routes an op may hand off to are in
 minidiff/nn/fast/; MINIDIFF_FAST=0 runs the derivations you read here everywhere.
 
 Run: python lessons/04_backprop.py [--quick] [--smoke] [--device cpu|gpu]
@@ -273,3 +275,78 @@ flops = 3 * 2 * s.batch * s.size * s.size * s.channels * s.channels * 9    # thr
 print(f"conv2d 3x3, x ({s.batch}, {s.channels}, {s.size}, {s.size}) float32 on {device}: forward + backward "
       f"{seconds * 1e3:.1f} ms (median of {s.repeats}), {flops / seconds / 1e9:.1f} GFLOP/s in its three GEMMs")
 assert all(g.dtype == np.float32 for g in grads) and seconds > 0
+
+# %% where is this gradient computed? one weight's gradient, from the loss to p.grad
+# A model's backward is spread over files. nn/trace.py runs one backward pass and writes down,
+# for one parameter, the chain of calls through which its gradient arrives (the call stack at the
+# moment it is added into p.grad, and the op that computed it). Nothing here is typed by hand.
+from minidiff.models.unet import UNet, UNetConfig  # noqa: E402
+from minidiff.nn import fast  # noqa: E402
+from minidiff.nn.trace import gradient_path  # noqa: E402
+
+unet = UNet(UNetConfig.tiny(), seed=args.seed)
+x_in = host.standard_normal((2, 2, 8, 8)).astype(np.float32)
+context = host.standard_normal((2, 5, 6)).astype(np.float32)
+paths = {}
+for name in ("mid_block.attentions.0.attn2.to_k.weight",        # a cross-attention weight: W_k of the text
+             "down_blocks.1.resnets.0.norm1.weight"):           # a GroupNorm gamma inside a ResBlock
+    with fast.disabled():                                       # the derivations, not the speed routes
+        eps_pred = unet.forward(x_in, np.array([3, 500]), context)
+        loss, loss_cache = F.mse_loss(eps_pred, x_in)
+        paths[name] = gradient_path(unet, name, lambda: unet.backward(F.mse_loss_backward(1.0, loss_cache)))
+    print(f"dL/d {name}:")
+    for hop in paths[name]:
+        print(f"    {hop}")
+k_path, gamma_path = paths.values()
+assert k_path[0] == "minidiff/models/unet.py:UNet.backward" and k_path[-1].endswith("Parameter.accumulate")
+assert "minidiff/nn/layers.py:MultiHeadAttention.backward" in k_path and "minidiff/nn/ops/linear.py:linear_backward" in k_path
+assert any(hop.startswith("minidiff/nn/ops/norm.py:group_norm") for hop in gamma_path)
+print(f"the cross-attention weight's gradient crosses {len({h.split(':')[0] for h in k_path})} files in "
+      f"{len(k_path)} hops; GroupNorm's gamma {len(gamma_path)} hops")
+
+# %% Exercises
+# 1. Break a backward and watch the check catch it: below, `broken_softmax_backward` forgets the
+#    "- rowsum(dy * y)" term of softmax's Jacobian. Predict the relative error before running it.
+#    (Set EXERCISE = "1" here, or run with --exercise 1 / MINIDIFF_EXERCISE=1.)
+# 2. Write `my_linear_backward(dy, cache)` (the cache is (x2d, w, x_shape, has_bias), as in
+#    nn/ops/linear.py; return dx, dw, db) from the derivation at the top; the lesson checks it
+#    against finite differences.
+# 3. Which hops would a *self*-attention weight's gradient take (attn1.to_q)? Write your guess as
+#    a list in `my_guess`, then compare it with gradient_path (the lesson prints the difference).
+import os  # noqa: E402
+
+EXERCISE = os.environ.get("MINIDIFF_EXERCISE", "")
+chosen = {int(n) for n in EXERCISE.replace(",", " ").split() if n.isdigit()}
+
+
+def broken_softmax_backward(dy, cache):
+    y, axis = cache[0], cache[1]
+    return dy * y                                   # missing: - y * sum(dy * y, axis)
+
+
+def my_linear_backward(dy, cache):
+    raise NotImplementedError("exercise 2: dx = dy w, dw = dy^T x, db = sum over rows of dy")
+
+
+my_guess = []
+
+if 1 in chosen:
+    logits = randn(3, 5)
+    errors = gradcheck(lambda z: F.softmax(z, axis=-1), {"z": logits}, broken_softmax_backward, seed=1)
+    print(f"exercise 1: broken softmax_backward, max relative error {max(errors.values()):.2f} (a correct one: < 1e-9)")
+    assert max(errors.values()) > 1e-2, "the broken backward should be caught"
+if 2 in chosen:
+    xs, ws, bs = randn(4, 3), randn(2, 3), randn(2)
+    try:
+        errors = gradcheck(F.linear, {"x": xs, "w": ws, "b": bs}, my_linear_backward, seed=2)
+        print(f"exercise 2: your linear_backward, max relative error {max(errors.values()):.1e}")
+        assert max(errors.values()) < TOL, errors
+    except NotImplementedError as exc:
+        print(f"exercise 2: not written yet ({exc})")
+if 3 in chosen:
+    name = "mid_block.attentions.0.attn1.to_q.weight"
+    with fast.disabled():
+        eps_pred = unet.forward(x_in, np.array([3, 500]), context)
+        loss, loss_cache = F.mse_loss(eps_pred, x_in)
+        truth = gradient_path(unet, name, lambda: unet.backward(F.mse_loss_backward(1.0, loss_cache)))
+    print(f"exercise 3: the path is {truth}\n  yours missed {[h for h in truth if h not in my_guess]}")
