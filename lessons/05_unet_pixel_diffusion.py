@@ -53,8 +53,8 @@ gives the ceiling we start from.
 
 A few minutes of CPU train the loss curve down but give colour blobs, not shapes. So --quick
 trains your own U-Net for 200 steps (the loop below, in plain sight; its loss curve and samples
-are shown), then judges data/pretrained/lessons/pixel16_v.npz: the same U-Net trained for about
-a thousand steps by minidiff's own pixel job (data/pretrained/lessons/README.md has the command,
+are shown), then judges data/pretrained/lessons/pixel16_v.npz: the same U-Net trained for 685
+steps by minidiff's own pixel job (data/pretrained/lessons/README.md has the command,
 steps and time). That one predicts v instead of eps with min-SNR weighting; lesson 06 shows why.
 --full trains everything here from scratch and judges your model.
 
@@ -336,7 +336,7 @@ final, xs, x0_preds = draw(judged, diffusion["prediction_type"], judged_schedule
 ts = samplers.sampler_timesteps(judged_schedule, settings.sample_steps, SAMPLER, spacing="trailing")
 inputs = [x_T] + xs[:-1]                             # x_t fed to step i (xs[i] is what step i made)
 columns = np.linspace(0, len(ts) - 1, min(8, len(ts))).round().astype(int)
-# there is no "target" image: the closest training image shows the sample is new, not a copy
+# there is no "target" image: the closest training image shows what the sample resembles
 train_images = backend.to_numpy(data)
 nearest = int(np.argmin(((train_images - backend.to_numpy(final)) ** 2).reshape(len(train_images), -1).sum(axis=1)))
 nearest_gap = float(np.abs(train_images[nearest] - backend.to_numpy(final)[0]).mean())
@@ -348,11 +348,11 @@ show(axes[0, -1], final, 1, "x_0: the sample")
 show(axes[1, -1], train_images[nearest:nearest + 1], 1, f"closest training\nimage (|diff| {nearest_gap:.2f})")
 fig.suptitle(f"Denoising one sample ({judged_name}, {SAMPLER.upper()} {settings.sample_steps} steps). Top: x_t "
              "entering the step. Bottom: the clean-image guess x0_hat, clipped to [-1, 1]; right: the nearest of "
-             f"the {len(train_images)} training images (no target exists: the sample is new)", fontsize=9)
+             f"the {len(train_images)} training images (there is no target: it shows what the sample resembles)", fontsize=9)
 save_figure(fig, out / "denoising_strip.png")
 print(f"at t = {ts[0]}, sqrt(abar_t) = {np.sqrt(judged_schedule.alphas_cumprod[ts[0]]):.1e}: the first x0_hat "
-      "knows nothing yet (grey for a v- or x0-predicting network, clipped noise for an eps one); "
-      "a few steps later it is a blurry guess")
+      "has almost nothing to go on (a dim pattern of the noise itself; for an eps network it would be "
+      "that noise magnified 20,000 times and clipped); a few steps later it is a blurry guess")
 print(f"closest training image to the sample: mean |difference| {nearest_gap:.3f} per pixel")
 # the x0 prediction closes in on the final sample as t falls
 gaps = [float(np.abs(backend.to_numpy(x0_preds[i] - final)).mean()) for i in columns]

@@ -5,8 +5,8 @@ in --quick mode (cosine schedule, v-prediction, min-SNR-5 weighting; EMA weights
 
 It is the pixel job of ``python -m minidiff train pixel`` (minidiff/train/jobs.py run_pixel) with
 the PixelJob.quick() preset changed in the fields below; the command line has no --schedule,
---prediction-type or --min-snr-gamma yet, so this script sets them. The result is OUT_DIR/pixel.npz
-(copy it to data/pretrained/lessons/pixel16_v.npz).
+--prediction-type or --min-snr-gamma yet, so this script sets them. The result is OUT_DIR/pixel.npz; ship.py beside this file writes
+data/pretrained/lessons/pixel16_v.npz from it (README.md beside this file has both commands).
 """
 import argparse
 import dataclasses
