@@ -66,3 +66,17 @@ def test_classifier_guidance_shifts_eps_by_the_scaled_gradient():
     np.testing.assert_allclose(guided, expected, rtol=1e-6, atol=1e-6)
     assert guided.dtype == np.float32
     assert classifier_guided_eps(eps, grad, np.float32(0.5), 0.0) is eps
+
+
+def test_noisy_classifier_job_writes_a_loadable_classifier(tmp_path):
+    from minidiff import zoo
+    if not (zoo.PRETRAINED_DIR / "vae.npz").is_file():
+        pytest.skip("needs the shipped VAE")
+    from minidiff.train.config import make_config
+    from minidiff.train.finetune import NOISY_CLASSIFIER_FILE, load_noisy_classifier, run_noisy_classifier
+    cfg = make_config("noisy_classifier", "quick", {"steps": 2, "batch_size": 4, "dataset_size": 16, "log_every": 1})
+    result = run_noisy_classifier(cfg, out=tmp_path, progress=False)
+    loaded = load_noisy_classifier(tmp_path / NOISY_CLASSIFIER_FILE)
+    x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    with no_grad():
+        np.testing.assert_allclose(loaded(x, np.array([10, 900])), result.model(x, np.array([10, 900])), rtol=1e-5)

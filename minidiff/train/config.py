@@ -17,7 +17,8 @@ from ..models.clip import CLIPConfig
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 
-JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora", "textual_inversion", "controlnet")
+JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora", "textual_inversion", "controlnet",
+        "noisy_classifier")
 
 
 # =================================================================================================
@@ -271,9 +272,29 @@ class ControlNetJob(PinkFineTune):
         return cls(steps=3000, batch_size=128, lr=1e-4, warmup_steps=100, dataset_size=20000)
 
 
+@dataclass
+class NoisyClassifierJob(DiffusionTrainConfig):
+    """The noise-aware colour classifier p(y | z_t, t) for classifier guidance (train/finetune.py), on
+    the latents of the VAE, noised with the shipped U-Net's schedule."""
+    vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
+    schedule: str = "scaled_linear"
+    weight_decay: float = 0.01
+    ema_decay: float = 0.99
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=600, batch_size=64, lr=2e-3, warmup_steps=30, dataset_size=3000, log_every=50,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=4000, batch_size=256, lr=2e-3, warmup_steps=200, dataset_size=30000)
+
+
 JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": ClipJob,
                "text2image": Text2ImageJob, "classifier": ClassifierJob, "lora": LoRAJob,
-               "textual_inversion": TextualInversionJob, "controlnet": ControlNetJob}
+               "textual_inversion": TextualInversionJob, "controlnet": ControlNetJob,
+               "noisy_classifier": NoisyClassifierJob}
 
 
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",

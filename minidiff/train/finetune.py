@@ -10,6 +10,8 @@
                         Saved as DIR/pink_token.npz (128 numbers).
     controlnet          a ControlNet (models/controlnet.py) beside the frozen U-Net learns to follow an
                         outline: each training image's Sobel edge map is its control. DIR/controlnet.npz.
+    noisy_classifier    p(colour | z_t, t) on noised latents, for classifier guidance
+                        (models/noisy_classifier.py). DIR/noisy_classifier.npz.
 
 Textual inversion (Gal et al., 2022), how the placeholder is read: a prompt "a <pink> circle" is
 tokenized around the placeholder, and the placeholder's position gets the id of <pad> (0) with the
@@ -47,11 +49,13 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..diffusion import guidance, samplers
 from ..models.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map, save_controlnet
 from ..models.lora import AdapterMismatch, add_lora, save_adapter
+from ..models.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from ..models.tokenizer import END_ID, PAD_ID, START_ID
 from ..nn.layers import Embedding
 from ..nn.module import Module, Parameter, no_grad
 from ..pipeline import Pipeline
-from .config import ControlNetJob, LoRAJob, TextualInversionJob
+from ..nn import functional as F
+from .config import ControlNetJob, LoRAJob, NoisyClassifierJob, TextualInversionJob
 from .data import SHAPES_DATA_SEED, encode_dataset, text_states
 from .jobs import _diffusion_loss_fn
 from .loop import fit
@@ -59,6 +63,7 @@ from .loop import fit
 LORA_FILE = "lora_pink.npz"
 TOKEN_FILE = "pink_token.npz"
 CONTROLNET_FILE = "controlnet.npz"
+NOISY_CLASSIFIER_FILE = "noisy_classifier.npz"
 PLACEHOLDER = "<pink>"
 PLACEHOLDER_ID = PAD_ID           # never produced from text; at a real (mask True) position it is the placeholder
 PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
@@ -365,6 +370,57 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
         result.checkpoint = path
         print(f"controlnet: -> {path}")
     return result
+
+
+# -- the noise-aware classifier ------------------------------------------------------------------------
+def run_noisy_classifier(cfg: NoisyClassifierJob, out=None, resume=False, deadline=None, stop_at=None,
+                         progress=True, ship_dtype=None):
+    """p(colour | z_t, t) on the VAE's latents of one-object scenes, noised to a uniform t."""
+    if resume:
+        raise ValueError("train noisy_classifier: --resume is not supported")
+    xp = backend.get_xp()
+    vae = zoo.load_vae(cfg.vae, backend.device())
+    schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
+    model_config = NoisyClassifierConfig(in_channels=vae.config.latent_channels, image_size=vae.config.latent_size,
+                                         num_classes=len(COLOURS))
+    classifier = NoisyClassifier(model_config, seed=cfg.seed).to(backend.device())
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED, 18), size=vae.config.image_size,
+                          two_object_fraction=0.0)
+    means, stds = encode_dataset(vae, batch["images"])
+    colours = xp.asarray(batch["labels"]["colour"])
+
+    def loss_fn(rng, step):
+        idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
+        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
+        t = rng.integers(0, schedule.num_steps, size=(cfg.batch_size,))
+        # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps: the classifier must read colours through the noise
+        z_t = schedule.q_sample(z0, t, rng.standard_normal(z0.shape, dtype=z0.dtype))
+        loss, cache = F.cross_entropy(classifier.forward(z_t, t), colours[idx])
+        classifier.backward(F.cross_entropy_backward(1.0, cache))
+        return loss
+
+    config = {"job": "noisy_classifier", "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(cfg),
+              "diffusion": cfg.diffusion()}
+    result = fit("noisy_classifier", classifier, loss_fn, cfg, config, out=None, deadline=deadline,
+                 stop_at=stop_at, progress=progress)
+    if result.complete and out is not None:
+        path = Path(out) / NOISY_CLASSIFIER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, model=classifier, config=config)
+        result.checkpoint = path
+        print(f"noisy_classifier: -> {path}")
+    return result
+
+
+def load_noisy_classifier(path, device=None):
+    """The NoisyClassifier saved at ``path``, in eval mode."""
+    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train noisy_classifier`")
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if config.get("job") != "noisy_classifier":
+        raise AdapterMismatch(f"{path} is not a noisy classifier (its job is {config.get('job')!r})")
+    classifier = NoisyClassifier(zoo.config_from_dict(NoisyClassifierConfig, config.get("model", {}), where=str(path)))
+    classifier.load_state_dict(ckpt.model_state)
+    return classifier.to(device or backend.device()).eval()
 
 
 def pink_report(pipe: Pipeline, prompts=PINK_PROMPTS, guidance_scale=4.0, steps=25, seed=0):

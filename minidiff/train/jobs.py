@@ -337,9 +337,16 @@ def run_controlnet(cfg, **options):
     return run(cfg, **options)
 
 
+def run_noisy_classifier(cfg, **options):
+    """The noisy_classifier job (classifier guidance) lives in finetune.py too."""
+    from .finetune import run_noisy_classifier as run
+    return run(cfg, **options)
+
+
 RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
            "text2image": run_text2image, "classifier": run_classifier, "lora": run_lora,
-           "textual_inversion": run_textual_inversion, "controlnet": run_controlnet}
+           "textual_inversion": run_textual_inversion, "controlnet": run_controlnet,
+           "noisy_classifier": run_noisy_classifier}
 
 
 def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,
