@@ -1,4 +1,4 @@
-r"""Lesson 12: fine-tuning a finished model with LoRA -- a new colour, a few percent of the weights.
+r"""Lesson 12: control and fine-tuning -- LoRA, textual inversion, ControlNet, classifier guidance.
 
 The shipped text-to-image model knows six colours. To teach it a seventh, pink, we could retrain the
 U-Net, but every weight would move and the old colours could be forgotten. LoRA (Hu et al., 2021)
@@ -14,17 +14,47 @@ the first gradient reaches B. The backward, with u = x A^T and s = alpha / r, is
 Only A and B train (r (in + out) numbers per layer instead of in * out), and once trained they fold
 into the weights for free inference: W' = W + s B A.
 
+Textual inversion (Gal et al., 2022) learns the same concept with even less: ONE new token
+embedding v for a placeholder word "<pink>", with the text encoder and the U-Net frozen. The
+loss's gradient flows back through the U-Net's cross-attention into the context, back through the
+frozen text encoder's transformer, and lands on the one embedding row the placeholder reads:
+
+    x_0[b, l] = v  where the prompt says "<pink>";   dv = sum over those positions of dx_0[b, l]
+
+LoRA changes how the U-Net listens (36,736 numbers); textual inversion only finds a better word
+for it to hear (128 numbers): it can only reach what the frozen model can already draw.
+
+ControlNet (Zhang et al., 2023) adds a new input instead of a new word: a trainable copy of the
+U-Net's encoder reads the noisy latent plus an outline (through a small conv "hint encoder"), and
+its feature maps join the locked U-Net's skip connections through zero-initialised 1x1 convs:
+
+    skip_i <- skip_i + s * zero_conv_i(copy_i(z_t, t, c, outline)),   mid <- mid + s * zero_conv(mid')
+
+At step 0 every zero conv outputs 0, so the combined model is the base model exactly.
+
+Classifier guidance (Dhariwal & Nichol, 2021), the older cousin of lesson 10's classifier-free
+guidance, steers with a classifier p(y | x_t, t) trained on noisy latents:
+
+    eps_hat = eps(x_t) - s sqrt(1 - abar_t) grad_x log p(y | x_t)
+
+its input gradient from the classifier's own backward (d log p_y / d logits = onehot(y) - p).
+
 Cells: (1) the adapter's gradients against finite differences in float64; (2) adapters on every
 q, k, v and out projection of the shipped U-Net: its size beside the U-Net's, and the step-0 output
 equal to the base's; (3) merging equals adapting; (4) the trained pink adapter (when
 data/pretrained/lora_pink.npz is shipped): the share of "a pink ..." prompts giving a pink object,
-with and without it, judged by pixel colour (the attribute classifier has no pink class); exercises.
+with and without it, judged by pixel colour (the attribute classifier has no pink class);
+(5) textual inversion: the gradient through the frozen text encoder into v, checked; (6) ControlNet:
+step-0 equality on the shipped U-Net, its size, the outlines it reads; (7) classifier guidance:
+the colour a noise-aware classifier asks for, by guidance scale (when data/pretrained/noisy_classifier.npz
+is shipped); exercises.
 
 Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more steps).
 
 Read beside: minidiff/models/lora.py (LoRALinear, add_lora, merge_lora, save_adapter, load_adapter),
-minidiff/train/finetune.py (the lora job, the colour judge), minidiff/datasets/shapes.py (the opt-in
-pink), minidiff/nn/gradcheck.py, lesson 04 (gradient checks), lesson 10 (the model being adapted).
+minidiff/train/finetune.py (the lora, textual_inversion, controlnet and noisy_classifier jobs, the colour
+judge), minidiff/models/controlnet.py, minidiff/models/noisy_classifier.py, minidiff/diffusion/guidance.py,
+minidiff/datasets/shapes.py (the opt-in pink), minidiff/nn/gradcheck.py, lessons 04 and 10.
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -58,6 +88,7 @@ class Settings:
 FULL = Settings(steps=50, prompts=len(PINK_PROMPTS))
 QUICK = Settings(steps=20, prompts=len(PINK_PROMPTS))
 SMOKE = Settings(steps=2, prompts=2)
+CLASSIFIER_SCALES = (0.0, 10.0)
 
 args = parse_lesson_args("Lesson 12: fine-tuning a finished model with LoRA.")
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
@@ -123,6 +154,82 @@ if path.is_file():
 else:
     print(f"{path} is not shipped: train one with `python -m minidiff train lora --out DIR` "
           f"and load it with Pipeline.load_lora(DIR/{LORA_FILE})")
+
+# %% 5. textual inversion: the gradient reaches one embedding row through the frozen text encoder
+from minidiff.train.finetune import PlaceholderToken, encode_with_placeholder  # noqa: E402
+from minidiff.nn.module import Module  # noqa: E402
+
+encoder64 = type(pipe.text_encoder)(pipe.text_encoder.config)
+encoder64.load_state_dict(pipe.text_encoder.state_dict())
+encoder64.to(dtype=np.float64)
+token = PlaceholderToken(encoder64, pipe.tokenizer, init_word="red").attach()
+ids, mask = encode_with_placeholder(pipe.tokenizer, ["a <pink> circle on the left"], pipe.max_length)
+
+
+class StatesOfV(Module):
+    """The frozen encoder's states as a function of v alone."""
+    def _children(self):
+        yield "v", token
+
+    def forward(self):
+        return encoder64.forward(ids, mask)[0]
+
+    def backward(self, d_states):
+        return encoder64.backward(d_states)
+
+
+report = check_module(StatesOfV(), [], max_coords=16)
+print(report)
+assert report.passed(1e-6) and [r.name for r in report.rows] == ["v.embedding"]
+print(f"textual inversion trains {token.num_parameters()} numbers; LoRA {adapters.num_parameters():,}")
+token.detach()
+
+# %% 6. ControlNet: a trainable copy of the encoder, exactly the base model at step 0
+from minidiff.datasets import shapes  # noqa: E402
+from minidiff.models.controlnet import ControlledUNet, ControlNet, edge_map  # noqa: E402
+
+controlnet = ControlNet(unet)
+controlled = ControlledUNet(unet, controlnet)
+scenes = shapes.sample(2, seed=4, size=pipe.vae.config.image_size, two_object_fraction=0.5)
+outlines = edge_map(scenes["images"])
+control_out = controlled(z, t, context, context_mask, outlines)
+print(f"ControlNet: {controlnet.num_parameters():,} parameters beside the U-Net's {unet.num_parameters():,}; "
+      f"step 0: max |controlled - base| = {np.abs(control_out - base_out).max():.1e}")
+assert np.array_equal(control_out, base_out)
+image_grid(np.concatenate([scenes["images"], np.repeat(2 * outlines - 1, 3, axis=1)]), nrow=2, scale=4).save(
+    out / "outlines.png")
+print(f"the outlines it reads (Sobel |G| > 0.25 max): {out / 'outlines.png'}")
+
+# %% 7. classifier guidance: a noisy classifier's gradient asks for a colour
+from minidiff.diffusion.guidance import classifier_guided_model_fn  # noqa: E402
+from minidiff.models.noisy_classifier import log_prob_gradient  # noqa: E402
+from minidiff.train.finetune import NOISY_CLASSIFIER_FILE, load_noisy_classifier, object_colours  # noqa: E402
+from minidiff.datasets.captions import COLOURS  # noqa: E402
+from minidiff.diffusion import samplers  # noqa: E402
+from minidiff import backend  # noqa: E402
+
+classifier_path = zoo.PRETRAINED_DIR / NOISY_CLASSIFIER_FILE
+if classifier_path.is_file():
+    classifier = load_noisy_classifier(classifier_path)
+    wanted = np.arange(settings.prompts) % len(COLOURS)             # each colour in turn
+
+    def colour_accuracy(scale):
+        """Unconditional samples (the empty prompt) steered by the classifier towards ``wanted``."""
+        model_fn = pipe.guided_model_fn([""] * len(wanted), [""] * len(wanted), 1.0)
+        guided = classifier_guided_model_fn(model_fn, lambda x, t: log_prob_gradient(classifier, x, t, wanted),
+                                            pipe.schedule, scale)
+        size = pipe.vae.config.latent_size
+        latents = samplers.sample(guided, pipe.schedule, (len(wanted), pipe.latent_channels, size, size),
+                                  steps=settings.steps, rng=backend.rng(0), progress=False)
+        return float(np.mean(object_colours(backend.to_numpy(pipe.decode(latents))) == wanted))
+
+    accuracies = {scale: colour_accuracy(scale) for scale in CLASSIFIER_SCALES}
+    print("classifier guidance, colour accuracy by scale s: " +
+          ", ".join(f"s={s:g}: {a:.2f}" for s, a in accuracies.items()))
+    if not args.smoke:
+        assert max(accuracies.values()) > accuracies[0.0]
+else:
+    print(f"{classifier_path} is not shipped: train one with `python -m minidiff train noisy_classifier`")
 
 # %% exercises
 # 1. Rank: train `python -m minidiff train lora --rank 1` and `--rank 16`. How does the pink share move,
