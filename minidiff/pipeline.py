@@ -47,6 +47,7 @@ from .images import load_image, load_mask  # noqa: F401  (re-exported: their old
 from .utils import image_grid, to_uint8
 
 DEFAULT_DIR = zoo.PRETRAINED_DIR
+CONTROLNET_FILE = "controlnet.npz"       # beside the other checkpoints (train controlnet writes it)
 HOW_TO_GET = zoo.HOW_TO_GET
 
 
@@ -374,11 +375,25 @@ def load_pipeline(directory=None, device=None) -> Pipeline:
 
 # -- the module-level entry points (DESIGN.md) ------------------------------------------------------
 def text_to_image(prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
-                  num_images=1, return_intermediates=False, checkpoints=None, device=None, progress=False):
-    """PIL images for ``prompt`` from the pretrained models (see ``Pipeline.text_to_image``)."""
-    return load_pipeline(checkpoints, device).text_to_image(
-        prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
-        seed=seed, num_images=num_images, return_intermediates=return_intermediates, progress=progress)
+                  num_images=1, return_intermediates=False, checkpoints=None, device=None, progress=False,
+                  control=None, control_scale=1.0, lora=None, lora_scale=1.0):
+    """PIL images for ``prompt`` from the pretrained models (see ``Pipeline.text_to_image``).
+
+    ``lora``: an adapter .npz, attached for this call only (weighed by ``lora_scale``). ``control``:
+    an outline PNG, followed through the ControlNet in the checkpoint folder (controlnet.npz)."""
+    pipe = load_pipeline(checkpoints, device)
+    if control is not None and pipe.controlled is None:
+        pipe.load_controlnet(Path(checkpoints or zoo.PRETRAINED_DIR) / CONTROLNET_FILE)
+    if lora is not None:
+        pipe.load_lora(lora, lora_scale)
+    try:
+        return pipe.text_to_image(
+            prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+            seed=seed, num_images=num_images, return_intermediates=return_intermediates, progress=progress,
+            control=control, control_scale=control_scale)
+    finally:
+        if lora is not None:
+            pipe.unload_lora()
 
 
 def image_to_image(image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=4.0,
