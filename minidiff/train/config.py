@@ -70,7 +70,7 @@ class DiffusionTrainConfig(TrainConfig):
 
 @dataclass
 class PixelJob(DiffusionTrainConfig):
-    """Unconditional U-Net on images: shapes (default), ``folder:PATH`` or ``idx:PATH`` (MNIST files)."""
+    """Unconditional U-Net on images: shapes (default), ``digits``, ``folder:PATH`` or ``idx:PATH`` (MNIST files)."""
     model: UNetConfig = field(default_factory=UNetConfig.quick16)
     data: str = "shapes"
     image_size: int = 16
@@ -90,6 +90,7 @@ class VAEJob(TrainConfig):
     """KL autoencoder with Stable Diffusion's L1 + 1e-6 KL objective; optionally (both off by default)
     a perceptual term through the frozen attribute classifier and a patch-GAN term (models/vae_loss.py)."""
     model: VAEConfig = field(default_factory=VAEConfig.f4_32)
+    data: str = "shapes"              # or "digits", "folder:DIR", "idx:DIR" (train/data.py: load_data)
     kl_weight: float = 1e-6
     recon: str = "l1"
     scale_images: int = 2048          # images whose latents set the scale factor at the end
@@ -130,6 +131,7 @@ class LatentJob(DiffusionTrainConfig):
     model: UNetConfig = field(default_factory=lambda: _latent_unet(base_channels=32, num_res_blocks=1))
     vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
     schedule: str = "scaled_linear"
+    data: str = "shapes"              # or "digits", "folder:DIR", "idx:DIR"
 
     @classmethod
     def quick(cls):
@@ -152,6 +154,7 @@ class ClipJob(TrainConfig):
     ema_decay: float = 0.995
     hard_negatives: bool = True       # each image also meets one caption of its own words in the wrong order
     two_object_fraction: float = 0.3  # share of two-object scenes ("A above B") in the training images
+    data: str = "shapes"              # or "digits", "folder:DIR" with captions (hard negatives: shapes only)
 
     @classmethod
     def quick(cls):
@@ -175,6 +178,7 @@ class Text2ImageJob(DiffusionTrainConfig):
     schedule: str = "scaled_linear"
     guidance_scale: float = 4.0       # for the periodic sample grid
     two_object_fraction: float = 0.3  # share of two-object scenes ("A above B") in the training images
+    data: str = "shapes"              # or "digits", "folder:DIR" with captions
     init: str | None = None           # start from the weights of this finished unet.npz (fine-tuning)
 
     @classmethod

@@ -31,13 +31,18 @@ from ..models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from ..optim import AdamW
 from ..pipeline import Pipeline
 from .config import ClassifierJob, ClipJob, DiffusionTrainConfig, LatentJob, PixelJob, Text2ImageJob, VAEJob
-from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states
+from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_data, load_heldout, text_states
 from .loop import fit
 
 
-def train_tokenizer(vocab_size: int, corpus_size: int = 20_000, seed: int = 0):
-    """A byte-level BPE tokenizer trained on ``corpus_size`` shapes captions."""
-    return BPETokenizer.train(shapes.caption_corpus(corpus_size, seed=seed), vocab_size)
+def train_tokenizer(vocab_size: int, corpus_size: int = 20_000, seed: int = 0, texts=None):
+    """A byte-level BPE tokenizer trained on ``corpus_size`` shapes captions, and ``texts`` (the
+    data's own captions, repeated to as many lines, so their words win the merges; the shapes
+    captions make sure there are enough pairs to reach ``vocab_size``)."""
+    corpus = shapes.caption_corpus(corpus_size, seed=seed)
+    if texts:
+        corpus = [texts[i % len(texts)] for i in range(corpus_size)] + corpus
+    return BPETokenizer.train(corpus, vocab_size)
 
 
 def _checkpoint_config(job, model, cfg):
@@ -71,7 +76,7 @@ def _unconditional_sampler(schedule, cfg, shape, decode=None):
 
 def run_pixel(cfg: PixelJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     xp = backend.get_xp()
-    images = load_images(cfg.data, cfg.image_size, cfg.dataset_size, cfg.seed)
+    images = load_data(cfg.data, cfg.image_size, cfg.dataset_size, cfg.seed).images
     model_config = dataclasses.replace(cfg.model, in_channels=images.shape[1], out_channels=images.shape[1],
                                        image_size=cfg.image_size)
     model = UNet(model_config, seed=cfg.seed).to(backend.device())
@@ -113,7 +118,8 @@ def _vae_extras(cfg: VAEJob, model):
 def run_vae(cfg: VAEJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     xp = backend.get_xp()
     model = AutoencoderKL(cfg.model, seed=cfg.seed).to(backend.device())
-    data = xp.asarray(load_images("shapes", cfg.model.image_size, cfg.dataset_size, cfg.seed))
+    data = xp.asarray(load_data(cfg.data, cfg.model.image_size, cfg.dataset_size, cfg.seed,
+                                channels=cfg.model.in_channels).images)
     perceptual_fn, discriminator = _vae_extras(cfg, model)
 
     def loss_fn(rng, step):
@@ -151,7 +157,8 @@ def run_latent(cfg: LatentJob, out=None, resume=False, deadline=None, stop_at=No
     xp = backend.get_xp()
     vae = zoo.load_vae(cfg.vae)
     model = UNet(_latent_model_config(cfg, vae), seed=cfg.seed).to(backend.device())
-    means, stds = encode_dataset(vae, load_images("shapes", vae.config.image_size, cfg.dataset_size, cfg.seed))
+    means, stds = encode_dataset(vae, load_data(cfg.data, vae.config.image_size, cfg.dataset_size, cfg.seed,
+                                                channels=vae.config.in_channels).images)
     schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
 
     def draw_batch(rng):
@@ -167,7 +174,7 @@ def run_latent(cfg: LatentJob, out=None, resume=False, deadline=None, stop_at=No
                ship_dtype=ship_dtype)
 
 
-def _load_or_train_tokenizer(cfg: ClipJob, out):
+def _load_or_train_tokenizer(cfg: ClipJob, out, texts=None):
     """The job's tokenizer: --tokenizer FILE, else DIR/tokenizer.json from an earlier run, else a new one."""
     saved = Path(out) / zoo.FILES["tokenizer"] if out is not None else None
     if cfg.tokenizer:
@@ -177,7 +184,8 @@ def _load_or_train_tokenizer(cfg: ClipJob, out):
     else:
         print(f"clip: training a BPE tokenizer (vocabulary {cfg.model.text.vocab_size}) on "
               f"{cfg.tokenizer_corpus} captions")
-        tokenizer = train_tokenizer(cfg.model.text.vocab_size, corpus_size=cfg.tokenizer_corpus, seed=cfg.seed)
+        tokenizer = train_tokenizer(cfg.model.text.vocab_size, corpus_size=cfg.tokenizer_corpus, seed=cfg.seed,
+                                    texts=texts)
     tokenizer.check_vocab_size(cfg.model.text.vocab_size)
     if saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
@@ -188,29 +196,31 @@ def _load_or_train_tokenizer(cfg: ClipJob, out):
 def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     """mini-CLIP; when complete, also writes DIR/text_encoder.npz (the text tower alone) for text2image."""
     xp = backend.get_xp()
-    tokenizer = _load_or_train_tokenizer(cfg, out)
+    data = load_data(cfg.data, cfg.model.image_size, cfg.dataset_size, cfg.seed, channels=cfg.model.in_channels,
+                     need_captions=True, two_object_fraction=cfg.two_object_fraction)
+    is_shapes = data.shapes_labels is not None
+    tokenizer = _load_or_train_tokenizer(cfg, out, texts=None if is_shapes else data.captions)
     model = MiniCLIP(cfg.model, seed=cfg.seed).to(backend.device())
-    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=cfg.model.image_size,
-                          two_object_fraction=cfg.two_object_fraction)
-    ids, mask = tokenizer.encode_batch(batch["captions"], max_length=cfg.model.text.max_length)
-    images, ids, mask = xp.asarray(batch["images"]), xp.asarray(ids), xp.asarray(mask)
-    image_labels = xp.asarray(captions.label_matrix(batch["labels"]))                  # (N, K)
-    said = xp.asarray(captions.caption_label_matrix(batch["captions"]))                # (N, K), -1 = not said
-    if cfg.hard_negatives:
+    ids, mask = tokenizer.encode_batch(data.captions, max_length=cfg.model.text.max_length)
+    images, ids, mask = xp.asarray(data.images), xp.asarray(ids), xp.asarray(mask)
+    image_labels = xp.asarray(data.image_labels)                                        # (N, K)
+    said = xp.asarray(data.said)                                                        # (N, K), -1 = not said
+    hard_negatives = cfg.hard_negatives and is_shapes   # the flips need the shapes grammar
+    if hard_negatives:
         # for every caption, three wrong ones in its own words (the relation flipped, the objects or
         # the colours swapped; a mirrored position): random in-batch negatives almost never need
         # word order to be told apart, these can only be told apart by it
-        wrong = [text for texts in captions.hard_negative_captions(batch["captions"], seed=cfg.seed) for text in texts]
+        wrong = [text for texts in captions.hard_negative_captions(data.captions, seed=cfg.seed) for text in texts]
         kinds = len(captions.HARD_NEGATIVE_KINDS)
         neg_ids, neg_mask = tokenizer.encode_batch(wrong, max_length=cfg.model.text.max_length)
-        neg_ids = xp.asarray(neg_ids).reshape(len(batch["captions"]), kinds, -1)       # (N, 3, L)
+        neg_ids = xp.asarray(neg_ids).reshape(len(data.captions), kinds, -1)       # (N, 3, L)
         neg_mask = xp.asarray(neg_mask).reshape(neg_ids.shape)
-        neg_said = xp.asarray(captions.caption_label_matrix(wrong)).reshape(len(batch["captions"]), kinds, -1)
+        neg_said = xp.asarray(captions.caption_label_matrix(wrong)).reshape(len(data.captions), kinds, -1)
 
     def loss_fn(rng, step):
         idx = rng.integers(0, images.shape[0], size=(cfg.batch_size,))
         x, ids_b, mask_b, have, wanted = images[idx], ids[idx], mask[idx], image_labels[idx], said[idx]
-        if cfg.hard_negatives:                       # one wrong caption per image joins the batch's texts
+        if hard_negatives:                           # one wrong caption per image joins the batch's texts
             kind = rng.integers(0, kinds, size=(cfg.batch_size,))
             ids_b = xp.concatenate([ids_b, neg_ids[idx, kind]])                        # (2B, L)
             mask_b = xp.concatenate([mask_b, neg_mask[idx, kind]])
@@ -227,10 +237,12 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
             print(f"clip: text encoder -> {text_path}, tokenizer -> {Path(out) / zoo.FILES['tokenizer']}")
         return {}
 
-    heldout = shapes.sample(64, seed=(evaluate.CLIP_HELDOUT_SEED, cfg.seed, 10 ** 6), size=cfg.model.image_size)
-    heldout_ids, heldout_mask = tokenizer.encode_batch(heldout["captions"], max_length=cfg.model.text.max_length)
-    heldout_match = captions.caption_matches(heldout["labels"], heldout["captions"])
-    heldout_images = xp.asarray(heldout["images"])
+    heldout = load_heldout(cfg.data, cfg.model.image_size, 64, (evaluate.CLIP_HELDOUT_SEED, cfg.seed, 10 ** 6),
+                           channels=cfg.model.in_channels)           # None for a folder: it has no held-out part
+    if heldout is not None:
+        heldout_ids, heldout_mask = tokenizer.encode_batch(heldout.captions, max_length=cfg.model.text.max_length)
+        heldout_match = captions.label_matches(heldout.image_labels, heldout.said)
+        heldout_images = xp.asarray(heldout.images)
 
     def metrics_fn(clip):
         """Read at every log window: the learned temperature and top-1 on one held-out batch."""
@@ -240,8 +252,8 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
 
     result = fit("clip", model, loss_fn, cfg, _checkpoint_config("clip", model, cfg), out, resume, deadline,
                  stop_at, finalize=finalize, progress=progress, ship_dtype=ship_dtype,
-                 metrics_fn=metrics_fn)
-    if result.complete:
+                 metrics_fn=metrics_fn if heldout is not None else None)
+    if result.complete and is_shapes:
         scores = evaluate.retrieval_accuracy(result.model, tokenizer, num_batches=4, batch_size=64, seed=cfg.seed)
         result.evaluation = scores
         print(f"clip: held-out text->image top-1 {scores['top1']:.3f} (chance {scores['chance']:.3f})")
@@ -261,11 +273,11 @@ def run_text2image(cfg: Text2ImageJob, out=None, resume=False, deadline=None, st
         if zoo.checkpoint_job(init) != "text2image":
             raise ValueError(f"--init {cfg.init} is a {zoo.checkpoint_job(init)} checkpoint, not a text2image one")
         load_into(model, init)
-    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED), size=vae.config.image_size,
-                          two_object_fraction=cfg.two_object_fraction)
-    means, stds = encode_dataset(vae, batch["images"])
+    data = load_data(cfg.data, vae.config.image_size, cfg.dataset_size, cfg.seed, channels=vae.config.in_channels,
+                     need_captions=True, two_object_fraction=cfg.two_object_fraction)
+    means, stds = encode_dataset(vae, data.images)
     # the text encoder is frozen, so every caption's states are computed once
-    states, masks = text_states(text_encoder, tokenizer, batch["captions"])         # (N, L, W), (N, L)
+    states, masks = text_states(text_encoder, tokenizer, data.captions)             # (N, L, W), (N, L)
     empty_state, empty_mask = text_states(text_encoder, tokenizer, [""])            # (1, L, W), (1, L)
     schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
 
@@ -280,7 +292,8 @@ def run_text2image(cfg: Text2ImageJob, out=None, resume=False, deadline=None, st
 
     pipe = Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
                     prediction_type=cfg.prediction_type, max_length=text_encoder.config.max_length)
-    prompts = [captions.FIXED_PROMPTS[i % len(captions.FIXED_PROMPTS)] for i in range(cfg.num_samples)]
+    shown = captions.FIXED_PROMPTS if data.shapes_labels is not None else list(dict.fromkeys(data.captions))
+    prompts = [shown[i % len(shown)] for i in range(cfg.num_samples)]
 
     def sample_fn(unet):
         return pipe.sample_prompts(prompts, cfg.guidance_scale, steps=cfg.sample_steps, seed=cfg.seed)
