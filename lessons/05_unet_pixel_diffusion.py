@@ -55,7 +55,7 @@ A few minutes of CPU train the loss curve down but give colour blobs, not shapes
 trains your own U-Net for 200 steps (the loop below, in plain sight; its loss curve and samples
 are shown), then judges data/pretrained/lessons/pixel16_v.npz: the same U-Net trained for 685
 steps by minidiff's own pixel job (data/pretrained/lessons/README.md has the command,
-steps and time). That one predicts v instead of eps with min-SNR weighting; lesson 06 shows why.
+steps and time). That one predicts v instead of eps, with min-SNR-5 weighting; lesson 06 compares these choices.
 --full trains everything here from scratch and judges your model.
 
 Read beside: minidiff/models/unet.py (the levels, the skips, backward), minidiff/models/blocks.py
@@ -225,7 +225,7 @@ if settings.pretrained is not None:
     judged_name = f"lesson checkpoint ({ckpt.step} steps)"
     print(f"judged model: {settings.pretrained}, the same U-Net trained by minidiff's pixel job for {ckpt.step} "
           f"steps of batch {recipe['batch_size']} (data/pretrained/lessons/README.md); it predicts "
-          f"{diffusion['prediction_type']} (min-SNR gamma {recipe['min_snr_gamma']}), a choice lesson 06 explains. "
+          f"{diffusion['prediction_type']} (min-SNR gamma {recipe['min_snr_gamma']}), choices lesson 06 compares. "
           f"Your {settings.train_steps} steps show the loss falling; they are too few for clean images")
 else:
     judged, judged_name = model, f"your U-Net ({settings.train_steps} steps)"
