@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +164,8 @@ def _read_archive(path):
         return arrays
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, struct.error, NotImplementedError, ValueError, OverflowError, OSError,
+            EOFError, KeyError) as exc:                 # what zipfile and numpy raise on damaged archives
         where = f" at entry {key!r}" if key else ""
         if "allow_pickle" in str(exc):      # an object array: numpy would have to unpickle it
             raise CheckpointError(f"checkpoint {path}{where} holds pickled Python objects: minidiff never "

@@ -192,8 +192,6 @@ def run_image_command(args) -> int:
                   sampler=args.sampler, seed=args.seed, num_images=args.n, checkpoints=args.checkpoints,
                   device=args.device, progress=True)
     if command == "generate":
-        if not args.prompt.strip():
-            print("note: the prompt is empty: sampling unconditionally (guidance has no effect)", file=sys.stderr)
         paths = output_paths(args, command)
         remove_stale_temps(paths[0].parent)
         images = pipeline.text_to_image(args.prompt, **common)
@@ -223,6 +221,9 @@ def run_image_command(args) -> int:
         remove_stale_temps(paths[0].parent)
         images = pipeline.outpaint(args.image, args.prompt, extend=args.extend, **common)
     write_images(images, paths, overwrite=args.force)
+    if not args.prompt.strip():
+        print("note: the prompt is empty: the images are unconditional samples (guidance had no effect)",
+              file=sys.stderr)
     return 0
 
 

@@ -36,22 +36,25 @@ def _open(path: Path, what: str):
     from PIL import Image
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} not found")
-    try:
-        with warnings.catch_warnings():               # PIL's own, larger limit: ours speaks first
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)                 # reads the header only
-    except Image.DecompressionBombError:
-        raise ValueError(f"{what} {path} claims more pixels than even PIL will decode; the limit here is "
-                         f"{MAX_PIXELS:,} ({MAX_SIDE}x{MAX_SIDE})") from None
-    except Exception as exc:                         # a foreign or damaged file: whatever the decoder says
-        raise ValueError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
-    with opened:
-        check_pixels(*opened.size, what=f"{what} {path}")
+    with warnings.catch_warnings():
+        # PIL's own, larger bomb limit (ours speaks first) and its notes on damaged metadata (a damaged
+        # file that still decodes is used; one that does not is the error below)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
         try:
-            opened.load()
-            return opened.copy()
-        except Exception as exc:                     # truncated or corrupt pixel data
+            opened = Image.open(path)                 # reads the header only
+        except Image.DecompressionBombError:
+            raise ValueError(f"{what} {path} claims more pixels than even PIL will decode; the limit here is "
+                             f"{MAX_PIXELS:,} ({MAX_SIDE}x{MAX_SIDE})") from None
+        except Exception as exc:                     # a foreign or damaged file: whatever the decoder says
             raise ValueError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
+        with opened:
+            check_pixels(*opened.size, what=f"{what} {path}")
+            try:
+                opened.load()
+                return opened.copy()
+            except Exception as exc:                 # truncated or corrupt pixel data
+                raise ValueError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
 
 
 def load_image(image):

@@ -135,7 +135,15 @@ def load_trained(path, device=None, hint=None, expect=None):
     if expect is not None and job not in ((expect,) if isinstance(expect, str) else tuple(expect)):
         raise CheckpointError(f"{path} is a {job!r} checkpoint, not {expect!r}")
     model_class, config_class = MODEL_CLASSES[job]
-    model = model_class(config_from_dict(config_class, ckpt.config.get("model", {}), where=str(path)))
+    config = config_from_dict(config_class, ckpt.config.get("model", {}), where=str(path))
+    try:
+        model = model_class(config)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:   # a nested config no check caught
+        raise CheckpointError(f"{config_class.__name__}: the model config in {path} builds no "
+                              f"{model_class.__name__} ({type(exc).__name__}: {exc})") from None
+    except MemoryError:                  # sizes no file of this checkpoint's weights could fill
+        raise CheckpointError(f"{config_class.__name__}: the model config in {path} asks for a "
+                              f"{model_class.__name__} too large to build in memory") from None
     load_into(model, ckpt, use_ema=bool(ckpt.ema_state))
     if job == "vae":
         model.scale_factor = _scale_factor(ckpt)
