@@ -122,8 +122,9 @@ SMOKE = Settings(steps=4, accuracy_steps=4, images_per_prompt=1, prompt_stride=1
 SCALES = (0.0, 1.0, 2.0, 4.0, 7.0)
 GUIDANCE = 4.0                # the pipeline's default scale, used for the attention maps (cell 2)
 NEGATIVE_GUIDANCE = 7.0       # cell 7: the push away from a negative prompt grows as (s - 1)
-# cell 4: your U-Net, smaller than the shipped one (channels 32 and 64; cross-attention at 4 x 4 and
-# in the middle block): about a million parameters, a few hundred steps on a CPU
+# cell 4: your U-Net, smaller than the shipped one (cross-attention at 4 x 4 and in the middle block):
+# channels 32 and 64 (about a million parameters) with --full; 16 and 32 (a quarter of the cost of
+# a step) in quick mode, a few hundred steps on a CPU
 LEARNER_UNET = dataclasses.replace(UNetConfig.latent8(), base_channels=32, attention_levels=(1,), num_heads=2,
                                    norm_groups=8)
 LEARNER_DROPOUT = 0.2         # twice the shipped model's 0.1: a short run must see enough empty captions
@@ -408,6 +409,8 @@ for layer in layers:
 # The one training loop (minidiff/train/loop.py fit) through the text2image job: the shipped VAE's latents of
 # rendered shapes, the shipped (frozen) text encoder's states of their captions, and in every batch each caption
 # swapped for "" with probability cond_dropout (run_text2image's draw_batch). One-object scenes only: a short run.
+if not args.full:
+    LEARNER_UNET = dataclasses.replace(LEARNER_UNET, base_channels=16)
 job = Text2ImageJob(model=LEARNER_UNET, steps=settings.train_steps, batch_size=settings.train_batch, lr=2e-3,
                     warmup_steps=max(1, settings.train_steps // 10), dataset_size=settings.train_images,
                     cond_dropout=LEARNER_DROPOUT, two_object_fraction=0.0, seed=args.seed,

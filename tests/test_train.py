@@ -194,15 +194,15 @@ def test_finished_run_returns_the_ema_weights_with_or_without_an_output_folder(k
 
 
 def test_make_config_rejects_a_setting_the_job_does_not_have():
-    with pytest.raises(ValueError, match="--data 'folder:x': the vae job has no 'data' setting"):
-        train.make_config("vae", "quick", {"data": "folder:x"})
+    with pytest.raises(ValueError, match="--data 'folder:x': the classifier job has no 'data' setting"):
+        train.make_config("classifier", "quick", {"data": "folder:x"})
     with pytest.raises(ValueError, match="--init 'unet.npz': the pixel job has no 'init' setting"):
         train.make_config("pixel", "quick", {"init": "unet.npz", "steps": 5})
 
 
 def test_train_all_rejects_a_setting_no_stage_uses(tmp_path):
-    with pytest.raises(ValueError, match="--data 'folder:x': no stage of `train all` uses it"):
-        train.run_all(tmp_path, overrides={"data": "folder:x", "steps": 2}, progress=False)
+    with pytest.raises(ValueError, match="--rank 4: no stage of `train all` uses it"):
+        train.run_all(tmp_path, overrides={"rank": 4, "steps": 2}, progress=False)
     with pytest.raises(ValueError, match="--vae 'mine.npz': no stage of `train all` uses it"):
         train.run_all(tmp_path, overrides={"vae": "mine.npz"}, progress=False)
     assert not list(tmp_path.iterdir())

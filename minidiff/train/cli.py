@@ -81,6 +81,12 @@ def add_arguments(parser):
     parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune)")
     parser.add_argument("--two-object-fraction", type=float,
                         help="text2image: share of two-object scenes in the training data (default 0.3)")
+    parser.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear"),
+                        help="pixel, latent, text2image: the noise schedule (default: the preset's)")
+    parser.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"),
+                        help="pixel, latent, text2image: what the U-Net predicts (default epsilon)")
+    parser.add_argument("--min-snr-gamma", type=float,
+                        help="pixel, latent, text2image: min-SNR loss weighting with this gamma (e.g. 5; default off)")
     parser.add_argument("--perceptual-weight", type=float,
                         help="vae: weight of a perceptual term in the frozen attribute classifier's features (default 0: off)")
     parser.add_argument("--adversarial-weight", type=float,

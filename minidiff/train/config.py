@@ -304,7 +304,7 @@ JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": Cl
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
              "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model",
              "perceptual_weight", "adversarial_weight", "adversarial_start", "unet", "rank", "alpha",
-             "extra_fraction", "init_word")
+             "extra_fraction", "init_word", "schedule", "prediction_type", "min_snr_gamma")
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):
