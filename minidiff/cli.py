@@ -194,7 +194,8 @@ def run_image_command(args) -> int:
     if command == "generate":
         paths = output_paths(args, command)
         remove_stale_temps(paths[0].parent)
-        images = pipeline.text_to_image(args.prompt, **common)
+        images = pipeline.text_to_image(args.prompt, control=args.control, control_scale=args.control_scale,
+                                        lora=args.lora, lora_scale=args.lora_scale, **common)
     elif command == "img2img":
         if not 0.0 <= args.strength <= 1.0:
             raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
@@ -238,6 +239,11 @@ def build_parser(command=None):
     generate = commands.add_parser("generate", help="text -> image")
     generate.add_argument("prompt", help='e.g. "a red circle above a blue square" ("" = unconditional)')
     _add_sampling_arguments(generate)
+    generate.add_argument("--control", help="outline PNG (white on black, RGB or greyscale) at the model's image "
+                                            "size; needs controlnet.npz in --checkpoints (train controlnet)")
+    generate.add_argument("--control-scale", type=float, default=1.0, help="weight of the control (default 1)")
+    generate.add_argument("--lora", help="a LoRA adapter .npz (from train lora)")
+    generate.add_argument("--lora-scale", type=float, default=1.0, help="weight of the adapter (0 = the base model)")
 
     img2img = commands.add_parser("img2img", help="image + text -> image")
     img2img.add_argument("image", help="RGB PNG/JPEG")
