@@ -59,6 +59,7 @@ from .config import ControlNetJob, LoRAJob, NoisyClassifierJob, TextualInversion
 from .data import SHAPES_DATA_SEED, encode_dataset, text_states
 from .jobs import _diffusion_loss_fn
 from .loop import fit
+from ..evaluate.adapters import colour_share, object_colours  # noqa: F401  (judging lives in evaluate)
 
 LORA_FILE = "lora_pink.npz"
 TOKEN_FILE = "pink_token.npz"
@@ -70,29 +71,18 @@ PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
                      for where in ("on the left", "on the right", "at the top", "at the bottom"))
 
 
-# -- judging by colour ------------------------------------------------------------------------------
-def object_colours(images, background_distance=0.25):
-    """The palette colour (index into COLOURS + ("pink",)) most of each image's object pixels are
-    nearest to (meant for one-object scenes: with two, the larger object wins); -1 for an image with no object pixel. images: host (N, 3, H, W) in [-1, 1].
-
-    Object pixels are those farther than ``background_distance`` (in [0, 1] RGB) from the grey
-    background."""
-    palette = np.concatenate([shapes.RGB, np.array([shapes.EXTRA_RGB["pink"]], np.float32)])   # (7, 3)
-    rgb = (np.asarray(images, np.float32).transpose(0, 2, 3, 1) + 1) / 2                         # (N, H, W, 3)
-    is_object = np.linalg.norm(rgb - shapes.BACKGROUND, axis=-1) > background_distance
-    nearest = np.linalg.norm(rgb[..., None, :] - palette, axis=-1).argmin(axis=-1)              # (N, H, W)
-    out = np.full(len(rgb), -1)
-    for i in range(len(rgb)):
-        if is_object[i].any():
-            out[i] = np.bincount(nearest[i][is_object[i]], minlength=len(palette)).argmax()
-    return out
+def _keep(result, cfg, out) -> bool:
+    """Write the fine-tune's file? Yes when it trained at all: a run stopped early by --max-minutes or
+    --stop-at keeps what it learned (and says so: fine-tunes are short and do not resume)."""
+    if out is None or result.step == 0:
+        return False
+    if not result.complete:
+        print(f"stopped at step {result.step} of {cfg.steps}: the file written holds those steps "
+              "(fine-tunes do not resume; run again with more time or fewer --steps)")
+    return True
 
 
-def colour_share(images, colour: str) -> float:
-    """Share of images whose object is mostly ``colour`` (one of COLOURS or "pink")."""
-    index = (COLOURS + ("pink",)).index(colour)
-    return float(np.mean(object_colours(images) == index))
-
+# -- judging by colour: evaluate/adapters.py (object_colours, colour_share) ---------------------------
 
 # -- the lora job ----------------------------------------------------------------------------------
 def _frozen_models(cfg: LoRAJob):
@@ -147,7 +137,7 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
                  progress=progress)
     unet.zero_grad()
     unet.eval()
-    if result.complete and out is not None:
+    if _keep(result, cfg, out):
         path = Path(out) / LORA_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_adapter(path, adapters, unet.config, base_name=Path(cfg.unet).name,
@@ -268,7 +258,7 @@ def run_textual_inversion(cfg: TextualInversionJob, out=None, resume=False, dead
     for model in (unet, text_encoder):
         model.zero_grad()
         model.eval()
-    if result.complete and out is not None:
+    if _keep(result, cfg, out):
         path = Path(out) / TOKEN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_token(path, token)
@@ -363,7 +353,7 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
                  progress=progress)
     unet.zero_grad()
     unet.eval()
-    if result.complete and out is not None:
+    if _keep(result, cfg, out):
         path = Path(out) / CONTROLNET_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_controlnet(path, controlnet, dtype=ship_dtype)
@@ -403,7 +393,7 @@ def run_noisy_classifier(cfg: NoisyClassifierJob, out=None, resume=False, deadli
               "diffusion": cfg.diffusion()}
     result = fit("noisy_classifier", classifier, loss_fn, cfg, config, out=None, deadline=deadline,
                  stop_at=stop_at, progress=progress)
-    if result.complete and out is not None:
+    if _keep(result, cfg, out):
         path = Path(out) / NOISY_CLASSIFIER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, model=classifier, config=config)

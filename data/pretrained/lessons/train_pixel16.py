@@ -1,7 +1,7 @@
 """Train the lesson checkpoint pixel16_v.npz: the 16x16 pixel U-Net that lessons 05, 06 and 08 load
 in --quick mode (cosine schedule, v-prediction, min-SNR-5 weighting; EMA weights in float16).
 
-    OPENBLAS_NUM_THREADS=1 python data/pretrained/lessons/train_pixel16.py [OUT_DIR] [--steps N] [--minutes M]
+    OPENBLAS_NUM_THREADS=1 python data/pretrained/lessons/train_pixel16.py [OUT_DIR] [--steps N] [--batch-size B] [--ema-decay D] [--minutes M]
 
 It is the pixel job of ``python -m minidiff train pixel`` (minidiff/train/jobs.py run_pixel) with
 the PixelJob.quick() preset changed in the fields below; the command line has no --schedule,
@@ -28,10 +28,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="runs/pixel16_v")
     parser.add_argument("--steps", type=int, default=SETTINGS["steps"])
+    parser.add_argument("--batch-size", type=int, default=SETTINGS["batch_size"])
+    parser.add_argument("--ema-decay", type=float, default=SETTINGS["ema_decay"])
     parser.add_argument("--minutes", type=float, default=None, help="stop (and save) after this many minutes")
     parser.add_argument("--resume", action="store_true")
     a = parser.parse_args()
-    cfg = dataclasses.replace(train.PixelJob.quick(), **{**SETTINGS, "steps": a.steps})
+    cfg = dataclasses.replace(train.PixelJob.quick(), **{**SETTINGS, "steps": a.steps, "batch_size": a.batch_size,
+                                                                    "ema_decay": a.ema_decay})
     deadline = None if a.minutes is None else time.perf_counter() + 60 * a.minutes
     start = time.perf_counter()
     result = train.run_pixel(cfg, out=a.out, resume=a.resume, deadline=deadline, progress=False,
