@@ -9,9 +9,11 @@ user's umask gives any new file (a plain ``mkstemp`` would leave it readable by 
 ``overwrite=False`` decides at the rename itself whether the target may be written: the
 temporary file is hard-linked to the target's name, which fails when the name exists, so two runs
 racing for one name cannot both win. :func:`atomic_write_many` writes a batch (the images of one
-command) all or nothing, and :func:`remove_stale_temps` clears the temporary files a killed
-process (SIGKILL, power loss) left behind. Under :func:`interrupt_on_sigterm` a SIGTERM stops the
-process as Ctrl-C does, so the temporary file of a write in progress is removed too.
+command) all or nothing: with ``--force`` the files it replaces are kept under a second name
+until every new one is in place, and put back if one fails. :func:`remove_stale_temps` clears
+the temporary files a killed process (SIGKILL, power loss) left behind. Under
+:func:`interrupt_on_sigterm` a SIGTERM stops the process as Ctrl-C does, so the temporary file of
+a write in progress is removed too.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -101,27 +104,62 @@ def atomic_write_bytes(path, data: bytes, overwrite: bool = True) -> Path:
     return Path(path)
 
 
+def _keep_aside(path: Path):
+    """A second name (a temporary file's) for the existing file ``path``, so that it can be put
+    back if a batch that replaces it fails: a hard link (no copy), or a copy where the file
+    system has no hard links."""
+    fd, name = _new_temp(path)
+    os.close(fd)
+    try:
+        try:
+            os.unlink(name)
+            os.link(path, name)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            shutil.copy2(path, name)
+    except BaseException:
+        _remove(name)
+        raise
+    return name
+
+
 def atomic_write_many(blobs: dict, overwrite: bool = True) -> list:
     """Write {path: bytes} all or nothing: every temporary file is written and flushed first, then
     all are renamed into place. If anything fails (a full disk, a name that exists without
-    ``overwrite``, Ctrl-C), every temporary file and every file already placed is removed, and the
-    error is raised. Returns the paths written."""
-    temps, placed = [], []
+    ``overwrite``, Ctrl-C), every temporary file is removed, every file already placed is removed
+    or, where it replaced one (``overwrite``), the old file is put back, and the error is raised:
+    the folder holds all the new files or, name by name, what it held before. Returns the paths
+    written."""
+    paths = [Path(path) for path in blobs]
+    temps, kept, placed = [], {}, []          # kept: {path: the old file's second name}
     try:
-        for path, data in blobs.items():
-            fd, tmp = _new_temp(Path(path))
+        for path, data in zip(paths, blobs.values()):
+            fd, tmp = _new_temp(path)
             temps.append(tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        for tmp, path in zip(temps, blobs):
-            _place(tmp, Path(path), overwrite)
-            placed.append(Path(path))
+        if overwrite:
+            for path in paths:
+                if path.exists():
+                    kept[path] = _keep_aside(path)
+        for tmp, path in zip(temps, paths):
+            _place(tmp, path, overwrite)
+            placed.append(path)
     except BaseException:
-        for name in temps + placed:
+        for path in placed:
+            if path not in kept:
+                _remove(path)
+                continue
+            with contextlib.suppress(OSError):        # (should even this fail, the old file keeps its second name)
+                os.replace(kept.pop(path), path)      # the old file back under its name
+        for name in temps + list(kept.values()):
             _remove(name)
         raise
+    for name in kept.values():
+        _remove(name)
     return placed
 
 

@@ -108,3 +108,47 @@ def test_sigterm_is_a_keyboard_interrupt_inside_and_default_after(tmp_path):
                 time.sleep(1)                            # the handler runs at the next bytecode
     assert signal.getsignal(signal.SIGTERM) == before
     assert names(tmp_path) == []                         # the half-written temporary file is gone
+
+
+def failing_on_call(n, real, error):
+    """``real`` (an os function), except that its n-th call raises ``error``."""
+    calls = []
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == n:
+            raise error
+        return real(*args, **kwargs)
+    return call
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk full", "Ctrl-C"])
+def test_a_forced_batch_that_fails_half_way_keeps_every_old_file(tmp_path, monkeypatch, error):
+    old = {tmp_path / f"g_{i}.png": f"old {i}".encode() for i in range(1, 4)}
+    for path, data in old.items():
+        path.write_bytes(data)
+    blobs = {**{path: b"new" for path in old}, tmp_path / "g_4.png": b"new", tmp_path / "g.png": b"new grid"}
+    # the third rename fails: g_1 and g_2 are new by then, and must become old again
+    monkeypatch.setattr(files.os, "replace", failing_on_call(3, os.replace, error))
+    with pytest.raises(type(error)):
+        files.atomic_write_many(blobs, overwrite=True)
+    assert names(tmp_path) == sorted(path.name for path in old)       # no new file, no temporary one
+    assert all(path.read_bytes() == data for path, data in old.items())
+
+
+def test_a_forced_batch_replaces_every_file_and_keeps_no_second_name(tmp_path):
+    (tmp_path / "g_1.png").write_bytes(b"old")
+    blobs = {tmp_path / "g_1.png": b"new 1", tmp_path / "g_2.png": b"new 2"}
+    files.atomic_write_many(blobs, overwrite=True)
+    assert names(tmp_path) == ["g_1.png", "g_2.png"]
+    assert all(path.read_bytes() == data for path, data in blobs.items())
+
+
+def test_a_forced_batch_on_a_file_system_without_hard_links_copies_the_old_files_aside(tmp_path, monkeypatch):
+    (tmp_path / "g_1.png").write_bytes(b"old")
+    monkeypatch.setattr(files.os, "link", failing_on_call(1, os.link, OSError(errno.EPERM, "Operation not permitted")))
+    monkeypatch.setattr(files.os, "replace", failing_on_call(2, os.replace, OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):
+        files.atomic_write_many({tmp_path / "g_1.png": b"new", tmp_path / "g_2.png": b"new"}, overwrite=True)
+    assert names(tmp_path) == ["g_1.png"] and (tmp_path / "g_1.png").read_bytes() == b"old"
