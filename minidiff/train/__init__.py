@@ -20,10 +20,11 @@ The package, in reading order:
 from .config import (JOB_CONFIGS, JOBS, OVERRIDES, ClassifierJob, ClipJob, DiffusionTrainConfig,  # noqa: F401
                      LatentJob, PixelJob, Text2ImageJob, TrainConfig, VAEJob, make_config)
 from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states  # noqa: F401
-from .loop import RESUMABLE_CHANGES, FitResult, TrainingDiverged, check_resumable, fit, step_rng  # noqa: F401
+from .loop import (RESUMABLE_CHANGES, FitResult, TrainingDiverged, TrainingInterrupted,  # noqa: F401
+                   check_resumable, fit, output_lock, step_rng)
 from .jobs import (RUNNERS, run_classifier, run_clip, run_latent, run_pixel, run_text2image,  # noqa: F401
                    run_vae, train_classifier, train_tokenizer)
-from .cli import ALL_STAGES, OUTPUT_DIR, add_arguments, main, run_all  # noqa: F401
+from .cli import ALL_STAGES, OUTPUT_DIR, add_arguments, main, run_all, stage_configs  # noqa: F401
 from ..optim import AdamWGroups  # noqa: F401  (its old home)
 from ..zoo import (FILES, MODEL_CLASSES, PRETRAINED_DIR, TEXT_ENCODER_FILE, TOKENIZER_FILE,  # noqa: F401
                    checkpoint_job, config_from_dict, is_complete, load_trained)

@@ -2,6 +2,7 @@
 checkpoints, stage by stage, in pieces of at most --max-minutes)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -11,19 +12,18 @@ import numpy as np
 from .. import backend, zoo
 from .config import JOB_CONFIGS, JOBS, OVERRIDES, make_config
 from .jobs import RUNNERS
+from .loop import LOCK_FILE, output_lock
 
 OUTPUT_DIR = zoo.REPO_ROOT / "outputs" / "train"
 
 ALL_STAGES = ("clip", "vae", "text2image", "classifier")
 
 
-def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, ship_dtype=None) -> bool:
-    """clip (+ tokenizer), vae, text2image, classifier into ``out``; each stage resumes its checkpoint
-    and a complete one is skipped. Returns True when every stage is complete.
-
-    ``overrides`` reach every stage that has the setting; one that no stage uses is a ValueError
-    (text2image always reads the VAE and text encoder trained into ``out``, so ``vae`` and
-    ``text_encoder`` are not accepted)."""
+def stage_configs(out, preset="quick", overrides=None) -> dict:
+    """{stage: its config} for ``train all`` into ``out``, every one built (and so checked) before
+    any stage runs. ``overrides`` reach every stage that has the setting; one that no stage uses is
+    a ValueError (text2image always reads the VAE and text encoder trained into ``out``, so ``vae``
+    and ``text_encoder`` are not accepted)."""
     out = Path(out)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     fields = {job: {f.name for f in dataclasses.fields(JOB_CONFIGS[job])} for job in ALL_STAGES}
@@ -33,7 +33,23 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
         k = unused[0]
         raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: no stage of `train all` uses it "
                          f"(stages: {', '.join(ALL_STAGES)}); train that job on its own")
+    configs = {}
     for job in ALL_STAGES:
+        cfg = make_config(job, preset, {k: v for k, v in overrides.items() if k in fields[job]})
+        if job == "text2image":
+            cfg = dataclasses.replace(cfg, vae=str(out / zoo.FILES["vae"]),
+                                      text_encoder=str(out / zoo.FILES["text_encoder"]),
+                                      tokenizer=str(out / zoo.FILES["tokenizer"]))
+        configs[job] = cfg
+    return configs
+
+
+def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, ship_dtype=None) -> bool:
+    """clip (+ tokenizer), vae, text2image, classifier into ``out``; each stage resumes its checkpoint
+    and a complete one is skipped. Returns True when every stage is complete. (``overrides``: see
+    :func:`stage_configs`.)"""
+    out = Path(out)
+    for job, cfg in stage_configs(out, preset, overrides).items():
         path = out / zoo.FILES[job]
         if zoo.is_complete(path):
             print(f"{job}: complete ({path}); skipping")
@@ -41,11 +57,6 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
         if deadline is not None and time.perf_counter() > deadline:
             print(f"train all: --max-minutes is up before {job}; run the same command again to continue")
             return False
-        cfg = make_config(job, preset, {k: v for k, v in overrides.items() if k in fields[job]})
-        if job == "text2image":
-            cfg = dataclasses.replace(cfg, vae=str(out / zoo.FILES["vae"]),
-                                      text_encoder=str(out / zoo.FILES["text_encoder"]),
-                                      tokenizer=str(out / zoo.FILES["tokenizer"]))
         result = RUNNERS[job](cfg, out=out, resume=True, deadline=deadline, progress=progress,
                               ship_dtype=ship_dtype)
         if not result.complete:
@@ -120,14 +131,36 @@ def main(args) -> int:
     out = Path(args.out) if args.out else OUTPUT_DIR
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     overrides = {name: getattr(args, name) for name in OVERRIDES}
     ship_dtype = np.float16 if args.half else None
-    print(f"train {args.job}: preset {args.preset}, device {backend.device()}, output {out}")
+    # the settings are checked before --out is made: a bad option leaves no new folder behind
     if args.job == "all":
-        run_all(out, args.preset, overrides, deadline, not args.no_progress, ship_dtype)
-        return 0
-    cfg = make_config(args.job, args.preset, overrides)
-    RUNNERS[args.job](cfg, out=out, resume=args.resume, deadline=deadline, stop_at=args.stop_at,
-                      progress=not args.no_progress, ship_dtype=ship_dtype)
+        stage_configs(out, args.preset, overrides)
+    else:
+        cfg = make_config(args.job, args.preset, overrides)
+    with _training_into(out):
+        print(f"train {args.job}: preset {args.preset}, device {backend.device()}, output {out}")
+        if args.job == "all":
+            run_all(out, args.preset, overrides, deadline, not args.no_progress, ship_dtype)
+        else:
+            RUNNERS[args.job](cfg, out=out, resume=args.resume, deadline=deadline, stop_at=args.stop_at,
+                              progress=not args.no_progress, ship_dtype=ship_dtype)
     return 0
+
+
+@contextlib.contextmanager
+def _training_into(out):
+    """``out`` locked for the whole command (``loop.output_lock``: a second run on the same folder
+    refuses at once, before it loads any data; ``fit`` inside takes the same lock again, a no-op).
+    A folder this command made is removed again when the run fails before writing anything into
+    it, while the lock is still held, so no other run can be using it."""
+    made = not out.exists()
+    with output_lock(out):
+        try:
+            yield
+        except BaseException:
+            if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                with contextlib.suppress(OSError):     # another run may have come in: keep the folder
+                    (out / LOCK_FILE).unlink()
+                    out.rmdir()
+            raise

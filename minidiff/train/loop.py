@@ -125,8 +125,10 @@ def _save_loss_curve(history, path, title):
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (mean over the log window)")
     ax.set_title(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())    # a reader never sees half a curve
 
 
 def _evaluated(model, metrics_fn):
