@@ -40,6 +40,7 @@ from . import backend
 from .diffusion.samplers import SAMPLERS
 from .files import atomic_write_many, interrupt_on_sigterm, remove_stale_temps
 from .images import MAX_PIXELS
+from .models.tokenizer import MAX_TEXT_CHARS
 from .utils import REPO_ROOT, image_grid
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -48,8 +49,6 @@ RUNTIME_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EFB
 DEFAULT_OUTPUTS = REPO_ROOT / "outputs"
 MAX_IMAGES = 256
 MAX_BATCH_PIXELS = MAX_IMAGES * 32 * 32      # --n times the pixels of one image, for one run
-MAX_GUIDANCE = 100.0                          # far past any useful scale (7.5 is typical); 1e30 makes a flat image
-MAX_PROMPT_CHARS = 1000                       # the text encoder reads 24 tokens; BPE on a long word is quadratic
 MAX_SEED = 2 ** 63
 
 
@@ -89,16 +88,17 @@ def _check_text(text, name):
         what = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
         raise ValueError(f"{name} is not valid UTF-8 text ({what} at character {exc.start}); "
                          "check the terminal's encoding") from None
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{name} is {len(text):,} characters, over the limit of {MAX_PROMPT_CHARS:,} "
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name} is {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,} "
                          "(the text encoder reads 24 tokens, about 100 characters)")
 
 
 def _check_sampling_arguments(args):
+    from .pipeline import MAX_GUIDANCE_SCALE
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not (math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE):
-        raise ValueError(f"--guidance must be a number in [0, {MAX_GUIDANCE:g}], got {args.guidance}")
+    if not (math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE_SCALE):
+        raise ValueError(f"--guidance must be a number in [0, {MAX_GUIDANCE_SCALE:g}], got {args.guidance}")
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {args.sampler!r}")
     if not 0 <= args.seed < MAX_SEED:

@@ -49,6 +49,7 @@ from .utils import image_grid, to_uint8
 DEFAULT_DIR = zoo.PRETRAINED_DIR
 CONTROLNET_FILE = "controlnet.npz"       # beside the other checkpoints (train controlnet writes it)
 HOW_TO_GET = zoo.HOW_TO_GET
+MAX_GUIDANCE_SCALE = 100.0               # far past any useful scale (7.5 is typical); 1e30 gives a flat grey image
 
 
 # -- argument checks: one clear ValueError each ------------------------------------------------
@@ -61,8 +62,9 @@ def _check_prompt(prompt, name="prompt"):
 def _check_common(steps, guidance_scale, num_images):
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+    if (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating))
+            or not (math.isfinite(guidance_scale) and 0 <= guidance_scale <= MAX_GUIDANCE_SCALE)):
+        raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE_SCALE:g}], got {guidance_scale!r}")
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
         raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
 

@@ -342,6 +342,47 @@ def test_an_output_that_appears_while_sampling_is_not_replaced(checkpoints, tmp_
     assert files_under(tmp_path) == [out] and out.read_bytes() == b"the other run's"
 
 
+def test_a_forced_batch_that_fails_half_way_keeps_the_files_it_was_replacing(checkpoints, tmp_path, capsys,
+                                                                           monkeypatch):
+    old = {tmp_path / name: f"old {name}".encode() for name in ("g.png", "g_1.png", "g_2.png")}
+    for path, data in old.items():
+        path.write_bytes(data)
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:                      # g_1 is new by now; the rename of g_2 fails
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+    monkeypatch.setattr(files.os, "replace", replace)
+    code, _, err = run_cli(capsys, *generate_argv(checkpoints, tmp_path / "g.png", "--n", "2", "--force"))
+    assert code == 1 and shown(err) == ["minidiff: error: [Errno 5] Input/output error"], err
+    assert files_under(tmp_path) == sorted(old) and all(p.read_bytes() == data for p, data in old.items())
+
+
+def test_the_pipeline_refuses_an_absurd_guidance_scale_or_prompt_itself(checkpoints):
+    pipe = pipeline.Pipeline.load(checkpoints, device="cpu")
+    for scale in (1e30, float("inf"), float("nan"), -1.0, 100.5, True, "4"):
+        with pytest.raises(ValueError, match=r"guidance_scale must be a number in \[0, 100\]"):
+            pipe.text_to_image("a red circle", steps=1, guidance_scale=scale)
+    for prompt, negative in (("a" * 1001, ""), ("a red circle", "b" * 1001)):
+        with pytest.raises(ValueError, match="a text of 1,001 characters is over the limit of 1,000"):
+            pipe.text_to_image(prompt, negative_prompt=negative, steps=1)
+    assert len(pipe.text_to_image("a red circle", steps=1, guidance_scale=100)) == 1   # the cap itself is allowed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["a red circle", "--guidance", "1e30"], "guidance_scale must be a number in [0, 100], got 1e+30"),
+    (["a" * 1001], "a text of 1,001 characters is over the limit of 1,000"),
+])
+def test_the_pipelines_own_caps_are_one_line_of_bad_input(argv, message, checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_check_sampling_arguments", lambda args: None)   # past the command line's checks
+    code, _, err = run_cli(capsys, "generate", *argv, "--steps", "1", "--out", tmp_path / "g.png",
+                           "--checkpoints", checkpoints, "--device", "cpu")
+    assert code == 2 and len(shown(err)) == 1 and message in err, err
+    assert files_under(tmp_path) == []
+
+
 @pytest.mark.parametrize("error, code, message", [
     (MemoryError(), 1, "minidiff: error: out of memory"),
     (KeyboardInterrupt(), 130, "minidiff: interrupted"),

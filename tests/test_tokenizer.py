@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidiff.datasets.shapes import caption_corpus
-from minidiff.models.tokenizer import (BASE_VOCAB, END_ID, PAD_ID, START_ID, WORD_PATTERN,
+from minidiff.models.tokenizer import (BASE_VOCAB, END_ID, MAX_TEXT_CHARS, PAD_ID, START_ID, WORD_PATTERN,
                                        BPETokenizer, normalise)
 
 
@@ -19,7 +19,7 @@ def tokenizer():
 
 
 @settings(max_examples=25, deadline=None)
-@given(text=st.text())
+@given(text=st.text(max_size=MAX_TEXT_CHARS))
 def test_decode_of_encode_is_the_normalised_text(tokenizer, text):
     ids, mask = tokenizer.encode(text)
     assert tokenizer.decode(ids) == normalise(text)
@@ -27,7 +27,7 @@ def test_decode_of_encode_is_the_normalised_text(tokenizer, text):
 
 
 @settings(max_examples=25, deadline=None)
-@given(text=st.text(), max_length=st.integers(2, 24))
+@given(text=st.text(max_size=MAX_TEXT_CHARS), max_length=st.integers(2, 24))
 def test_mask_is_true_exactly_on_start_to_end(tokenizer, text, max_length):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -157,3 +157,13 @@ def test_the_shapes_grammar_takes_exactly_384_ids():
     for text in corpus:   # one token per word: "a", " picture", " of", ..., ",", " a", " red", ...
         assert len(tokenizer.encode_text(text)) == len(WORD_PATTERN.findall(text))
     assert max(len(tokenizer.encode(text)[0]) for text in corpus) == 17   # <start> + 15 + <end>
+
+
+def test_a_text_over_the_length_cap_is_refused_naming_the_cap(tokenizer):
+    assert MAX_TEXT_CHARS == 1000
+    ids, _ = tokenizer.encode("a" * MAX_TEXT_CHARS, max_length=None)     # at the cap: encoded whole
+    assert len(ids) > 2
+    for encode in (lambda text: tokenizer.encode(text, max_length=24), tokenizer.encode_text, tokenizer.tokens,
+                   lambda text: tokenizer.encode_batch(["a red circle", text])):
+        with pytest.raises(ValueError, match="a text of 1,001 characters is over the limit of 1,000"):
+            encode("a" * (MAX_TEXT_CHARS + 1))

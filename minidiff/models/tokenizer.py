@@ -47,6 +47,7 @@ FORMAT = "minidiff-bpe-1"
 MAX_FILE_BYTES = 64 << 20      # limits on a tokenizer.json (the shipped one: 2 kB, 40 merges)
 MAX_MERGES = 100_000
 MAX_TOKEN_BYTES = 1024         # merges can double a token's length each time: 40 merges would make 1 TB
+MAX_TEXT_CHARS = 1000          # a prompt's limit: the text encoder reads 24 tokens, and BPE on a long word is quadratic
 # a word: optional leading space + letters | digits | other symbols (emoji, punctuation, _); or spaces
 WORD_PATTERN = re.compile(r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+")
 
@@ -204,7 +205,11 @@ class BPETokenizer:
         return tokens
 
     def encode_text(self, text: str) -> list:
-        """Normalised text -> token ids, without special tokens."""
+        """Normalised text -> token ids, without special tokens. A text over MAX_TEXT_CHARS
+        characters is a ValueError."""
+        if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"tokenizer: a text of {len(text):,} characters is over the limit of "
+                             f"{MAX_TEXT_CHARS:,} (the text encoder reads 24 tokens, about 100 characters)")
         return [i for word in _words(normalise(text)) for i in self._encode_word(word)]
 
     def encode(self, text: str, max_length: int | None = None):
