@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from minidiff import cli, zoo
-from minidiff.checkpoint import save_checkpoint
+from minidiff.checkpoint import CheckpointError, save_checkpoint
 from minidiff.models.classifier import AttributeClassifier, ClassifierConfig
 from minidiff.models.clip import CLIPConfig, MiniCLIP
 from minidiff.models.unet import UNet, UNetConfig
@@ -127,6 +127,47 @@ def test_a_damaged_checkpoint_of_any_kind_loads_or_is_one_line_of_bad_input(ever
         else:                                   # a valid result: a model with finite weights
             assert all(np.isfinite(p.data).all() for p in model.parameters())
         assert sorted(os.listdir(folder)) == ["model.npz"]
+
+
+def with_model_field(blob: bytes, field, value) -> bytes:
+    """The checkpoint ``blob`` with its model config's ``field`` set to ``value``."""
+    archive = dict(np.load(io.BytesIO(blob)))
+    header = json.loads(archive["__meta__"].tobytes())
+    header["config"]["model"][field] = value
+    archive["__meta__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **archive)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("text, message", [
+    ([16, 2], "CLIPConfig: text must be a TextEncoderConfig or a dict of its settings, got "),   # (a tuple, from JSON)
+    (5, "CLIPConfig: text must be a TextEncoderConfig or a dict of its settings, got int"),
+    ("tiny", "CLIPConfig: text must be a TextEncoderConfig or a dict of its settings, got str"),
+    (None, "CLIPConfig: text must be a TextEncoderConfig or a dict of its settings, got NoneType"),
+    ({"width": 16, "depth": 2}, "CLIPConfig: text has unknown settings 'depth'"),
+    ({"width": 0}, "CLIPConfig: text: TextEncoderConfig: width must be a positive integer, got 0"),
+    ({"width": [16]}, "CLIPConfig: text: TextEncoderConfig: width must be a positive integer, got [16]"),
+])
+def test_a_clip_checkpoint_with_a_damaged_text_config_is_one_line_naming_the_field(every_kind, tmp_path, text,
+                                                                                   message):
+    path = tmp_path / "clip.npz"
+    path.write_bytes(with_model_field(every_kind["clip"], "text", text))
+    with pytest.raises(CheckpointError, match="the model config in .* is invalid") as caught:
+        zoo.load_trained(path)
+    assert message in str(caught.value)
+    assert_bad_input(caught.value)
+    with pytest.raises(ValueError, match="CLIPConfig: text"):     # and the config itself, as the API sees it
+        CLIPConfig(**{**dataclasses.asdict(CLIPConfig.tiny()), "text": text})
+
+
+@pytest.mark.parametrize("field, value", [("channels", 8), ("channels", [4, "8"]), ("norm_groups", 0),
+                                          ("embed_dim", 2.5), ("logit_scale_max", "big"), ("image_size", True)])
+def test_a_clip_checkpoint_with_a_damaged_size_is_one_line_naming_the_field(every_kind, tmp_path, field, value):
+    path = tmp_path / "clip.npz"
+    path.write_bytes(with_model_field(every_kind["clip"], field, value))
+    with pytest.raises(CheckpointError, match=f"the model config in .* is invalid \\(CLIPConfig: {field}"):
+        zoo.load_trained(path)
 
 
 # -- damaged tokenizer.json ------------------------------------------------------------------------------

@@ -40,7 +40,9 @@ Read beside: ``minidiff/models/text_encoder.py``, ``minidiff/nn/layers.py``,
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,10 +51,30 @@ from ..backend import get_array_module
 from ..nn import functional as F
 from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
 from ..nn.module import Module, Parameter, no_grad
-from ..checks import positive_int
+from ..checks import positive_int, positive_ints
 from .text_encoder import TextEncoder, TextEncoderConfig
 
 # -- configuration -------------------------------------------------------------------------------
+def _text_config(text) -> TextEncoderConfig:
+    """CLIPConfig.text as a TextEncoderConfig: one already, or a dict of its settings (a
+    checkpoint's JSON). Anything else, an unknown setting or a bad value is a ValueError naming
+    the field, so a damaged clip.npz is one clear CheckpointError."""
+    if isinstance(text, TextEncoderConfig):
+        return text
+    if not isinstance(text, dict):
+        raise ValueError(f"CLIPConfig: text must be a TextEncoderConfig or a dict of its settings, "
+                         f"got {type(text).__name__} ({text!r:.60})")
+    names = {f.name for f in dataclasses.fields(TextEncoderConfig)}
+    unknown = sorted(repr(k) for k in text if k not in names)
+    if unknown:
+        raise ValueError(f"CLIPConfig: text has unknown settings {', '.join(unknown)} "
+                         f"(TextEncoderConfig has {', '.join(sorted(names))})")
+    try:
+        return TextEncoderConfig(**text)
+    except ValueError as exc:
+        raise ValueError(f"CLIPConfig: text: {exc}") from None
+
+
 @dataclass
 class CLIPConfig:
     """Sizes of mini-CLIP. ``channels[0]`` is the stem's width; each later entry is one stride-2 stage."""
@@ -69,11 +91,14 @@ class CLIPConfig:
     logit_scale_max: float = math.log(100.0)
 
     def __post_init__(self):
-        if isinstance(self.text, dict):
-            self.text = TextEncoderConfig(**self.text)
-        self.channels = tuple(int(c) for c in self.channels)
-        if not self.channels or any(c < 1 for c in self.channels):
-            raise ValueError(f"CLIPConfig: channels must be positive integers, got {self.channels}")
+        self.text = _text_config(self.text)
+        for name in ("image_size", "in_channels", "norm_groups", "embed_dim"):
+            setattr(self, name, positive_int("CLIPConfig", name, getattr(self, name)))
+        self.channels = positive_ints("CLIPConfig", "channels", self.channels)
+        for name in ("logit_scale_init", "logit_scale_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"CLIPConfig: {name} must be a finite number, got {value!r}")
         bad = [c for c in self.channels if c % self.norm_groups]
         if bad:
             raise ValueError(f"CLIPConfig: channels {bad} do not divide into norm_groups={self.norm_groups}")
@@ -81,8 +106,6 @@ class CLIPConfig:
         if self.image_size % 2 ** (len(self.channels) - 1) or smallest < 1:
             raise ValueError(f"CLIPConfig: image_size={self.image_size} cannot be halved "
                              f"{len(self.channels) - 1} times")
-        if self.embed_dim < 1:
-            raise ValueError(f"CLIPConfig: embed_dim must be positive, got {self.embed_dim}")
         self.pool_grid = positive_int("CLIPConfig", "pool_grid", self.pool_grid)
         if smallest % self.pool_grid:
             raise ValueError(f"CLIPConfig: the last feature map is {smallest}x{smallest}, which does not pool "
