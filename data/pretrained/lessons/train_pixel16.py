@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from minidiff import train  # noqa: E402
 
 SETTINGS = dict(schedule="cosine", prediction_type="v_prediction", min_snr_gamma=5.0,
-                steps=2000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.998,
+                steps=8000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.999,
                 dataset_size=4000, seed=0)
 
 if __name__ == "__main__":

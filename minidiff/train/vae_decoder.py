@@ -1,0 +1,153 @@
+"""Fine-tuning the VAE's decoder alone: ``python -m minidiff train vae_decoder``.
+
+The shipped autoencoder saw six colours. Asked to reconstruct a seventh (pink), its encoder still
+gives a latent of its own (about 8% away from the same scene in red), but its decoder draws red:
+a U-Net taught pink (LoRA, textual inversion) makes the right latents and still shows red images.
+So the decoder learns pink here while the encoder stays frozen: every latent keeps its meaning, and
+the U-Net, its adapters and its ControlNet need no retraining. (Stable Diffusion's improved
+autoencoders were made the same way, decoder only, so that the U-Net trained on the old latents
+kept working.)
+
+Read beside: ``minidiff/models/vae.py`` (decode, decode_backward), ``minidiff/models/vae_loss.py``
+(the reconstruction loss and its gradient) and ``minidiff/train/finetune.py`` (the pink fine-tunes).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, zoo
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..datasets import shapes
+from ..evaluate.adapters import colour_share
+from ..models.vae_loss import reconstruction_loss
+from ..nn.module import Module, no_grad
+from .config import TrainConfig
+from .data import SHAPES_DATA_SEED, encode_dataset
+from .finetune import _keep
+from .loop import fit
+
+
+# -- the VAE's decoder, for a colour its latents carry but it never drew -------------------------------
+@dataclasses.dataclass
+class VAEDecoderJob(TrainConfig):
+    """Fine-tune the VAE's decoder with its encoder frozen, on scenes where object 1 of
+    ``extra_fraction`` of them is pink. The encoder, and so every latent the U-Net was trained on,
+    stays exactly as it was: the U-Net, its LoRA and its ControlNet keep working (Stable Diffusion's
+    improved autoencoders, ft-EMA and ft-MSE, were made the same way: decoder only)."""
+    vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
+    extra_fraction: float = 0.3
+    two_object_fraction: float = 0.3
+    recon: str = "l1"
+    ema_decay: float = 0.99
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=300, batch_size=16, lr=3e-4, warmup_steps=20, dataset_size=2000, log_every=25,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=1500, batch_size=64, lr=3e-4, warmup_steps=100, dataset_size=20000,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+
+class DecoderHalf(Module):
+    """The trainable half of a VAE whose encoder stays frozen: post_quant_conv and the decoder."""
+
+    def __init__(self, vae):
+        self._vae = vae
+
+    def _children(self):
+        yield "post_quant_conv", self._vae.post_quant_conv
+        yield "decoder", self._vae.decoder
+
+
+def run_vae_decoder(cfg: VAEDecoderJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
+                    ship_dtype=None):
+    """Train the decoder of the VAE at ``cfg.vae`` on pink and base scenes; with ``out``, write
+    DIR/vae.npz: the same encoder and scale factor, the new decoder.
+
+        z ~ q(z | x) = N(mean, std^2)  (the frozen encoder, computed once)
+        L = mean |Dec(z) - x|          dL/dDec(z) = sign(Dec(z) - x) / N"""
+    if resume:
+        raise ValueError("train vae_decoder: --resume is not supported (the VAE is written when the run ends)")
+    xp = backend.get_xp()
+    source = load_checkpoint(cfg.vae, hint="train one with: python -m minidiff train vae")
+    vae = zoo.load_vae(cfg.vae, backend.device())
+    batch = shapes.sample(cfg.dataset_size, seed=(cfg.seed, SHAPES_DATA_SEED, 18), size=vae.config.image_size,
+                          two_object_fraction=cfg.two_object_fraction, extra_colours=("pink",),
+                          extra_fraction=cfg.extra_fraction)
+    images = xp.asarray(batch["images"])
+    means, stds = encode_dataset(vae, batch["images"])                     # scaled latents
+    scale = np.float32(vae.scale_factor)
+    half = DecoderHalf(vae)
+    vae.train()
+
+    def loss_fn(rng, step):
+        vae.zero_grad()
+        idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
+        z = (means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)) / scale
+        x_rec = vae.decode(z)
+        loss, d_rec = reconstruction_loss(x_rec, images[idx], cfg.recon)
+        vae.decode_backward(d_rec)                     # the encoder is not run: it gets no gradient
+        return loss
+
+    config = {"job": "vae_decoder", "train": dataclasses.asdict(cfg)}
+    result = fit("vae_decoder", half, loss_fn, cfg, config, out=None, deadline=deadline, stop_at=stop_at,
+                 progress=progress)
+    vae.zero_grad()
+    vae.eval()
+    if _keep(result, cfg, out):
+        path = Path(out) / zoo.FILES["vae"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recorded = dict(source.config)
+        recorded["decoder_finetune"] = dataclasses.asdict(cfg)
+        save_checkpoint(path, model=vae, config=recorded, step=int((source.step or 0)) + result.step,
+                        extra={**(source.extra or {}), "scale_factor": np.asarray(vae.scale_factor, np.float64)},
+                        dtype=ship_dtype)
+        result.checkpoint = path
+        print(f"vae_decoder: -> {path}")
+    result.vae = vae
+    result.evaluation = reconstruction_report(vae, seed=cfg.seed)
+    print("vae_decoder: held-out reconstructions drawn in the right colour: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result.evaluation.items()))
+    return result
+
+
+def reconstruction_report(vae, n: int = 64, seed: int = 0) -> dict:
+    """Share of held-out reconstructions Dec(mean of q(z | x)) whose object is drawn in its own colour:
+    "pink" over one-object pink scenes, "base" over one-object scenes in the six base colours."""
+    from ..evaluate.adapters import object_colours
+    xp = backend.get_xp()
+    report = {}
+    for name, fraction in (("pink", 1.0), ("base", 0.0)):
+        batch = shapes.sample(n, seed=(seed, 7, 18), size=vae.config.image_size, two_object_fraction=0.0,
+                              extra_colours=("pink",), extra_fraction=fraction)
+        with no_grad():
+            rec = backend.to_numpy(vae.decode(vae.encode(xp.asarray(batch["images"])).mode()))
+        truth = object_colours(batch["images"])
+        report[name] = float(np.mean(object_colours(rec) == truth))
+    return report
+
+
+if __name__ == "__main__":        # python -m minidiff.train.vae_decoder OUT [--preset full] [--steps N]
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--preset", choices=("quick", "full"), default="quick")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--half", action="store_true")
+    a = parser.parse_args()
+    import time
+    job = VAEDecoderJob.full() if a.preset == "full" else VAEDecoderJob.quick()
+    if a.steps:
+        job = dataclasses.replace(job, steps=a.steps, warmup_steps=min(job.warmup_steps, a.steps))
+    if a.lr:
+        job = dataclasses.replace(job, lr=a.lr)
+    deadline = None if a.max_minutes is None else time.perf_counter() + 60 * a.max_minutes
+    run_vae_decoder(job, out=a.out, deadline=deadline, progress=False, ship_dtype=np.float16 if a.half else None)
