@@ -3,7 +3,8 @@
 One checkpoint schema for every model minidiff trains. The JSON config inside each ``.npz``
 (``minidiff/checkpoint.py`` writes the file) is
 
-    {"job":       "pixel" | "vae" | "latent" | "clip" | "text_encoder" | "text2image" | "classifier",
+    {"job":       "pixel" | "vae" | "latent" | "clip" | "text_encoder" | "text2image" | "classifier"
+                  | "digit_classifier",
      "model":     the model's config dataclass, as a dict (enough to rebuild the model),
      "train":     the training job's settings (or, for text_encoder.npz, {"from": the clip.npz}),
      "diffusion": {"schedule", "num_steps", "prediction_type"}       (diffusion models only)}
@@ -25,6 +26,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkp
 from .diffusion.schedule import PREDICTION_TYPES, SCHEDULES
 from .models.classifier import AttributeClassifier, ClassifierConfig
 from .models.clip import CLIPConfig, MiniCLIP
+from .models.digit_classifier import DigitClassifier, DigitClassifierConfig
 from .models.text_encoder import TextEncoder, TextEncoderConfig
 from .models.tokenizer import BPETokenizer
 from .models.unet import UNet, UNetConfig
@@ -32,10 +34,11 @@ from .models.vae import AutoencoderKL, VAEConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED_DIR = REPO_ROOT / "data" / "pretrained"
+DIGITS_DIR = PRETRAINED_DIR / "digits"          # the checkpoint set trained on the shipped digits
 
 # file names inside a checkpoint folder (data/pretrained/ or a `train all --out DIR`)
 FILES = {"pixel": "pixel.npz", "vae": "vae.npz", "latent": "latent.npz", "clip": "clip.npz",
-         "text2image": "unet.npz", "classifier": "classifier.npz",
+         "text2image": "unet.npz", "classifier": "classifier.npz", "digit_classifier": "digit_classifier.npz",
          "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json"}
 TEXT_ENCODER_FILE, TOKENIZER_FILE = FILES["text_encoder"], FILES["tokenizer"]
 MAX_TRAIN_TIMESTEPS = 100_000          # the shipped models use 1000
@@ -44,7 +47,8 @@ MAX_TRAIN_TIMESTEPS = 100_000          # the shipped models use 1000
 MODEL_CLASSES = {"pixel": (UNet, UNetConfig), "latent": (UNet, UNetConfig), "text2image": (UNet, UNetConfig),
                  "vae": (AutoencoderKL, VAEConfig), "clip": (MiniCLIP, CLIPConfig),
                  "text_encoder": (TextEncoder, TextEncoderConfig),
-                 "classifier": (AttributeClassifier, ClassifierConfig)}
+                 "classifier": (AttributeClassifier, ClassifierConfig),
+                 "digit_classifier": (DigitClassifier, DigitClassifierConfig)}
 
 HOW_TO_GET = ("the shipped checkpoints live in data/pretrained/ (restore them with "
               "`git checkout -- data/pretrained`), or train your own with "
@@ -198,6 +202,14 @@ def load_classifier(path=None, device=None):
     path = PRETRAINED_DIR / FILES["classifier"] if path is None else path
     model, _ = load_trained(path, device, hint="train it with: python -m minidiff train classifier",
                             expect="classifier")
+    return model
+
+
+def load_digit_classifier(path=None, device=None):
+    """The digit classifier that judges generated digits (default: the shipped digits set's)."""
+    path = DIGITS_DIR / FILES["digit_classifier"] if path is None else path
+    model, _ = load_trained(path, device, hint="train it with: python -m minidiff train digit_classifier",
+                            expect="digit_classifier")
     return model
 
 

@@ -38,8 +38,14 @@ Text-image retrieval
     ``retrieval_accuracy``: for each held-out caption, is the image mini-CLIP finds most similar
     one the caption describes?
 
+Digits
+    A checkpoint trained on ``--data digits`` is judged by the digit classifier beside it
+    (``digit_classifier.npz``): class accuracy by digit at each guidance scale, and the FD in its
+    features beside the real-vs-real floor at the same sample size (``digits.py``).
+
 The package: judge.py (the classifier's view: prompt accuracy, by category), frechet.py,
-retrieval.py (mini-CLIP: retrieval, relation probe), checkpoint.py (the command).
+retrieval.py (mini-CLIP: retrieval, relation probe), digits.py (the digit classifier's view),
+checkpoint.py (the command).
 
 Read beside: ``minidiff/models/classifier.py`` (the judge), ``minidiff/datasets/captions.py``
 (labels, `parse_caption`, FIXED_PROMPTS), ``minidiff/train/jobs.py`` (the ``classifier`` job
@@ -47,6 +53,8 @@ that trains it) and ``minidiff/zoo.py`` (where the shipped judge lives).
 """
 from .checkpoint import (add_arguments, evaluate_checkpoint, generate, load_classifier, main,  # noqa: F401
                          match_size, sample_unconditional)
+from .digits import (HELDOUT_DIGITS, digit_accuracy, digit_features, digit_frechet,  # noqa: F401
+                     digit_frechet_floor, digit_prompts, evaluate_digits, heldout_digits, predict_digits)
 from .frechet import (feature_statistics, frechet_distance_from_features,  # noqa: F401
                       frechet_distance_from_statistics, sqrtm_psd)
 from .judge import (CLIP_HELDOUT_SEED, DEFAULT_CLASSIFIER, FIXED_PROMPTS, HELDOUT_SEED,  # noqa: F401

@@ -82,7 +82,9 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
                         guidance_scales=(1.0, 2.0, 4.0, 7.5), seed: int = 0, classifier=DEFAULT_CLASSIFIER,
                         device=None, batch_size: int = 64, verbose: bool = True, spacing: str = "leading",
                         clip_x0: bool = False) -> dict:
-    """Sample a pixel, latent or text-to-image checkpoint and score it against real shapes images.
+    """Sample a pixel, latent or text-to-image checkpoint and score it against real shapes images
+    (a checkpoint trained on ``--data digits``: against the held-out digits, judged by the
+    digit_classifier.npz beside it; see ``digits.evaluate_digits``).
 
     ``spacing`` (every model) and ``clip_x0`` (pixel models only) go to ``samplers.sample``;
     ``batch_size`` is the number of images sampled at once.
@@ -101,7 +103,6 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
 def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed, classifier, batch_size,
                          verbose, spacing, clip_x0):
     from ..diffusion.schedule import NoiseSchedule
-    from ..pipeline import Pipeline
     if num_images < 2:
         raise ValueError(f"evaluate: need at least 2 images for a Fréchet distance, got {num_images}")
     if steps < 1:
@@ -120,17 +121,37 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
     if clip_x0 and job != "pixel":
         raise ValueError(f"evaluate: clip_x0=True clips x0 predictions to [-1, 1], which only suits pixel "
                          f"models; {path} is a {job!r} checkpoint (its x0 is a latent)")
-    judge = load_classifier(classifier)
-    size = judge.config.image_size
     recorded = ckpt.config.get("train", {})
+    recorded = recorded if isinstance(recorded, dict) else {}
+    data = recorded.get("data", "shapes")
+    if data not in ("shapes", "digits"):
+        raise ValueError(f"evaluate: {path} was trained on --data {data}, whose images carry no labels to "
+                         "judge samples by; evaluate judges models of shapes and of digits")
     diffusion = zoo.diffusion_settings(ckpt)
     schedule = NoiseSchedule.make(diffusion["schedule"], diffusion["num_steps"])
     prediction_type = diffusion["prediction_type"]
+    digit_judge, digit_judge_path = _digit_judge(path, ckpt) if data == "digits" else (None, None)
+    judge = load_classifier(classifier) if digit_judge is None else None
 
     vae = None
     if job in ("latent", "text2image"):
         vae = zoo.load_vae(_sibling_or_recorded(ckpt, zoo.FILES["vae"], recorded.get("vae")))
     image_size = vae.config.image_size if vae is not None else model.config.image_size
+    if digit_judge is not None:
+        from .digits import evaluate_digits, unconditional_sampler    # digits.py builds on this file
+        say(f"evaluate {path} ({job} on digits, step {ckpt.step}): {sampler} {steps} steps, {spacing} spacing"
+            + (", x0 clipped" if clip_x0 else "") + f"; judged by {digit_judge_path}")
+        sampling = dict(steps=steps, seed=seed, sampler=sampler, batch_size=batch_size, spacing=spacing)
+        if job == "text2image":
+            pipe = _pipeline(model, ckpt, vae, schedule, prediction_type, recorded)
+            scores = evaluate_digits(digit_judge, num_images, image_size, say, pipe=pipe,
+                                     guidance_scales=guidance_scales, **sampling)
+        else:
+            sample = unconditional_sampler(model, schedule, _unconditional_shape(model), _decoder(vae),
+                                           prediction_type=prediction_type, clip_x0=clip_x0, **sampling)
+            scores = evaluate_digits(digit_judge, num_images, image_size, say, sample=sample)
+        return {"job": job, **scores}
+    size = judge.config.image_size
     real = shapes.sample(num_images, seed=(seed, HELDOUT_SEED), size=image_size)["images"]
     real_features = classifier_features(judge, match_size(real, size))
     other = shapes.sample(num_images, seed=(seed, HELDOUT_SEED + 1), size=image_size)["images"]
@@ -142,12 +163,9 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
     say(f"  Fréchet distance between two real sets (noise floor): {results['reference_fd']:.3f}")
 
     if job in ("pixel", "latent"):
-        decode = None
-        shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
-        if vae is not None:
-            decode = lambda z: backend.get_array_module(z).clip(vae.decode_latents(z), -1, 1)  # noqa: E731
-        images = sample_unconditional(model, schedule, num_images, shape, steps, seed, sampler, prediction_type,
-                                      decode, batch_size, spacing=spacing, clip_x0=clip_x0)
+        images = sample_unconditional(model, schedule, num_images, _unconditional_shape(model), steps, seed,
+                                      sampler, prediction_type, _decoder(vae), batch_size, spacing=spacing,
+                                      clip_x0=clip_x0)
         if images.shape[1] != 3:
             raise ValueError(f"evaluate: the classifier judges RGB shapes images; this model makes "
                              f"{images.shape[1]}-channel images")
@@ -156,12 +174,7 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
         say(f"  Fréchet distance, samples vs real: {results['fd']:.3f}")
         return results
 
-    text_encoder = zoo.load_text_encoder(
-        _sibling_or_recorded(ckpt, zoo.FILES["text_encoder"], recorded.get("text_encoder")))
-    tokenizer = zoo.load_tokenizer(_sibling_or_recorded(ckpt, zoo.FILES["tokenizer"], recorded.get("tokenizer")),
-                                   text_encoder.config.vocab_size)
-    pipe = Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
-                    prediction_type=prediction_type, max_length=text_encoder.config.max_length)
+    pipe = _pipeline(model, ckpt, vae, schedule, prediction_type, recorded)
     prompt_set = captions.CATEGORY_PROMPTS
     prompts = [prompt_set[i % len(prompt_set)] for i in range(num_images)]
     # the judge's ceiling: true renders of the same prompts, scored the same way
@@ -186,6 +199,40 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
     say("  prompt accuracy by category (the true renders are the judge's ceiling):")
     say(format_categories(tables))
     return results
+
+
+def _digit_judge(path, ckpt):
+    """(the digit classifier, its path): the digit_classifier.npz beside a checkpoint trained on
+    digits, as `train all --data digits` lays them out."""
+    beside = Path(ckpt.path).parent / zoo.FILES["digit_classifier"]
+    if not beside.exists():
+        raise FileNotFoundError(f"evaluate: {path} was trained on --data digits and is judged by {beside}, "
+                                f"which is missing; train it with: python -m minidiff train digit_classifier "
+                                f"--out {beside.parent}")
+    return zoo.load_digit_classifier(beside), beside
+
+
+def _unconditional_shape(model):
+    return (model.config.in_channels, model.config.image_size, model.config.image_size)
+
+
+def _decoder(vae):
+    """Latents -> images in [-1, 1] for a latent model; None (the samples are images) for a pixel one."""
+    if vae is None:
+        return None
+    return lambda z: backend.get_array_module(z).clip(vae.decode_latents(z), -1, 1)
+
+
+def _pipeline(model, ckpt, vae, schedule, prediction_type, recorded):
+    """A text-to-image checkpoint's Pipeline: its VAE, and the text encoder and tokenizer beside it
+    (else the ones its training recorded)."""
+    from ..pipeline import Pipeline
+    text_encoder = zoo.load_text_encoder(
+        _sibling_or_recorded(ckpt, zoo.FILES["text_encoder"], recorded.get("text_encoder")))
+    tokenizer = zoo.load_tokenizer(_sibling_or_recorded(ckpt, zoo.FILES["tokenizer"], recorded.get("tokenizer")),
+                                   text_encoder.config.vocab_size)
+    return Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
+                    prediction_type=prediction_type, max_length=text_encoder.config.max_length)
 
 
 def _evaluate_clip(model, ckpt, num_scenes, seed, say):
@@ -215,7 +262,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="images sampled at once")
     parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
-                        help="classifier checkpoint (python -m minidiff train classifier)")
+                        help="classifier checkpoint (python -m minidiff train classifier); a model trained "
+                             "on --data digits is judged by the digit_classifier.npz beside it instead")
     backend.add_device_argument(parser)
     return parser
 

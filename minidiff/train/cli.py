@@ -17,6 +17,14 @@ from .loop import LOCK_FILE, output_lock
 OUTPUT_DIR = zoo.REPO_ROOT / "outputs" / "train"
 
 ALL_STAGES = ("clip", "vae", "text2image", "classifier")
+# the judging stage by --data: a folder or IDX files have no labels to judge samples with, so none
+JUDGE_STAGES = {"shapes": "classifier", "digits": "digit_classifier"}
+
+
+def stages_for(data) -> tuple:
+    """The stages of ``train all --data DATA``: clip, vae, text2image, then DATA's judge if it has one."""
+    judge = JUDGE_STAGES.get(data or "shapes")
+    return ALL_STAGES[:3] + ((judge,) if judge else ())
 
 
 def stage_configs(out, preset="quick", overrides=None) -> dict:
@@ -26,15 +34,16 @@ def stage_configs(out, preset="quick", overrides=None) -> dict:
     and ``text_encoder`` are not accepted)."""
     out = Path(out)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    fields = {job: {f.name for f in dataclasses.fields(JOB_CONFIGS[job])} for job in ALL_STAGES}
+    stages = stages_for(overrides.get("data"))
+    fields = {job: {f.name for f in dataclasses.fields(JOB_CONFIGS[job])} for job in stages}
     used = set().union(*fields.values()) - {"vae", "text_encoder"}
     unused = sorted(set(overrides) - used)
     if unused:
         k = unused[0]
         raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: no stage of `train all` uses it "
-                         f"(stages: {', '.join(ALL_STAGES)}); train that job on its own")
+                         f"(stages: {', '.join(stages)}); train that job on its own")
     configs = {}
-    for job in ALL_STAGES:
+    for job in stages:
         cfg = make_config(job, preset, {k: v for k, v in overrides.items() if k in fields[job]})
         if job == "text2image":
             cfg = dataclasses.replace(cfg, vae=str(out / zoo.FILES["vae"]),
@@ -45,9 +54,9 @@ def stage_configs(out, preset="quick", overrides=None) -> dict:
 
 
 def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, ship_dtype=None) -> bool:
-    """clip (+ tokenizer), vae, text2image, classifier into ``out``; each stage resumes its checkpoint
-    and a complete one is skipped. Returns True when every stage is complete. (``overrides``: see
-    :func:`stage_configs`.)"""
+    """clip (+ tokenizer), vae, text2image and the judge of --data (``stages_for``) into ``out``; each
+    stage resumes its checkpoint and a complete one is skipped. Returns True when every stage is
+    complete. (``overrides``: see :func:`stage_configs`.)"""
     out = Path(out)
     for job, cfg in stage_configs(out, preset, overrides).items():
         path = out / zoo.FILES[job]
@@ -63,7 +72,10 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
             print(f"train all: {job} stopped at step {result.step}/{cfg.steps}; run the same command again "
                   "to continue")
             return False
-    print(f"train all: all stages complete in {out}")
+    data = (overrides or {}).get("data") or "shapes"
+    judged = "" if data in JUDGE_STAGES else (f"; no classifier stage: --data {data} has no labels to judge "
+                                              "samples with")
+    print(f"train all: all stages complete in {out}{judged}")
     return True
 
 
@@ -84,7 +96,8 @@ def add_arguments(parser):
                              ("--checkpoint-every", int, "steps between checkpoints"),
                              ("--sample-every", int, "steps between sample grids")):
         parser.add_argument(flag, type=kind, help=f"{what} (default: the preset's)")
-    parser.add_argument("--data", help="pixel job: shapes (default), folder:PATH or idx:PATH")
+    parser.add_argument("--data", help="the training images of pixel, vae, latent, clip, text2image, "
+                                       "digit_classifier and all: shapes (default), digits, folder:DIR or idx:DIR")
     parser.add_argument("--vae", help="latent, text2image: the VAE checkpoint (default data/pretrained/vae.npz)")
     parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")
     parser.add_argument("--tokenizer", help="clip (optional: else one is trained), text2image: tokenizer.json")

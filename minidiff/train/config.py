@@ -14,11 +14,12 @@ from .. import zoo
 from ..checks import positive_int
 from ..models.classifier import ClassifierConfig
 from ..models.clip import CLIPConfig
+from ..models.digit_classifier import DigitClassifierConfig
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 
-JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "lora", "textual_inversion", "controlnet",
-        "noisy_classifier")
+JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "digit_classifier", "lora",
+        "textual_inversion", "controlnet", "noisy_classifier")
 
 
 # =================================================================================================
@@ -212,6 +213,37 @@ class ClassifierJob(TrainConfig):
 
 
 @dataclass
+class DigitClassifierJob(TrainConfig):
+    """The digit classifier (models/digit_classifier.py) that judges generated digits: cross-entropy
+    on the digits' training split only (``dataset_size`` of its 4,500; the held-out 500 score it at
+    the end), each batch shifted by up to ``max_shift`` pixels so that a sample drawn a little off
+    centre is still judged by its shape."""
+    model: DigitClassifierConfig = field(default_factory=DigitClassifierConfig)
+    data: str = "digits"              # the only source with digit labels
+    dataset_size: int = 4500
+    max_shift: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    ema_decay: float = 0.99
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.data != "digits":
+            raise ValueError(f"--data {self.data}: the digit classifier learns digit labels, which only "
+                             "--data digits has")
+        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or self.max_shift < 0:
+            raise ValueError(f"DigitClassifierJob: max_shift must be an integer >= 0, got {self.max_shift!r}")
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=2000, batch_size=64, warmup_steps=100, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=3000, batch_size=128, warmup_steps=150, checkpoint_every=1000, sample_every=10 ** 6)
+
+
+@dataclass
 class PinkFineTune(DiffusionTrainConfig):
     """What the fine-tunes of a finished text-to-image model share (train/finetune.py): the frozen
     models, and captioned shapes where object 1 of ``extra_fraction`` of the scenes is pink (a colour
@@ -296,7 +328,8 @@ class NoisyClassifierJob(DiffusionTrainConfig):
 
 
 JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": ClipJob,
-               "text2image": Text2ImageJob, "classifier": ClassifierJob, "lora": LoRAJob,
+               "text2image": Text2ImageJob, "classifier": ClassifierJob, "digit_classifier": DigitClassifierJob,
+               "lora": LoRAJob,
                "textual_inversion": TextualInversionJob, "controlnet": ControlNetJob,
                "noisy_classifier": NoisyClassifierJob}
 

@@ -7,6 +7,7 @@
     clip        BPE tokenizer + mini-CLIP -> tokenizer.json, clip.npz and text_encoder.npz
     text2image  U-Net on latents, cross-attending to the frozen text encoder, captions dropped 10%
     classifier  the attribute classifier that ``evaluate`` judges with
+    digit_classifier  the digit classifier that judges generated digits (digits' training split only)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..diffusion.loss import diffusion_loss, training_targets
 from ..diffusion.schedule import NoiseSchedule
 from ..models.classifier import AttributeClassifier, ClassifierFeatures, classifier_loss
 from ..models.clip import MiniCLIP, clip_loss_and_backward
+from ..models.digit_classifier import DigitClassifier, digit_loss
 from ..models.tokenizer import BPETokenizer
 from ..models.unet import UNet
 from ..models.vae import AutoencoderKL
@@ -30,7 +32,8 @@ from ..models.vae_loss import frozen_features, vae_loss
 from ..models.discriminator import DiscriminatorConfig, PatchDiscriminator
 from ..optim import AdamW
 from ..pipeline import Pipeline
-from .config import ClassifierJob, ClipJob, DiffusionTrainConfig, LatentJob, PixelJob, Text2ImageJob, VAEJob
+from .config import (ClassifierJob, ClipJob, DiffusionTrainConfig, DigitClassifierJob, LatentJob, PixelJob,
+                     Text2ImageJob, VAEJob)
 from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_data, load_heldout, text_states
 from .loop import fit
 
@@ -332,6 +335,49 @@ def run_classifier(cfg: ClassifierJob, out=None, resume=False, deadline=None, st
     return result
 
 
+def random_shift(images, rng, max_shift: int):
+    """Each image of (B, C, S, S) moved by its own (dy, dx), each in [-max_shift, max_shift], the
+    uncovered border filled with background (-1): out[b, :, i, j] = padded[b, :, i + dy_b + m, j + dx_b + m].
+    Offsets drawn on the device; the gather runs there too."""
+    if max_shift == 0:
+        return images
+    xp = backend.get_array_module(images)
+    B, C, S, _ = images.shape
+    m = max_shift
+    padded = xp.pad(images, ((0, 0), (0, 0), (m, m), (m, m)), constant_values=-1.0)      # (B, C, S+2m, S+2m)
+    offsets = rng.integers(0, 2 * m + 1, size=(2, B))                                    # dy + m, dx + m
+    rows = offsets[0][:, None] + xp.arange(S)[None, :]                                   # (B, S)
+    cols = offsets[1][:, None] + xp.arange(S)[None, :]
+    batch, channel = xp.arange(B)[:, None, None, None], xp.arange(C)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]       # (B, C, S, S)
+
+
+def run_digit_classifier(cfg: DigitClassifierJob, out=None, resume=False, deadline=None, stop_at=None,
+                         progress=True, ship_dtype=None):
+    """The digit classifier on the digits' training split (never the held-out one); when complete,
+    its class accuracy on the 500 held-out digits, by digit."""
+    xp = backend.get_xp()
+    model = DigitClassifier(cfg.model, seed=cfg.seed).to(backend.device())
+    data = load_data(cfg.data, cfg.model.image_size, cfg.dataset_size, cfg.seed, channels=cfg.model.in_channels)
+    images = xp.asarray(data.images)                                       # (N, C, S, S) on the device
+    labels = xp.asarray(data.image_labels[:, 0])                           # the digit column
+
+    def loss_fn(rng, step):
+        idx = rng.integers(0, images.shape[0], size=(cfg.batch_size,))
+        return digit_loss(model, random_shift(images[idx], rng, cfg.max_shift), labels[idx])
+
+    result = fit("digit_classifier", model, loss_fn, cfg, _checkpoint_config("digit_classifier", model, cfg), out,
+                 resume, deadline, stop_at, progress=progress, ship_dtype=ship_dtype)
+    if result.complete:
+        heldout, heldout_labels = evaluate.heldout_digits(evaluate.HELDOUT_DIGITS, cfg.model.image_size)
+        table = evaluate.digit_accuracy(heldout, heldout_labels, result.model)
+        result.evaluation = table
+        print(f"digit_classifier: held-out accuracy {table['overall'][0]:.4f} on {table['overall'][1]} digits; "
+              "by digit " + ", ".join(f"{name.split()[0]} {acc:.2f}" for name, (acc, _) in table.items()
+                                      if name != "overall"))
+    return result
+
+
 def run_lora(cfg, **options):
     """The lora job lives in finetune.py (it builds on this file's diffusion loss)."""
     from .finetune import run_lora as run
@@ -357,8 +403,8 @@ def run_noisy_classifier(cfg, **options):
 
 
 RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
-           "text2image": run_text2image, "classifier": run_classifier, "lora": run_lora,
-           "textual_inversion": run_textual_inversion, "controlnet": run_controlnet,
+           "text2image": run_text2image, "classifier": run_classifier, "digit_classifier": run_digit_classifier,
+           "lora": run_lora, "textual_inversion": run_textual_inversion, "controlnet": run_controlnet,
            "noisy_classifier": run_noisy_classifier}
 
 
