@@ -130,8 +130,18 @@ SMOKE = Settings(num_images=8, ddpm_steps=10, runs=(("ddim", 5), ("euler", 3), (
                                                       ("dpmpp_2m", 3), ("dpmpp_2m", 5)),
                  grid_images=2, prediction_images=8, prediction_steps=10, dpm_factor=1e9, batch=8)
 
-args = parse_lesson_args("Lesson 06: samplers, and what the network predicts.")
+def table_size(parser):
+    """--images N / --ddpm-steps N / --batch N: the table at another size, e.g. --quick's checkpoint on a GPU
+    with --full's 1024 images and DDPM at 1000 steps: --quick --images 1024 --ddpm-steps 1000 --batch 256."""
+    for name in ("--images", "--ddpm-steps", "--batch"):
+        parser.add_argument(name, type=int, default=None)
+
+
+args = parse_lesson_args("Lesson 06: samplers, and what the network predicts.", extra=table_size)
 settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+settings = dataclasses.replace(settings, **{k: v for k, v in (("num_images", args.images),
+                                                                ("ddpm_steps", args.ddpm_steps),
+                                                                ("batch", args.batch)) if v})
 out = output_dir("06_samplers", args.out)
 device = backend.device()
 xp = backend.get_xp()

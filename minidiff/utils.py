@@ -44,18 +44,20 @@ def lesson_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_lesson_args(description: str, argv=None):
+def parse_lesson_args(description: str, argv=None, extra=None):
     """Parse the standard lesson flags, pick the mode and select the device.
 
     The mode is a flag when one is given; else ``MINIDIFF_LESSON=smoke|quick|full``; else "quick"
     in a notebook kernel and "full" for a script. A kernel's own arguments (``-f kernel.json``)
     are ignored, not an error. ``args.mode`` names the mode; ``args.smoke``, ``args.quick`` and
-    ``args.full`` say the same as booleans."""
+    ``args.full`` say the same as booleans. ``extra(parser)``: adds a lesson's own options."""
     import sys
     notebook = in_notebook()
     if argv is None:
         argv = [] if notebook else sys.argv[1:]
     parser = lesson_parser(description)
+    if extra is not None:
+        extra(parser)
     args, unknown = parser.parse_known_args(argv)
     if unknown and not notebook:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
