@@ -293,3 +293,119 @@ def test_a_caption_matches_the_picture_it_describes_whichever_object_it_names_fi
     assert captions.caption_matches(labels, ["a purple square below a yellow circle",
                                              "a yellow circle above a purple square",
                                              "a purple square above a yellow circle"]).tolist() == [[True, True, False]]
+
+
+# -- judging digits -------------------------------------------------------------------------------
+class OracleDigitClassifier(Module):
+    """A stand-in judge that 'predicts' a fixed digit per image (the logits peak at ``answers``)."""
+
+    def __init__(self, answers, image_size=8):
+        from minidiff.models.digit_classifier import DigitClassifierConfig
+        self.config = DigitClassifierConfig(image_size=image_size, channels=(4,), stem_stride=1, num_groups=2,
+                                            pool_grid=1)
+        self.answers, self.seen = np.asarray(answers), 0
+        from minidiff.nn.module import Parameter
+        self.weight = Parameter(np.zeros(1, np.float32))
+
+    def forward(self, x):
+        rows = self.answers[self.seen:self.seen + len(x)]
+        self.seen += len(x)
+        return np.eye(10, dtype=np.float32)[rows]
+
+
+def test_digit_accuracy_is_reported_by_digit_then_overall():
+    asked = np.array([0, 0, 1, 1, 7])
+    judge = OracleDigitClassifier([0, 3, 1, 1, 2])
+    table = E.digit_accuracy(np.zeros((5, 3, 16, 16), np.float32), asked, judge)   # RGB at 16: grey, pooled to 8
+    assert list(table) == ["0 zero", "1 one", "7 seven", "overall"]
+    assert table["0 zero"] == (0.5, 2) and table["1 one"] == (1.0, 2) and table["7 seven"] == (0.0, 1)
+    assert table["overall"] == (pytest.approx(0.6), 5)
+    with pytest.raises(ValueError, match="5 images but 4 digits asked"):
+        E.digit_accuracy(np.zeros((5, 1, 8, 8), np.float32), asked[:4], judge)
+
+
+def test_digit_frechet_is_zero_for_the_same_digits_and_its_floor_is_above_zero():
+    from minidiff.models.digit_classifier import DigitClassifier, DigitClassifierConfig
+    judge = DigitClassifier(DigitClassifierConfig(image_size=16, channels=(8, 16), stem_stride=1, num_groups=4,
+                                                  feature_dim=8), seed=0)
+    real, _ = E.heldout_digits(40, size=16)
+    assert E.digit_frechet(real, real, judge) == pytest.approx(0.0, abs=1e-6)
+    floor = E.digit_frechet_floor(judge, 40)
+    assert floor > 0
+    blank = np.full_like(real, -1.0)
+    assert E.digit_frechet(real, blank, judge) > floor      # empty images are farther than other real digits
+    with pytest.raises(ValueError, match="the held-out split has 500 digits"):
+        E.heldout_digits(501)
+    _, labels = E.heldout_digits(25)
+    np.testing.assert_array_equal(labels, np.arange(25) % 10)     # as digit_prompts asks for them
+
+
+def test_digit_prompts_ask_for_every_digit_equally_and_name_it():
+    from minidiff.datasets import digits
+    prompts, asked = E.digit_prompts(30)
+    assert np.bincount(asked).tolist() == [3] * 10
+    for prompt, digit in zip(prompts, asked):
+        assert str(digit) in prompt.split() or digits.NAMES[digit] in prompt.split(), prompt
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoints(tmp_path_factory):
+    """A folder laid out like `train all --data digits --out DIR`: tiny untrained models (16x16 images)."""
+    import dataclasses
+    from minidiff.checkpoint import save_checkpoint
+    from minidiff.models.text_encoder import TextEncoder, TextEncoderConfig
+    from minidiff.models.tokenizer import BPETokenizer
+    from minidiff.models.unet import UNet, UNetConfig
+    from minidiff.models.vae import AutoencoderKL, VAEConfig
+    folder = tmp_path_factory.mktemp("digits")
+    tokenizer = BPETokenizer.train(["a handwritten 7", "the digit seven", "a thick 3", "the number 0"], vocab_size=270)
+    tokenizer.save(folder / "tokenizer.json")
+    text = TextEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=16, width=16, num_layers=1, num_heads=2,
+                             mlp_ratio=2)
+    save_checkpoint(folder / "text_encoder.npz", model=TextEncoder(text),
+                    config={"job": "text_encoder", "model": dataclasses.asdict(text)})
+    vae = VAEConfig(base_channels=8, channel_mults=(1, 2), norm_groups=4, image_size=16)
+    save_checkpoint(folder / "vae.npz", model=AutoencoderKL(vae), config={"job": "vae", "model": dataclasses.asdict(vae)},
+                    extra={"scale_factor": np.asarray(1.0), "complete": np.asarray(1)})
+    unet = UNetConfig(in_channels=4, out_channels=4, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                      attention_levels=(1,), num_heads=2, context_dim=16, norm_groups=2, time_embed_dim=16, image_size=8)
+    save_checkpoint(folder / "unet.npz", model=UNet(unet), config={
+        "job": "text2image", "model": dataclasses.asdict(unet), "train": {"data": "digits"},
+        "diffusion": {"schedule": "scaled_linear", "num_steps": 100, "prediction_type": "epsilon"}})
+    return folder
+
+
+def test_evaluate_of_a_digits_model_without_its_judge_names_the_train_command(digits_checkpoints):
+    with pytest.raises(FileNotFoundError, match="train digit_classifier --out"):
+        E.evaluate_checkpoint(digits_checkpoints / "unet.npz", num_images=4, steps=1, guidance_scales=(1.0,),
+                              device="cpu", verbose=False)
+
+
+def test_evaluate_of_a_digits_model_reports_accuracy_by_digit_and_fd_beside_the_floor(digits_checkpoints, tmp_path,
+                                                                                      capsys):
+    import dataclasses
+    import shutil
+    from minidiff.checkpoint import save_checkpoint
+    from minidiff.models.digit_classifier import DigitClassifier, DigitClassifierConfig
+    folder = tmp_path / "set"
+    shutil.copytree(digits_checkpoints, folder)
+    config = DigitClassifierConfig.tiny()
+    save_checkpoint(folder / "digit_classifier.npz", model=DigitClassifier(config),
+                    config={"job": "digit_classifier", "model": dataclasses.asdict(config)})
+    results = E.evaluate_checkpoint(folder / "unet.npz", num_images=20, steps=1, guidance_scales=(1.0, 4.0),
+                                    device="cpu")
+    printed = capsys.readouterr().out
+    assert results["data"] == "digits" and results["reference_fd"] > 0
+    assert set(results["guidance"]) == {1.0, 4.0}
+    by_digit = results["guidance"][4.0]["per_digit"]
+    assert list(by_digit) == [f"{d} {name}" for d, name in enumerate(("zero", "one", "two", "three", "four", "five",
+                                                                     "six", "seven", "eight", "nine"))] + ["overall"]
+    assert all(count == 2 for _, count in list(by_digit.values())[:-1])
+    assert "the floor" in printed and "9 nine" in printed and "held-out" in printed
+    # a folder-trained model has no labels to judge by: one line
+    from minidiff import zoo
+    from minidiff.checkpoint import load_checkpoint
+    save_checkpoint(folder / "folder_unet.npz", model=zoo.load_trained(folder / "unet.npz")[0], config={
+        **load_checkpoint(folder / "unet.npz").config, "train": {"data": "folder:mine"}})
+    with pytest.raises(ValueError, match="trained on --data folder:mine, whose images carry no labels"):
+        E.evaluate_checkpoint(folder / "folder_unet.npz", num_images=4, steps=1, device="cpu", verbose=False)

@@ -83,11 +83,21 @@ def digit_frechet(real, generated, classifier, batch_size: int = 256) -> float:
 
 
 def heldout_digits(n: int, size: int = 32):
-    """(images float32 (n, 1, size, size), labels (n,)): n held-out digits, every class about equally
-    (28x28 padded to a larger size, area-averaged to a smaller one, as the training data)."""
+    """(images float32 (n, 1, size, size), labels (n,)): n held-out digits, image i a digit i % 10
+    (as ``digit_prompts`` asks), 28x28 padded to a larger size or area-averaged to a smaller one
+    as the training data is."""
     if not 2 <= n <= HELDOUT_DIGITS:
         raise ValueError(f"digits: the held-out split has {HELDOUT_DIGITS} digits; ask for 2 to {HELDOUT_DIGITS}, got {n}")
-    return digits.load("heldout", size=size, count=n)
+    return _digits_in_turn("heldout", n, size)
+
+
+def _digits_in_turn(split: str, n: int, size: int):
+    """The first n of the split's images taken class by class in turn: a 0, a 1, ..., a 9, a 0, ..."""
+    pixels, labels = digits.load_uint8(split)
+    per_class = min(int((labels == d).sum()) for d in range(digits.NUM_CLASSES))
+    by_class = [np.flatnonzero(labels == d)[:per_class] for d in range(digits.NUM_CLASSES)]
+    order = np.stack(by_class, axis=1).reshape(-1)[:n]                 # (per_class, 10) read row by row
+    return digits.to_images(pixels[order], size), labels[order].astype(np.int64)
 
 
 def digit_frechet_floor(classifier, n: int, size: int | None = None, batch_size: int = 256) -> float:
@@ -95,7 +105,7 @@ def digit_frechet_floor(classifier, n: int, size: int | None = None, batch_size:
     at ``size`` (the model's image size; None: the classifier's) as the model's samples are."""
     size = classifier.config.image_size if size is None else size
     heldout, _ = heldout_digits(n, size)
-    other, _ = digits.load("train", size=size, count=n)
+    other, _ = _digits_in_turn("train", n, size)
     return digit_frechet(heldout, other, classifier, batch_size)
 
 
@@ -143,9 +153,9 @@ def evaluate_digits(classifier, num_images: int, image_size: int, say, pipe=None
         fd = frechet_distance_from_features(real_features, digit_features(images, classifier))
         results["guidance"][float(scale)] = {"fd": fd, "fd_ratio": fd / max(floor, 1e-12),
                                              "accuracy": by_digit["overall"][0], "per_digit": by_digit}
-        tables[f"guidance {scale:g}"] = by_digit
+        tables[f"scale {scale:g}"] = by_digit
         say(f"  {scale:>8g}  {fd:>8.3f}  {fd / max(floor, 1e-12):>8.2f}  {by_digit['overall'][0]:>8.3f}")
-    say("  class accuracy by digit (the held-out column is the judge on real digits: its ceiling):")
+    say("  class accuracy by digit at each guidance scale (held-out: the judge on real digits, its ceiling):")
     say(format_categories(tables))
     return results
 
