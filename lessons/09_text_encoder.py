@@ -31,12 +31,12 @@ shows the 6 best of 286 held-out images for five prompts, framed green when the 
 the image; every prompt has at least 6 such images in the pool, and the printed precision is the
 share of green frames. The last cell holds exercises.
 
-Settings: --smoke (seconds), --quick (the small CLIPConfig.quick, 300 steps: a few minutes on a
+Settings: --smoke (seconds), --quick (the small CLIPConfig.quick, 300 steps: about a minute on a
 2-core CPU), no flag (CLIPConfig.shipped, 3000 steps: meant for a GPU, --device gpu).
 
 Read beside: minidiff/models/tokenizer.py, minidiff/models/text_encoder.py,
 minidiff/models/clip.py, minidiff/datasets/captions.py (which caption fits which image),
-minidiff/train/jobs.py (run_clip) and minidiff/evaluate.py (retrieval_accuracy).
+minidiff/train/jobs.py (run_clip) and minidiff/evaluate/retrieval.py (retrieval_accuracy).
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
