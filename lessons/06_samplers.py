@@ -59,8 +59,8 @@ What the network predicts. Three outputs carry the same information at a given (
 ODE or SDE? A deterministic sampler carries every mistake of the network along its trajectory to
 the end; a stochastic one replaces part of x_t with fresh noise at every step, which washes some
 of them out (Karras et al. 2022, section 4). On a well-trained network the difference shrinks: the
-ODE samplers solve one ODE (DPM-Solver++ in 10 steps lands where DDIM lands in 100) and that
-solution is as close to the data as DDPM's. A Frechet distance over a few dozen images is itself
+ODE samplers solve one ODE (DPM-Solver++ in 20 steps lands where DDIM lands in 100; at 10 steps it
+is not there yet) and that solution is as close to the data as DDPM's at 1000 steps. A Frechet distance over a few dozen images is itself
 noisy, so the lesson measures that noise (the spread of the distance between independent sets of
 real images) and every claim allows for it: at --quick's 64 images per row, the samplers of the
 lesson checkpoint all sit within about one noise band of the floor; --full's 1024 images resolve
@@ -316,15 +316,17 @@ print(f"  claim: DPM-Solver++ at {max(few)[1]} steps is within {settings.dpm_fac
       f"the floor (or within the noise band), with {settings.ddpm_steps // max(few)[1]}x fewer network calls")
 if not args.smoke:
     assert dpm["fd"] - floor <= max(settings.dpm_factor * (ddpm["fd"] - floor), band)
-# the ODE samplers solve one ODE: DPM-Solver++ in 10 steps lands where DDIM lands in 100
+# the ODE samplers solve one ODE: DPM-Solver++ in 20 steps lands where DDIM lands in 100
 ode = {key: results[key]["fd"] - floor for key in results if key[0] in ("ddim", "euler", "dpmpp_2m")}
 print("FD above the floor of the deterministic samplers: " + ", ".join(
     f"{NAMES[k[0]]} {k[1]}: {v:.0f}" for k, v in ode.items()))
-dpm10, ddim100 = results[min(few)]["fd"] - floor, results.get(("ddim", 100), results[max(few)])["fd"] - floor
-print(f"DPM-Solver++ at {min(few)[1]} steps {dpm10:.0f} vs DDIM at 100 steps {ddim100:.0f} above the floor: "
-      f"10x fewer calls for the same ODE solution (must be no worse than 1.25 x DDIM's, or within the noise band)")
+ddim100 = results.get(("ddim", 100), results[max(few)])["fd"] - floor
+dpm20 = dpm["fd"] - floor
+print(f"DPM-Solver++ at {max(few)[1]} steps {dpm20:.0f} vs DDIM at 100 steps {ddim100:.0f} above the floor: "
+      f"{100 // max(few)[1]}x fewer calls for the same ODE solution (must be no worse than 1.25 x DDIM's, or "
+      f"within the noise band; at {min(few)[1]} steps: {results[min(few)]['fd'] - floor:.0f})")
 if not args.smoke:
-    assert dpm10 <= max(1.25 * ddim100, ddim100 + band)
+    assert dpm20 <= max(1.25 * ddim100, ddim100 + band)
 if not args.smoke:
     worst = max(results, key=lambda key: results[key]["saturated"])
     print(f"most pixels at +-1: {NAMES[worst[0]]} {worst[1]} steps, {results[worst]['saturated']:.1%} "

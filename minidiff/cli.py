@@ -64,11 +64,12 @@ class Parser(argparse.ArgumentParser):
 
 
 # -- the image commands ----------------------------------------------------------------------------
-def _add_sampling_arguments(parser, default_guidance=4.0):
+def _add_sampling_arguments(parser):
     parser.add_argument("--negative", default="", help="negative prompt (guidance pushes away from it)")
     parser.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=default_guidance,
-                        help=f"classifier-free guidance scale, >= 0 (default {default_guidance})")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale, >= 0 (default: the checkpoint folder's pipeline.json, "
+                             "else 4; the shipped shapes model 4, the digits 2)")
     parser.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default ddim)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=1, help="number of images (a grid is written too when > 1)")
@@ -97,7 +98,7 @@ def _check_sampling_arguments(args):
     from .pipeline import MAX_GUIDANCE_SCALE
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not (math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE_SCALE):
+    if args.guidance is not None and not (math.isfinite(args.guidance) and 0 <= args.guidance <= MAX_GUIDANCE_SCALE):
         raise ValueError(f"--guidance must be a number in [0, {MAX_GUIDANCE_SCALE:g}], got {args.guidance}")
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {args.sampler!r}")

@@ -93,6 +93,7 @@ class Pipeline:
     max_length: int = 24
     lora: object = None                  # the LoRA adapters attached to the U-Net (load_lora), or None
     controlled: object = None            # the U-Net steered by a ControlNet (load_controlnet), or None
+    default_guidance: float = 4.0        # the scale used when none is given (the folder's pipeline.json)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -115,7 +116,8 @@ class Pipeline:
         diffusion = zoo.diffusion_settings(unet_ckpt)
         schedule = NoiseSchedule.make(diffusion["schedule"], num_steps=diffusion["num_steps"])
         return cls(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,
-                   prediction_type=diffusion["prediction_type"], max_length=text_encoder.config.max_length)
+                   prediction_type=diffusion["prediction_type"], max_length=text_encoder.config.max_length,
+                   default_guidance=zoo.folder_defaults(directory)["guidance_scale"])
 
     # -- LoRA (minidiff/models/lora.py) ---------------------------------------------------------
     def load_lora(self, path, scale=1.0):
@@ -259,11 +261,12 @@ class Pipeline:
         return image_grid(frames, nrow=len(picks), scale=4)
 
     # -- the four tasks ------------------------------------------------------------------------
-    def text_to_image(self, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim",
+    def text_to_image(self, prompt, negative_prompt="", steps=50, guidance_scale=None, sampler="ddim",
                       seed=0, num_images=1, return_intermediates=False, eta=0.0, progress=False,
                       control=None, control_scale=1.0):
         """Images for ``prompt``: a list of PIL images (and the denoising strip, if asked for).
         ``control``: an outline for the loaded ControlNet to follow (see ``load_control``)."""
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         _check_prompt(prompt)
         _check_prompt(negative_prompt, "negative_prompt")
         _check_common(steps, guidance_scale, num_images)
@@ -278,10 +281,11 @@ class Pipeline:
             return to_pil(self.decode(latents)), self._strip(x0_preds)
         return to_pil(self.decode(result))
 
-    def image_to_image(self, image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=4.0,
+    def image_to_image(self, image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=None,
                        sampler="ddim", seed=0, num_images=1, eta=0.0, progress=False):
         """Re-imagine ``image`` under ``prompt``: noise its latent to the step that ``strength`` picks,
         then denoise the rest of the way. strength 0 returns the image's VAE reconstruction."""
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         _check_prompt(prompt)
         _check_common(steps, guidance_scale, num_images)
         _check_strength(strength)
@@ -303,7 +307,7 @@ class Pipeline:
                                start_step=start_step, progress=progress)
         return to_pil(self.decode(latents))
 
-    def inpaint(self, image, mask, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim",
+    def inpaint(self, image, mask, prompt, negative_prompt="", steps=50, guidance_scale=None, sampler="ddim",
                 seed=0, num_images=1, eta=0.0, progress=False, return_latents=False):
         """Repaint the white part of ``mask`` to fit ``prompt``; the rest stays the image's VAE
         reconstruction (exactly, in pixels outside the mask).
@@ -311,6 +315,7 @@ class Pipeline:
         Latent blending: after every step to timestep t', the known latent cells are replaced by the
         input's latent noised to t' (with one fixed noise draw), so the sampler only invents the
         masked cells. A latent cell counts as masked when any of its pixels is."""
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         _check_prompt(prompt)
         _check_common(steps, guidance_scale, num_images)
         pixels = load_image(image)
@@ -343,9 +348,10 @@ class Pipeline:
         images = to_pil(out)
         return (images, latents, z0, keep) if return_latents else images
 
-    def outpaint(self, image, prompt, extend=8, negative_prompt="", steps=50, guidance_scale=4.0,
+    def outpaint(self, image, prompt, extend=8, negative_prompt="", steps=50, guidance_scale=None,
                  sampler="ddim", seed=0, num_images=1, eta=0.0, progress=False):
         """Grow the canvas by ``extend`` pixels on every side and inpaint the new border."""
+        guidance_scale = self.default_guidance if guidance_scale is None else guidance_scale
         _check_prompt(prompt)
         step = self.factor * self.unet.config.downsampling_factor
         if isinstance(extend, bool) or not isinstance(extend, (int, np.integer)) or extend < 1 or extend % (step // 2):
@@ -376,7 +382,7 @@ def load_pipeline(directory=None, device=None) -> Pipeline:
 
 
 # -- the module-level entry points (DESIGN.md) ------------------------------------------------------
-def text_to_image(prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
+def text_to_image(prompt, negative_prompt="", steps=50, guidance_scale=None, sampler="ddim", seed=0,
                   num_images=1, return_intermediates=False, checkpoints=None, device=None, progress=False,
                   control=None, control_scale=1.0, lora=None, lora_scale=1.0):
     """PIL images for ``prompt`` from the pretrained models (see ``Pipeline.text_to_image``).
@@ -398,21 +404,21 @@ def text_to_image(prompt, negative_prompt="", steps=50, guidance_scale=4.0, samp
             pipe.unload_lora()
 
 
-def image_to_image(image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=4.0,
+def image_to_image(image, prompt, strength=0.6, negative_prompt="", steps=50, guidance_scale=None,
                    sampler="ddim", seed=0, num_images=1, checkpoints=None, device=None, progress=False):
     return load_pipeline(checkpoints, device).image_to_image(
         image, prompt, strength=strength, negative_prompt=negative_prompt, steps=steps,
         guidance_scale=guidance_scale, sampler=sampler, seed=seed, num_images=num_images, progress=progress)
 
 
-def inpaint(image, mask, prompt, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
+def inpaint(image, mask, prompt, negative_prompt="", steps=50, guidance_scale=None, sampler="ddim", seed=0,
             num_images=1, checkpoints=None, device=None, progress=False):
     return load_pipeline(checkpoints, device).inpaint(
         image, mask, prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale,
         sampler=sampler, seed=seed, num_images=num_images, progress=progress)
 
 
-def outpaint(image, prompt, extend=8, negative_prompt="", steps=50, guidance_scale=4.0, sampler="ddim", seed=0,
+def outpaint(image, prompt, extend=8, negative_prompt="", steps=50, guidance_scale=None, sampler="ddim", seed=0,
              num_images=1, checkpoints=None, device=None, progress=False):
     return load_pipeline(checkpoints, device).outpaint(
         image, prompt, extend=extend, negative_prompt=negative_prompt, steps=steps,

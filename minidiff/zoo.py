@@ -17,6 +17,8 @@ for either.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,8 @@ FILES = {"pixel": "pixel.npz", "vae": "vae.npz", "latent": "latent.npz", "clip":
          "text2image": "unet.npz", "classifier": "classifier.npz", "digit_classifier": "digit_classifier.npz",
          "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json"}
 TEXT_ENCODER_FILE, TOKENIZER_FILE = FILES["text_encoder"], FILES["tokenizer"]
+PIPELINE_FILE = "pipeline.json"       # optional: a folder's sampling defaults, e.g. {"guidance_scale": 2.0}
+DEFAULT_GUIDANCE = 4.0
 MAX_TRAIN_TIMESTEPS = 100_000          # the shipped models use 1000
 
 # job -> (model class, its config class)
@@ -226,3 +230,19 @@ def save_text_encoder(path, clip: MiniCLIP, source, step: int = 0, dtype=None):
     """The text tower of a trained mini-CLIP on its own, as the pipeline and text2image load it."""
     config = checkpoint_config("text_encoder", clip.text_encoder, train={"from": str(source)})
     return save_checkpoint(path, model=clip.text_encoder, config=config, step=step, dtype=dtype)
+
+
+def folder_defaults(directory) -> dict:
+    """A checkpoint folder's sampling defaults: {"guidance_scale": ...} from its optional pipeline.json
+    (the scale its model card measured best), else DEFAULT_GUIDANCE. A damaged file is a CheckpointError."""
+    path = Path(directory) / PIPELINE_FILE
+    if not path.is_file():
+        return {"guidance_scale": DEFAULT_GUIDANCE}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({exc})") from None
+    scale = data.get("guidance_scale", DEFAULT_GUIDANCE) if isinstance(data, dict) else None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0 <= scale <= 100:
+        raise CheckpointError(f"{path}: guidance_scale must be a number in [0, 100], got {scale!r}")
+    return {"guidance_scale": float(scale)}
