@@ -53,8 +53,8 @@ gives the ceiling we start from.
 
 A few minutes of CPU train the loss curve down but give colour blobs, not shapes. So --quick
 trains your own U-Net for 200 steps (the loop below, in plain sight; its loss curve and samples
-are shown), then judges data/pretrained/lessons/pixel16_v.npz: the same U-Net trained for 685
-steps by minidiff's own pixel job (data/pretrained/lessons/README.md has the command,
+are shown), then judges data/pretrained/lessons/pixel16_v.npz: the same U-Net trained for 8000
+steps of 64 images on a GPU by minidiff's own pixel job (data/pretrained/lessons/README.md has the command,
 steps and time). That one predicts v instead of eps, with min-SNR-5 weighting; lesson 06 compares these choices.
 --full trains everything here from scratch and judges your model.
 
