@@ -98,7 +98,7 @@ def add_arguments(parser):
         parser.add_argument(flag, type=kind, help=f"{what} (default: the preset's)")
     parser.add_argument("--data", help="the training images of pixel, vae, latent, clip, text2image, "
                                        "digit_classifier and all: shapes (default), digits, folder:DIR or idx:DIR")
-    parser.add_argument("--vae", help="latent, text2image: the VAE checkpoint (default data/pretrained/vae.npz)")
+    parser.add_argument("--vae", help="latent, text2image, vae_decoder: the VAE checkpoint (default data/pretrained/vae.npz)")
     parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")
     parser.add_argument("--tokenizer", help="clip (optional: else one is trained), text2image: tokenizer.json")
     parser.add_argument("--model", help="a named model config of the job (e.g. vae: f4_32, f8_64; pixel: quick16, pixel32)")

@@ -19,7 +19,7 @@ from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 
 JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "digit_classifier", "lora",
-        "textual_inversion", "controlnet", "noisy_classifier")
+        "textual_inversion", "controlnet", "noisy_classifier", "vae_decoder")
 
 
 # =================================================================================================
@@ -309,6 +309,29 @@ class ControlNetJob(PinkFineTune):
 
 
 @dataclass
+class VAEDecoderJob(TrainConfig):
+    """Fine-tune the VAE's decoder with its encoder frozen, on scenes where object 1 of
+    ``extra_fraction`` of them is pink. The encoder, and so every latent the U-Net was trained on,
+    stays exactly as it was: the U-Net, its LoRA and its ControlNet keep working (Stable Diffusion's
+    improved autoencoders, ft-EMA and ft-MSE, were made the same way: decoder only)."""
+    vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
+    extra_fraction: float = 0.3
+    two_object_fraction: float = 0.3
+    recon: str = "l1"
+    ema_decay: float = 0.99
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=300, batch_size=16, lr=3e-4, warmup_steps=20, dataset_size=2000, log_every=25,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=1500, batch_size=64, lr=3e-4, warmup_steps=100, dataset_size=20000,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+
+@dataclass
 class NoisyClassifierJob(DiffusionTrainConfig):
     """The noise-aware colour classifier p(y | z_t, t) for classifier guidance (train/finetune.py), on
     the latents of the VAE, noised with the shipped U-Net's schedule."""
@@ -331,7 +354,7 @@ JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": Cl
                "text2image": Text2ImageJob, "classifier": ClassifierJob, "digit_classifier": DigitClassifierJob,
                "lora": LoRAJob,
                "textual_inversion": TextualInversionJob, "controlnet": ControlNetJob,
-               "noisy_classifier": NoisyClassifierJob}
+               "noisy_classifier": NoisyClassifierJob, "vae_decoder": VAEDecoderJob}
 
 
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",

@@ -402,10 +402,16 @@ def run_noisy_classifier(cfg, **options):
     return run(cfg, **options)
 
 
+def run_vae_decoder(cfg, **options):
+    """The vae_decoder job (the VAE's decoder alone, encoder frozen) lives in vae_decoder.py."""
+    from .vae_decoder import run_vae_decoder as run
+    return run(cfg, **options)
+
+
 RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
            "text2image": run_text2image, "classifier": run_classifier, "digit_classifier": run_digit_classifier,
            "lora": run_lora, "textual_inversion": run_textual_inversion, "controlnet": run_controlnet,
-           "noisy_classifier": run_noisy_classifier}
+           "noisy_classifier": run_noisy_classifier, "vae_decoder": run_vae_decoder}
 
 
 def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,

@@ -24,36 +24,13 @@ from ..datasets import shapes
 from ..evaluate.adapters import colour_share
 from ..models.vae_loss import reconstruction_loss
 from ..nn.module import Module, no_grad
-from .config import TrainConfig
+from .config import VAEDecoderJob
 from .data import SHAPES_DATA_SEED, encode_dataset
 from .finetune import _keep
 from .loop import fit
 
 
 # -- the VAE's decoder, for a colour its latents carry but it never drew -------------------------------
-@dataclasses.dataclass
-class VAEDecoderJob(TrainConfig):
-    """Fine-tune the VAE's decoder with its encoder frozen, on scenes where object 1 of
-    ``extra_fraction`` of them is pink. The encoder, and so every latent the U-Net was trained on,
-    stays exactly as it was: the U-Net, its LoRA and its ControlNet keep working (Stable Diffusion's
-    improved autoencoders, ft-EMA and ft-MSE, were made the same way: decoder only)."""
-    vae: str = str(zoo.PRETRAINED_DIR / zoo.FILES["vae"])
-    extra_fraction: float = 0.3
-    two_object_fraction: float = 0.3
-    recon: str = "l1"
-    ema_decay: float = 0.99
-
-    @classmethod
-    def quick(cls):
-        return cls(steps=300, batch_size=16, lr=3e-4, warmup_steps=20, dataset_size=2000, log_every=25,
-                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
-
-    @classmethod
-    def full(cls):
-        return cls(steps=1500, batch_size=64, lr=3e-4, warmup_steps=100, dataset_size=20000,
-                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
-
-
 class DecoderHalf(Module):
     """The trainable half of a VAE whose encoder stays frozen: post_quant_conv and the decoder."""
 
@@ -132,22 +109,3 @@ def reconstruction_report(vae, n: int = 64, seed: int = 0) -> dict:
         report[name] = float(np.mean(object_colours(rec) == truth))
     return report
 
-
-if __name__ == "__main__":        # python -m minidiff.train.vae_decoder OUT [--preset full] [--steps N]
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
-    parser.add_argument("--preset", choices=("quick", "full"), default="quick")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--max-minutes", type=float)
-    parser.add_argument("--half", action="store_true")
-    a = parser.parse_args()
-    import time
-    job = VAEDecoderJob.full() if a.preset == "full" else VAEDecoderJob.quick()
-    if a.steps:
-        job = dataclasses.replace(job, steps=a.steps, warmup_steps=min(job.warmup_steps, a.steps))
-    if a.lr:
-        job = dataclasses.replace(job, lr=a.lr)
-    deadline = None if a.max_minutes is None else time.perf_counter() + 60 * a.max_minutes
-    run_vae_decoder(job, out=a.out, deadline=deadline, progress=False, ship_dtype=np.float16 if a.half else None)
