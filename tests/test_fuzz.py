@@ -23,6 +23,7 @@ from minidiff import cli, zoo
 from minidiff.checkpoint import CheckpointError, save_checkpoint
 from minidiff.models.classifier import AttributeClassifier, ClassifierConfig
 from minidiff.models.clip import CLIPConfig, MiniCLIP
+from minidiff.models.digit_classifier import DigitClassifier, DigitClassifierConfig
 from minidiff.models.unet import UNet, UNetConfig
 from test_cli import checkpoints, files_under, images, shown  # noqa: F401  (fixtures and helpers)
 
@@ -47,7 +48,8 @@ def every_kind(checkpoints, tmp_path_factory):
              "vae": (checkpoints / "vae.npz").read_bytes(), "text2image": (checkpoints / "unet.npz").read_bytes()}
     pixel = dataclasses.replace(UNetConfig.tiny(), context_dim=None)
     others = {"pixel": UNet(pixel), "clip": MiniCLIP(CLIPConfig.tiny()),
-              "classifier": AttributeClassifier(ClassifierConfig.tiny())}
+              "classifier": AttributeClassifier(ClassifierConfig.tiny()),
+              "digit_classifier": DigitClassifier(DigitClassifierConfig.tiny())}
     for job, model in others.items():
         diffusion = {"diffusion": {"schedule": "linear", "num_steps": 10, "prediction_type": "epsilon"}}
         path = save_checkpoint(folder / f"{job}.npz", model=model, config={

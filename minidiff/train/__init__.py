@@ -6,6 +6,9 @@
     python -m minidiff train clip         # BPE tokenizer + mini-CLIP -> tokenizer.json, text_encoder.npz
     python -m minidiff train text2image   # U-Net on latents, cross-attending to the frozen text encoder
     python -m minidiff train classifier   # the attribute classifier behind `python -m minidiff evaluate`
+    python -m minidiff train digit_classifier   # the judge of generated digits (--data digits)
+    python -m minidiff train lora | textual_inversion | controlnet | noisy_classifier | vae_decoder
+                                          # fine-tunes of a finished model (finetune.py, vae_decoder.py)
     python -m minidiff train all --out DIR --preset full --max-minutes 8    # clip, vae, text2image, classifier;
                                           # run it again (same command) until it prints "all stages complete"
 
@@ -18,13 +21,14 @@ The package, in reading order:
     cli.py      the command line and `train all`
 """
 from .config import (JOB_CONFIGS, JOBS, OVERRIDES, ClassifierJob, ClipJob, DiffusionTrainConfig,  # noqa: F401
-                     LatentJob, PixelJob, Text2ImageJob, TrainConfig, VAEJob, make_config)
+                     DigitClassifierJob, LatentJob, PixelJob, Text2ImageJob, TrainConfig, VAEDecoderJob, VAEJob,
+                     make_config)
 from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states  # noqa: F401
 from .loop import (RESUMABLE_CHANGES, FitResult, TrainingDiverged, TrainingInterrupted,  # noqa: F401
                    check_resumable, fit, output_lock, step_rng)
-from .jobs import (RUNNERS, run_classifier, run_clip, run_latent, run_pixel, run_text2image,  # noqa: F401
-                   run_vae, train_classifier, train_tokenizer)
-from .cli import ALL_STAGES, OUTPUT_DIR, add_arguments, main, run_all, stage_configs  # noqa: F401
+from .jobs import (RUNNERS, run_classifier, run_clip, run_digit_classifier, run_latent, run_pixel,  # noqa: F401
+                   run_text2image, run_vae, run_vae_decoder, train_classifier, train_tokenizer)
+from .cli import ALL_STAGES, OUTPUT_DIR, add_arguments, main, run_all, stage_configs, stages_for  # noqa: F401
 from ..optim import AdamWGroups  # noqa: F401  (its old home)
 from ..zoo import (FILES, MODEL_CLASSES, PRETRAINED_DIR, TEXT_ENCODER_FILE, TOKENIZER_FILE,  # noqa: F401
                    checkpoint_job, config_from_dict, is_complete, load_trained)
