@@ -47,7 +47,7 @@ from .images import load_image, load_mask  # noqa: F401  (re-exported: their old
 from .utils import image_grid, to_uint8
 
 DEFAULT_DIR = zoo.PRETRAINED_DIR
-CONTROLNET_FILE = "controlnet.npz"       # beside the other checkpoints (train controlnet writes it)
+CONTROLNET_FILE = zoo.FILES["controlnet"]       # beside the other checkpoints (train controlnet writes it)
 HOW_TO_GET = zoo.HOW_TO_GET
 MAX_GUIDANCE_SCALE = 100.0               # far past any useful scale (7.5 is typical); 1e30 gives a flat grey image
 

@@ -41,7 +41,10 @@ DIGITS_DIR = PRETRAINED_DIR / "digits"          # the checkpoint set trained on 
 # file names inside a checkpoint folder (data/pretrained/ or a `train all --out DIR`)
 FILES = {"pixel": "pixel.npz", "vae": "vae.npz", "latent": "latent.npz", "clip": "clip.npz",
          "text2image": "unet.npz", "classifier": "classifier.npz", "digit_classifier": "digit_classifier.npz",
-         "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json"}
+         "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json",
+         # the fine-tunes of a finished text-to-image model (train/finetune.py), beside it in the folder
+         "lora": "lora_pink.npz", "textual_inversion": "pink_token.npz", "controlnet": "controlnet.npz",
+         "noisy_classifier": "noisy_classifier.npz"}
 TEXT_ENCODER_FILE, TOKENIZER_FILE = FILES["text_encoder"], FILES["tokenizer"]
 PIPELINE_FILE = "pipeline.json"       # optional: a folder's sampling defaults, e.g. {"guidance_scale": 2.0}
 DEFAULT_GUIDANCE = 4.0

@@ -25,6 +25,9 @@ def _script(name):
 
 def _expected_settings(path):
     """The training settings the checkpoint must record, from the script that made it."""
+    if path.stem.startswith("clip16_"):
+        script = _script("train_relation_clips")
+        return {**script.SETTINGS, "hard_negatives": path.stem == "clip16_hard"}
     if path.stem == "pixel16_v":
         return dict(_script("train_pixel16").SETTINGS)
     name = path.stem.removeprefix("pred16_")
@@ -35,19 +38,21 @@ def _expected_settings(path):
 
 def test_the_lessons_ship_their_checkpoints():
     names = {p.stem for p in FILES}
-    assert {"pixel16_v", "pred16_eps", "pred16_x0", "pred16_v", "pred16_v_minsnr"} <= names
-    assert sum(p.stat().st_size for p in FILES) < 5e6
+    assert {"pixel16_v", "pred16_eps", "pred16_x0", "pred16_v", "pred16_v_minsnr", "clip16_bag", "clip16_hard"} <= names
+    assert sum(p.stat().st_size for p in FILES) < 6e6
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_lesson_checkpoint_loads_and_matches_its_recipe(path):
-    model, ckpt = zoo.load_trained(path, expect="pixel", device="cpu")
+    job = "clip" if path.stem.startswith("clip16_") else "pixel"
+    model, ckpt = zoo.load_trained(path, expect=job, device="cpu")
     assert model.config.image_size == 16 and model.config.in_channels == 3
     recorded = ckpt.config["train"]
     for key, value in _expected_settings(path).items():
         assert recorded[key] == value, f"{path.name}: {key} is {recorded[key]!r}, its script says {value!r}"
-    diffusion = zoo.diffusion_settings(ckpt)
-    assert diffusion["prediction_type"] == recorded["prediction_type"]
+    if job == "pixel":
+        diffusion = zoo.diffusion_settings(ckpt)
+        assert diffusion["prediction_type"] == recorded["prediction_type"]
     stored = load_checkpoint(path)
     assert all(v.dtype == np.float16 for k, v in stored.model_state.items() if np.issubdtype(v.dtype, np.floating))
     assert path.name in CARD, f"{path.name} is not in data/pretrained/lessons/README.md"

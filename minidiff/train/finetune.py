@@ -61,10 +61,8 @@ from .jobs import _diffusion_loss_fn
 from .loop import fit
 from ..evaluate.adapters import colour_share, object_colours  # noqa: F401  (judging lives in evaluate)
 
-LORA_FILE = "lora_pink.npz"
-TOKEN_FILE = "pink_token.npz"
-CONTROLNET_FILE = "controlnet.npz"
-NOISY_CLASSIFIER_FILE = "noisy_classifier.npz"
+LORA_FILE, TOKEN_FILE = zoo.FILES["lora"], zoo.FILES["textual_inversion"]
+CONTROLNET_FILE, NOISY_CLASSIFIER_FILE = zoo.FILES["controlnet"], zoo.FILES["noisy_classifier"]
 PLACEHOLDER = "<pink>"
 PLACEHOLDER_ID = PAD_ID           # never produced from text; at a real (mask True) position it is the placeholder
 PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
