@@ -42,8 +42,8 @@ Cells: (1) how often a random batch holds a caption's own words in another order
 (2) two mini-CLIPs trained here, the same steps and seed, without and with hard negatives: their
 loss curves (--quick trains 150 steps for the curves and probes the same pair trained 3000 steps,
 data/pretrained/lessons/clip16_*.npz; --full trains the 3000 here); (3) the relation probe (ARO's shape: true caption vs each hard negative, per
-relation) for both, as a table and a figure; (4) the text states of "A above B" and "A below B"
-in both encoders and in the shipped one; (5) what the U-Net does with them: the shipped model's
+relation) for both, as a table and a figure; (4) how close "A above B" sits to "A below B" and
+"B above A" in both encoders and in the shipped one (text_cosines.png); (5) what the U-Net does with them: the shipped model's
 relation accuracy by category (the model card quotes the first model's); exercises.
 
 Settings: --smoke (seconds), --quick (a few minutes on a 2-core CPU), no flag (longer training).
@@ -235,6 +235,16 @@ print("\ncosine of the text embeddings (1 = the same to the image tower):")
 for a, b in pairs:
     print(f"  {a!r} vs {b!r}: " + ", ".join(f"{k} {text_cosine(m, a, b):.3f}" for k, m in encoders.items()))
 flip = {k: text_cosine(m, *pairs[0]) for k, m in encoders.items()}
+fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+labels = ["relation flipped", "objects swapped", "another scene"]
+for offset, (key, model) in zip((-0.27, 0, 0.27), encoders.items()):
+    ax.bar(np.arange(3) + offset, [text_cosine(model, a, b) for a, b in pairs], 0.27, label=key + " hard negatives"
+           if key != "shipped" else "shipped")
+ax.axhline(0, color="gray", lw=0.8)
+ax.set_xticks(range(3), [f"{name}\n{b!r}" for name, (_, b) in zip(labels, pairs)], fontsize=8)
+ax.set(ylabel=f"cosine with {pairs[0][0]!r}", title="Both pass the probe; hard negatives push the confusable captions away")
+ax.legend(fontsize=8)
+save_figure(fig, out / "text_cosines.png")
 unrelated = {k: text_cosine(m, *pairs[2]) for k, m in encoders.items()}
 print(f"the flipped caption's cosine with the true one: without hard negatives {flip['without']:.2f}, with "
       f"{flip['with']:.2f}: hard negatives widen the gap the U-Net's cross-attention has to read")
