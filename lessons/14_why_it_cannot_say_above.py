@@ -41,10 +41,12 @@ of 128), so the lesson cannot say which fix mattered most: the exercises take th
 Cells: (1) how often a random batch holds a caption's own words in another order (almost never);
 (2) two mini-CLIPs trained here, the same steps and seed, without and with hard negatives: their
 loss curves (--quick trains 150 steps for the curves and probes the same pair trained 3000 steps,
-data/pretrained/lessons/clip16_*.npz; --full trains the 3000 here); (3) the relation probe (ARO's shape: true caption vs each hard negative, per
-relation) for both, as a table and a figure; (4) how close "A above B" sits to "A below B" and
-"B above A" in both encoders and in the shipped one (text_cosines.png); (5) what the U-Net does with them: the shipped model's
-relation accuracy by category (the model card quotes the first model's); exercises.
+data/pretrained/lessons/clip16_*.npz; --full trains the 3000 here); (3) the relation probe (ARO's
+shape: the true caption against each hard negative, per relation) for both and for the shipped
+mini-CLIP, as a table and a figure; (4) how close "A above B" sits to "A below B" and "B above A"
+in both encoders and in the shipped one (text_cosines.png); (5) what the U-Net does with them: the
+shipped model's relation accuracy by category beside the first model's (from the model card);
+exercises.
 
 Settings: --smoke (seconds), --quick (a few minutes on a 2-core CPU), no flag (longer training).
 
