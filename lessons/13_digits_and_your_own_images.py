@@ -41,7 +41,7 @@ trained on that folder with the shipped VAE and text encoder: its loss curve, it
 then exercises.
 
 Settings: --smoke (seconds), --quick (about 3 minutes on a 2-core CPU: 100 samples per guidance
-scale at 20 DDIM steps, 150 training steps), no flag (500 samples at 50 steps, the model card's
+scale at 20 DDIM steps, 400 training steps), no flag (500 samples at 50 steps, the model card's
 size, and 2000 training steps).
 
 Read beside: minidiff/datasets/digits.py, minidiff/datasets/folder.py, minidiff/evaluate/digits.py
@@ -402,10 +402,14 @@ fig = tile_figure(rows, labels, f"your folder's images and your model's samples 
                   f"({settings.sample_steps} DDIM steps)\nred frame and number: the judge reads another digit",
                   wrong=wrong, notes=notes)
 save_figure(fig, out / "own_model_samples.png")
-# What comes out of the quick run's 150 CPU steps (4,800 examples): the loss falls from about 0.9 to
-# about 0.1, yet the samples are soft blobs, and the judge finds the asked digit little more often than
-# chance. The shipped U-Net saw 2,500 x 256 = 640,000 examples on a GPU. A model of your own needs the
-# full mode's thousands of steps (or a GPU): judge it by its samples, not by its loss.
+# What the quick run measured (400 CPU steps of 32, 12,800 examples; seed 0): the loss falls from 0.99
+# to 0.06 (the shipped U-Net scores 0.035 on the same draws), and the samples are rough strokes in which a
+# 1 or a 7 begins to show. The judge finds the asked digit in 17% of them at s = 0, the prompt ignored, and
+# in 50% at s = 3: the caption has started to matter, and guidance amplifies what little it says. The
+# shipped U-Net saw 2,500 x 256 = 640,000 examples on a GPU; a model of your own needs the full mode's
+# thousands of steps (or a GPU). Judge it by its samples, not by its loss.
+if not args.smoke:
+    assert own_accuracy[OWN_SCALES[-1]] > own_accuracy[0.0], "guidance should make your model follow its captions"
 print(f"lesson 13 took {time.perf_counter() - lesson_start:.0f} s; figures in {out}")
 
 # %% exercises
