@@ -292,6 +292,8 @@ for sampler in NAMES:
         ax.plot(counts, [results[sampler, s]["fd"] for s in counts], marker=markers[sampler], ms=8,
                 label=NAMES[sampler])
 ax.axhline(floor, color="gray", lw=1, linestyle=":", label="real vs real (the floor)")
+ax.axhspan(floor, floor + 2 * noise, color="gray", alpha=0.15,
+           label="floor + 2 spreads: differences inside this band are noise")
 ticks = sorted({s for _, s in results})
 ax.set(xscale="log", xlabel="sampling steps = network calls per image (log scale)",
        ylabel="Frechet distance to real images (lower is better)",
