@@ -356,11 +356,11 @@ count = min(48, settings.num_eval)
 nrow = 8 if count >= 8 else count
 fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
 show(axes[0], real[:count], nrow, f"real {S}x{S} (held out)")
-show(axes[1], latent_samples[:count], nrow, f"latent diffusion: Dec(z_0), {latent.steps_run} training steps"
-                                            f"\nFD {fd['latent U-Net']:.0f}")
+show(axes[1], latent_samples[:count], nrow, f"latent diffusion: Dec(z_0),\n{latent.steps_run} training steps, "
+                                            f"FD {fd['latent U-Net']:.0f}")
 show(axes[2], pixel_samples[:count], nrow, f"pixel diffusion {settings.pixel_size}x{settings.pixel_size}, "
-                                           f"{pixel.steps_run} training steps (the same compute)\nFD {fd[pixel_label]:.0f}")
-show(axes[3], untrained_samples[:count], nrow, f"untrained latent U-Net (eps_theta = 0), decoded\n"
+                                           f"{pixel.steps_run} training steps\n(the same compute), FD {fd[pixel_label]:.0f}")
+show(axes[3], untrained_samples[:count], nrow, f"untrained latent U-Net\n(eps_theta = 0), decoded, "
                                                f"FD {fd['untrained latent U-Net']:.0f}")
 fig.suptitle(f"Unconditional samples, DPM-Solver++ {settings.sample_steps} steps, after the same compute "
              f"(real-vs-real FD {fd['real vs real (the floor)']:.0f})")
