@@ -46,6 +46,8 @@ FILES = {"pixel": "pixel.npz", "vae": "vae.npz", "latent": "latent.npz", "clip":
          "lora": "lora_pink.npz", "textual_inversion": "pink_token.npz", "controlnet": "controlnet.npz",
          "noisy_classifier": "noisy_classifier.npz"}
 TEXT_ENCODER_FILE, TOKENIZER_FILE = FILES["text_encoder"], FILES["tokenizer"]
+VAE32_FILE = "vae32.npz"              # the 32x32 (f = 4) VAE whose latent space the shipped 64x64 one copies
+JUDGE64_FILE = "classifier64.npz"      # the attribute classifier of 64x64 images (classifier.npz: 32x32)
 PIPELINE_FILE = "pipeline.json"       # optional: a folder's sampling defaults, e.g. {"guidance_scale": 2.0}
 DEFAULT_GUIDANCE = 4.0
 MAX_TRAIN_TIMESTEPS = 100_000          # the shipped models use 1000
@@ -210,6 +212,16 @@ def load_classifier(path=None, device=None):
     model, _ = load_trained(path, device, hint="train it with: python -m minidiff train classifier",
                             expect="classifier")
     return model
+
+
+def judge_path(image_size: int, folder=None) -> Path:
+    """The shipped attribute classifier that judges images of ``image_size``: classifier64.npz (trained
+    on 64x64 renders) for 64x64 when the folder has it, else classifier.npz (32x32; smaller images are
+    repeated up to it, larger ones average-pooled down)."""
+    folder = PRETRAINED_DIR if folder is None else Path(folder)
+    if image_size == 64 and (folder / JUDGE64_FILE).exists():
+        return folder / JUDGE64_FILE
+    return folder / FILES["classifier"]
 
 
 def load_digit_classifier(path=None, device=None):

@@ -48,7 +48,8 @@ def main():
     a = parser.parse_args()
     folder = pathlib.Path(a.checkpoints)
     pipe = Pipeline.load(folder)
-    classifier = load_classifier(folder / zoo.FILES["classifier"])
+    classifier = load_classifier(zoo.judge_path(pipe.vae.config.image_size, folder))
+    print(f"judged by {zoo.judge_path(pipe.vae.config.image_size, folder)}")
     report, n, g = {}, a.seeds, a.guidance
     began = time.perf_counter()
 

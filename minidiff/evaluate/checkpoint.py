@@ -79,7 +79,7 @@ def _sibling_or_recorded(ckpt, file_name, recorded):
 
 
 def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: str = "ddim",
-                        guidance_scales=(1.0, 2.0, 4.0, 7.5), seed: int = 0, classifier=DEFAULT_CLASSIFIER,
+                        guidance_scales=(1.0, 2.0, 4.0, 7.5), seed: int = 0, classifier=None,
                         device=None, batch_size: int = 64, verbose: bool = True, spacing: str = "leading",
                         clip_x0: bool = False) -> dict:
     """Sample a pixel, latent or text-to-image checkpoint and score it against real shapes images
@@ -93,6 +93,8 @@ def evaluate_checkpoint(path, num_images: int = 512, steps: int = 50, sampler: s
     noise floor), "fd": ... (unconditional models) or, for text-to-image (prompts cycling through
     FIXED_PROMPTS), "reference_accuracy" (the prompt accuracy of true renders of the prompts: the
     classifier's ceiling) and "guidance": {scale: {"fd", "accuracy", "per_attribute"}}}.
+    ``classifier``: the judge's checkpoint; None: the shipped judge of the model's image size
+    (``zoo.judge_path``: classifier64.npz for 64x64 images, classifier.npz otherwise).
     ``device``: where to run (None: the current device; the caller's device is left as it was).
     """
     with backend.using(device):
@@ -131,12 +133,13 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
     schedule = NoiseSchedule.make(diffusion["schedule"], diffusion["num_steps"])
     prediction_type = diffusion["prediction_type"]
     digit_judge, digit_judge_path = _digit_judge(path, ckpt) if data == "digits" else (None, None)
-    judge = load_classifier(classifier) if digit_judge is None else None
-
     vae = None
     if job in ("latent", "text2image"):
         vae = zoo.load_vae(_sibling_or_recorded(ckpt, zoo.FILES["vae"], recorded.get("vae")))
     image_size = vae.config.image_size if vae is not None else model.config.image_size
+    if digit_judge is None:
+        judge = load_classifier(zoo.judge_path(image_size) if classifier is None else classifier)
+        say(f"judged by {zoo.judge_path(image_size) if classifier is None else classifier}")
     if digit_judge is not None:
         from .digits import evaluate_digits, unconditional_sampler    # digits.py builds on this file
         say(f"evaluate {path} ({job} on digits, step {ckpt.step}): {sampler} {steps} steps, {spacing} spacing"
@@ -261,9 +264,11 @@ def add_arguments(parser):
                         help="classifier-free guidance scales to compare (text-to-image)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="images sampled at once")
-    parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
-                        help="classifier checkpoint (python -m minidiff train classifier); a model trained "
-                             "on --data digits is judged by the digit_classifier.npz beside it instead")
+    parser.add_argument("--classifier", default=None,
+                        help="classifier checkpoint (python -m minidiff train classifier; default: the shipped "
+                             "judge of the model's image size, data/pretrained/classifier64.npz for 64x64, "
+                             "classifier.npz otherwise); a model trained on --data digits is judged by the "
+                             "digit_classifier.npz beside it instead")
     backend.add_device_argument(parser)
     return parser
 

@@ -63,6 +63,11 @@ class ClassifierConfig:
                              f"num_groups={self.num_groups}")
 
     @classmethod
+    def judge64(cls):
+        """The judge of 64x64 images: one more stride-2 stage in front, so it pools the same 4x4 grid."""
+        return cls(image_size=64, channels=(16, 32, 64, 128))
+
+    @classmethod
     def tiny(cls):
         """For tests: seconds on a CPU."""
         return cls(image_size=16, channels=(8, 16), convs_per_stage=1, num_groups=4, pool_grid=2, feature_dim=16)

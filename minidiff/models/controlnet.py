@@ -83,6 +83,21 @@ class HintEncoder(Sequential):
         super().__init__(*(layers + [last]))
 
 
+def fit_control(control, size: int):
+    """A control image (B, C, H, H) at the hint encoder's ``size``: max-pooled by an integer factor when
+    larger (an outline drawn at 64x64 for a ControlNet trained on 32x32 ones keeps every line: a
+    cell is on where any of its pixels is). Any other size is a ValueError naming the sizes it takes."""
+    height, width = control.shape[2], control.shape[3]
+    if height == width == size:
+        return control
+    if height != width or height % size:
+        raise ValueError(f"the control image is {width}x{height}; this ControlNet takes {size}x{size} "
+                         f"(or a square image a whole multiple of it)")
+    f = height // size
+    b, c = control.shape[:2]
+    return control.reshape(b, c, size, f, size, f).max(axis=(3, 5))
+
+
 class ControlNet(Module):
     """The trainable copy of a U-Net's encoder, its hint encoder and its zero convolutions.
 
@@ -107,6 +122,7 @@ class ControlNet(Module):
 
     def forward(self, x, t, context, mask, control):
         temb = self.time_embedding(t)
+        control = fit_control(control, x.shape[2] << self.config.hint_downsample)
         # h = conv_in(z_t) + hint_encoder(control): the copy sees the latent and the drawing together
         h = self.conv_in(x) + self.hint_encoder(control)
         skips = [h]

@@ -163,8 +163,9 @@ class VAEConfig:
 
     @classmethod
     def f8_64(cls):
-        """64x64x3 -> 8x8x4 (f = 8): the 48x compression of Stable Diffusion's 512x512x3 -> 64x64x4."""
-        return cls(base_channels=32, channel_mults=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8, image_size=64)
+        """64x64x3 -> 8x8x4 (f = 8): the 48x compression of Stable Diffusion's 512x512x3 -> 64x64x4.
+        f4_32 with one more level in front: 16 channels at 64x64 and 32x32, 32 at 16x16, 64 at 8x8."""
+        return cls(base_channels=16, channel_mults=(1, 1, 2, 4), num_res_blocks=1, norm_groups=8, image_size=64)
 
 
 # -- the posterior q(z | x) ----------------------------------------------------------------------

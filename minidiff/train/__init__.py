@@ -9,6 +9,7 @@
     python -m minidiff train digit_classifier   # the judge of generated digits (--data digits)
     python -m minidiff train lora | textual_inversion | controlnet | noisy_classifier | vae_decoder
                                           # fine-tunes of a finished model (finetune.py, vae_decoder.py)
+    python -m minidiff train vae64        # the 64x64 (f = 8) VAE, taught the 32x32 one's latents (vae64.py)
     python -m minidiff train all --out DIR --preset full --max-minutes 8    # clip, vae, text2image, classifier;
                                           # run it again (same command) until it prints "all stages complete"
 
@@ -21,13 +22,13 @@ The package, in reading order:
     cli.py      the command line and `train all`
 """
 from .config import (JOB_CONFIGS, JOBS, OVERRIDES, ClassifierJob, ClipJob, DiffusionTrainConfig,  # noqa: F401
-                     DigitClassifierJob, LatentJob, PixelJob, Text2ImageJob, TrainConfig, VAEDecoderJob, VAEJob,
+                     DigitClassifierJob, LatentJob, PixelJob, Text2ImageJob, TrainConfig, VAE64Job, VAEDecoderJob, VAEJob,
                      make_config)
 from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_images, text_states  # noqa: F401
 from .loop import (RESUMABLE_CHANGES, FitResult, TrainingDiverged, TrainingInterrupted,  # noqa: F401
                    check_resumable, fit, output_lock, step_rng)
 from .jobs import (RUNNERS, run_classifier, run_clip, run_digit_classifier, run_latent, run_pixel,  # noqa: F401
-                   run_text2image, run_vae, run_vae_decoder, train_classifier, train_tokenizer)
+                   run_text2image, run_vae, run_vae64, run_vae_decoder, train_classifier, train_tokenizer)
 from .cli import ALL_STAGES, OUTPUT_DIR, add_arguments, main, run_all, stage_configs, stages_for  # noqa: F401
 from ..optim import AdamWGroups  # noqa: F401  (its old home)
 from ..zoo import (FILES, MODEL_CLASSES, PRETRAINED_DIR, TEXT_ENCODER_FILE, TOKENIZER_FILE,  # noqa: F401

@@ -117,6 +117,7 @@ def add_arguments(parser):
                         help="vae: weight of a patch-GAN term, its discriminator trained alongside (default 0: off)")
     parser.add_argument("--adversarial-start", type=int,
                         help="vae: the step at which the GAN term joins (default 0)")
+    parser.add_argument("--teacher", help="vae64: the 32x32 VAE whose latents it learns (default data/pretrained/vae32.npz)")
     parser.add_argument("--unet", help="lora: the finished text2image unet.npz to adapt (default data/pretrained/unet.npz)")
     parser.add_argument("--rank", type=int, help="lora: the adapters' rank r (default 4)")
     parser.add_argument("--alpha", type=float, help="lora: the adapters' alpha; they add (alpha / r) B A (default 4)")

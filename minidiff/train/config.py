@@ -19,7 +19,7 @@ from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 
 JOBS = ("pixel", "vae", "latent", "clip", "text2image", "classifier", "digit_classifier", "lora",
-        "textual_inversion", "controlnet", "noisy_classifier", "vae_decoder")
+        "textual_inversion", "controlnet", "noisy_classifier", "vae_decoder", "vae64")
 
 
 # =================================================================================================
@@ -332,6 +332,30 @@ class VAEDecoderJob(TrainConfig):
 
 
 @dataclass
+class VAE64Job(TrainConfig):
+    """An f = 8 VAE for 64x64 images that copies the latent space of the 32x32 VAE at ``teacher``
+    (train/vae64.py): its decoder learns to draw 64x64 scenes from the teacher's latents, its encoder
+    to give the teacher's latents. Every model that works in latent space keeps working."""
+    model: VAEConfig = field(default_factory=VAEConfig.f8_64)
+    teacher: str = str(zoo.PRETRAINED_DIR / zoo.VAE32_FILE)
+    extra_fraction: float = 0.15      # scenes whose object 1 is pink (the shipped decoder draws pink)
+    two_object_fraction: float = 0.5
+    recon: str = "l1"
+    logvar_weight: float = 0.01       # w_v: the log-variances matter far less than the means
+    ema_decay: float = 0.99
+
+    @classmethod
+    def quick(cls):
+        return cls(steps=300, batch_size=16, lr=1e-3, warmup_steps=20, dataset_size=2000, log_every=25,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+    @classmethod
+    def full(cls):
+        return cls(steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, dataset_size=20000,
+                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+
+
+@dataclass
 class NoisyClassifierJob(DiffusionTrainConfig):
     """The noise-aware colour classifier p(y | z_t, t) for classifier guidance (train/finetune.py), on
     the latents of the VAE, noised with the shipped U-Net's schedule."""
@@ -354,13 +378,14 @@ JOB_CONFIGS = {"pixel": PixelJob, "vae": VAEJob, "latent": LatentJob, "clip": Cl
                "text2image": Text2ImageJob, "classifier": ClassifierJob, "digit_classifier": DigitClassifierJob,
                "lora": LoRAJob,
                "textual_inversion": TextualInversionJob, "controlnet": ControlNetJob,
-               "noisy_classifier": NoisyClassifierJob, "vae_decoder": VAEDecoderJob}
+               "noisy_classifier": NoisyClassifierJob, "vae_decoder": VAEDecoderJob,
+               "vae64": VAE64Job}
 
 
 OVERRIDES = ("steps", "batch_size", "lr", "seed", "dataset_size", "log_every", "checkpoint_every",
              "sample_every", "data", "vae", "text_encoder", "tokenizer", "init", "two_object_fraction", "model",
              "perceptual_weight", "adversarial_weight", "adversarial_start", "unet", "rank", "alpha",
-             "extra_fraction", "init_word", "schedule", "prediction_type", "min_snr_gamma")
+             "extra_fraction", "init_word", "schedule", "prediction_type", "min_snr_gamma", "teacher")
 
 
 def make_config(job: str, preset: str = "quick", overrides: dict | None = None):

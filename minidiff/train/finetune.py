@@ -69,6 +69,15 @@ PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
                      for where in ("on the left", "on the right", "at the top", "at the bottom"))
 
 
+def _fresh_output(job: str, out, resume: bool, what: str, name: str):
+    """A fine-tune starts afresh and writes one file when it ends: --resume is an error, and so is a
+    folder that already holds the file (nothing is overwritten; choose another --out or delete it)."""
+    if resume:
+        raise ValueError(f"train {job}: --resume is not supported ({what} is written when the run ends)")
+    if out is not None and (Path(out) / name).exists():
+        raise ValueError(f"train {job}: {Path(out) / name} already exists; choose another --out or delete it")
+
+
 def _keep(result, cfg, out) -> bool:
     """Write the fine-tune's file? Yes when it trained at all: a run stopped early by --max-minutes or
     --stop-at keeps what it learned (and says so: fine-tunes are short and do not resume)."""
@@ -97,8 +106,7 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
     """Train a pink LoRA on the U-Net at ``cfg.unet``; with ``out``, write DIR/lora_pink.npz when done.
 
     (The adapters are small and quick to train, so a run is not resumed: it starts afresh.)"""
-    if resume:
-        raise ValueError("train lora: --resume is not supported (the adapter is written when the run ends)")
+    _fresh_output("lora", out, resume, "the adapter", LORA_FILE)
     xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     if diffusion["schedule"] != cfg.schedule or diffusion["prediction_type"] != cfg.prediction_type:
@@ -217,8 +225,7 @@ def placeholder_captions(captions, colour="pink"):
 def run_textual_inversion(cfg: TextualInversionJob, out=None, resume=False, deadline=None, stop_at=None,
                           progress=True, ship_dtype=None):
     """Learn v for "<pink>" with the U-Net and the text encoder frozen; with ``out``, write DIR/pink_token.npz."""
-    if resume:
-        raise ValueError("train textual_inversion: --resume is not supported (the token is written when the run ends)")
+    _fresh_output("textual_inversion", out, resume, "the token", TOKEN_FILE)
     xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     token = PlaceholderToken(text_encoder, tokenizer, cfg.init_word).attach()
@@ -315,8 +322,7 @@ def placeholder_images(pipe: Pipeline, prompts, guidance_scale=4.0, steps=25, se
 def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
                    ship_dtype=None):
     """Train a ControlNet on outlines beside the frozen U-Net; with ``out``, write DIR/controlnet.npz."""
-    if resume:
-        raise ValueError("train controlnet: --resume is not supported (the ControlNet is written when the run ends)")
+    _fresh_output("controlnet", out, resume, "the ControlNet", CONTROLNET_FILE)
     xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     control_config = ControlNetConfig(hint_downsample=int(np.log2(vae.config.downsample_factor)))
@@ -364,8 +370,7 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
 def run_noisy_classifier(cfg: NoisyClassifierJob, out=None, resume=False, deadline=None, stop_at=None,
                          progress=True, ship_dtype=None):
     """p(colour | z_t, t) on the VAE's latents of one-object scenes, noised to a uniform t."""
-    if resume:
-        raise ValueError("train noisy_classifier: --resume is not supported")
+    _fresh_output("noisy_classifier", out, resume, "the classifier", zoo.FILES["noisy_classifier"])
     xp = backend.get_xp()
     vae = zoo.load_vae(cfg.vae, backend.device())
     schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)

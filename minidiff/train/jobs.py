@@ -408,10 +408,17 @@ def run_vae_decoder(cfg, **options):
     return run(cfg, **options)
 
 
+def run_vae64(cfg, **options):
+    """The vae64 job (a 64x64 f = 8 VAE taught the 32x32 one's latents) lives in vae64.py."""
+    from .vae64 import run_vae64 as run
+    return run(cfg, **options)
+
+
 RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
            "text2image": run_text2image, "classifier": run_classifier, "digit_classifier": run_digit_classifier,
            "lora": run_lora, "textual_inversion": run_textual_inversion, "controlnet": run_controlnet,
-           "noisy_classifier": run_noisy_classifier, "vae_decoder": run_vae_decoder}
+           "noisy_classifier": run_noisy_classifier, "vae_decoder": run_vae_decoder,
+           "vae64": run_vae64}
 
 
 def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,

@@ -26,7 +26,7 @@ from ..models.vae_loss import reconstruction_loss
 from ..nn.module import Module, no_grad
 from .config import VAEDecoderJob
 from .data import SHAPES_DATA_SEED, encode_dataset
-from .finetune import _keep
+from .finetune import _fresh_output, _keep
 from .loop import fit
 
 
@@ -49,8 +49,7 @@ def run_vae_decoder(cfg: VAEDecoderJob, out=None, resume=False, deadline=None, s
 
         z ~ q(z | x) = N(mean, std^2)  (the frozen encoder, computed once)
         L = mean |Dec(z) - x|          dL/dDec(z) = sign(Dec(z) - x) / N"""
-    if resume:
-        raise ValueError("train vae_decoder: --resume is not supported (the VAE is written when the run ends)")
+    _fresh_output("vae_decoder", out, resume, "the VAE", zoo.FILES["vae"])
     xp = backend.get_xp()
     source = load_checkpoint(cfg.vae, hint="train one with: python -m minidiff train vae")
     vae = zoo.load_vae(cfg.vae, backend.device())
