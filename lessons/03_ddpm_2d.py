@@ -32,10 +32,18 @@ What 50 DDIM steps buy, honestly: close to DDPM's 1000, not equal. Two errors re
 error: 50 big jumps cut the ODE's corners (250 DDIM steps remove most of it, as the table shows).
 Model error: where eps_theta is wrong, a deterministic path follows the mistake to the end, while
 DDPM's fresh noise lets each point be corrected later. Both are worst between the arms of the
-roll, where the data has no points and the network little practice. After 3000 training steps
-(exercise 1) DDIM-50 visibly fills the inside of the spiral: 5.3% of its points land off the roll,
-DDPM's 0.7%. After quick mode's 10,000 steps: 0.7% against DDPM's 0.1%, and 250 DDIM steps bring
-it to 0.2%. So "50 steps suffice" holds for a well-trained model, and the table below says by how much.
+roll, where the data has no points and the network little practice. After 2000 training steps
+(your model in quick mode, exercise 1) DDIM-50 visibly fills the inside of the spiral. After 10,000
+steps (the judged model): MMD^2 0.0044 for DDIM-50 against DDPM-1000's 0.0039 over a floor of 0.0036,
+0.8% of its points off the roll against DDPM's 0.1%, and 250 DDIM steps bring it to 0.0039 and 0.2%.
+So "50 steps suffice" holds for a well-trained model, up to a few strays: the table says by how much.
+
+Which model is judged. In --quick you train your own model for 2000 steps (about 10-20 s: its loss
+curve and samples in loss.png, its raw-vs-EMA scores in ema_vs_raw.png), and the claims are then
+checked on data/pretrained/lessons/toy_swiss_roll.npz: the same MLP trained by this lesson's own loop
+for 10,000 steps (`python lessons/03_ddpm_2d.py --ship data/pretrained/lessons/toy_swiss_roll.npz`,
+83 s alone on a 2-core CPU; the model card data/pretrained/lessons/README.md has the details). --full
+trains the larger MLPConfig.full for 20,000 steps from scratch and judges that; it loads nothing.
 
 How good are the samples? Two numbers. The maximum mean discrepancy (MMD) with a Gaussian (RBF)
 kernel k,
@@ -47,11 +55,13 @@ points a second draw of the data itself scores above 0 (the floor no model can b
 fraction of samples "off the roll", farther than 0.15 from every one of 20,000 training
 points: the stray dots a learner sees between the arms.
 
-You will see: the loss curve (loss.png); DDIM samples from the raw weights and from their EMA as
-training goes (ema_vs_raw.png: the EMA reaches the floor by mid-training, the raw weights only once
-the cosine learning rate has decayed, which smooths the same noise); each sampler's samples and
-scores (samples.png); the DDPM cloud condensing late, at small t (reverse_process.png); and four
-single trajectories, DDPM's coloured by t beside DDIM's from the same x_T (trajectories.png).
+You will see: your loss curve and your model's samples (loss.png); DDIM samples from the raw weights
+and from their EMA as training goes (ema_vs_raw.png: the judged model's EMA reaches the floor by
+mid-training, 0.0079 against the raw weights' 0.0338 at step 5000, the raw weights only once the cosine
+learning rate has decayed, which smooths the same noise; your short run's scores beside them); each
+sampler's samples and scores (samples.png); the DDPM cloud condensing late, at small t
+(reverse_process.png); and three single trajectories, DDPM's walk coloured by t beside DDIM's path from
+the same x_T, with how far the points still are from where they end, against t (trajectories.png).
 
 Read beside: minidiff/models/mlp.py, minidiff/datasets/toy2d.py, minidiff/diffusion/schedule.py
 (q_sample, posterior), minidiff/diffusion/loss.py (training_targets, diffusion_loss),
@@ -59,7 +69,7 @@ minidiff/diffusion/samplers.py (ddpm_step, ddim_step, sample), minidiff/optim.py
 clip_grad_norm, warmup_cosine), minidiff/checkpoint.py; the loop here is written out in full,
 minidiff/train/loop.py (fit) is the same loop grown up, which later lessons call.
 
-Run: python lessons/03_ddpm_2d.py [--quick] [--smoke] [--device cpu|gpu]
+Run: python lessons/03_ddpm_2d.py [--quick] [--smoke] [--device cpu|gpu] [--ship PATH]
 """
 # %% setup: `import minidiff` from this clone, as a script or in a notebook kernel (which has no __file__)
 import sys, pathlib  # noqa: E401
@@ -86,7 +96,7 @@ from minidiff.diffusion.schedule import NoiseSchedule
 from minidiff.models.mlp import MLPConfig, MLPDenoiser
 from minidiff.nn.module import no_grad
 from minidiff.optim import EMA, AdamW, clip_grad_norm, warmup_cosine
-from minidiff.utils import output_dir, parse_lesson_args, pyplot, save_figure
+from minidiff.utils import REPO_ROOT, output_dir, parse_lesson_args, pyplot, save_figure
 
 
 @dataclasses.dataclass
@@ -106,22 +116,35 @@ class Settings:
     ddim_more_steps: int = 250
     mmd_margin: float = 0.2      # samples' MMD^2 must be below this fraction of the Gaussian's
     max_off_roll: float = 0.02   # fraction of DDPM's and DDIM's samples allowed off the roll
+    pretrained: str | None = None  # judge this shipped checkpoint (trained with SHIPPED) instead of the model here
 
 
+PRETRAINED = "data/pretrained/lessons/toy_swiss_roll.npz"
+# the recipe of PRETRAINED: `python lessons/03_ddpm_2d.py --quick --ship data/pretrained/lessons/toy_swiss_roll.npz`
+SHIPPED = Settings(MLPConfig.quick(), train_steps=10000)
 FULL = Settings(MLPConfig.full(), train_steps=20000, num_samples=4000, eval_every=2000)
-QUICK = Settings(MLPConfig.quick(), train_steps=10000)
+QUICK = dataclasses.replace(SHIPPED, train_steps=2000, eval_every=500, pretrained=PRETRAINED)
 SMOKE = Settings(MLPConfig(hidden_dim=64, num_blocks=2, time_embed_dim=16), train_steps=400, lr=5e-3,
-                 warmup_steps=10, ema_decay=0.99, short_train_steps=100, eval_every=200, eval_samples=200, num_samples=300, ddpm_steps=40,
-                 ddim_steps=10, ddim_more_steps=20, mmd_margin=1.0, max_off_roll=1.0)
+                 warmup_steps=10, ema_decay=0.99, short_train_steps=100, eval_every=200, eval_samples=200,
+                 num_samples=300, ddpm_steps=40, ddim_steps=10, ddim_more_steps=20, mmd_margin=1.0, max_off_roll=1.0,
+                 pretrained=PRETRAINED)
 
-args = parse_lesson_args('Lesson 03: DDPM on 2-D points — train a noise predictor, then sample with DDPM and DDIM.')
-settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+
+def ship_option(parser):
+    parser.add_argument("--ship", metavar="PATH", default=None,
+                        help="train the shipped model's recipe (SHIPPED) from scratch, judge it, and save it to PATH")
+
+
+args = parse_lesson_args('Lesson 03: DDPM on 2-D points — train a noise predictor, then sample with DDPM and DDIM.',
+                         extra=ship_option)
+settings = SHIPPED if args.ship else SMOKE if args.smoke else QUICK if args.quick else FULL
 out = output_dir("03_ddpm_2d", args.out)
 device = backend.device()
 plt = pyplot()
 DATASET = "swiss_roll"
 OFF_ROLL = 0.15                  # a sample farther than this from every training point is "off the roll"
-print(f"device {device}; {DATASET}; {settings.train_steps} training steps, model {settings.model}")
+print(f"device {device}; {DATASET}; {settings.train_steps} training steps, model {settings.model}"
+      + (f"; then judging {settings.pretrained}" if settings.pretrained else ""))
 
 
 def mmd2(a, b, bandwidths=(0.05, 0.1, 0.2, 0.5, 1.0)):
@@ -157,14 +180,10 @@ print(f"model: {model.num_parameters():,} parameters; EMA decay {settings.ema_de
       f"(an average over the last ~{1 / (1 - settings.ema_decay):.0f} steps)")
 
 
-def eps_theta(x, t):
-    return model(x, t)
-
-
-def ddim_sample(x_T, steps=settings.ddim_steps, eta=0.0, seed=None):
-    """DDIM from x_T with whatever weights the model holds now (eval mode, nothing cached)."""
+def ddim_sample(net, x_T, steps=settings.ddim_steps, eta=0.0, seed=None):
+    """DDIM from x_T with whatever weights net holds now (eval mode, nothing cached); host array."""
     with no_grad():
-        return backend.to_numpy(samplers.sample(eps_theta, schedule, x_T.shape, sampler="ddim", steps=steps, x_T=x_T,
+        return backend.to_numpy(samplers.sample(net, schedule, x_T.shape, sampler="ddim", steps=steps, x_T=x_T,
                                                 eta=eta, rng=None if seed is None else backend.rng(seed),
                                                 progress=False))
 
@@ -179,8 +198,11 @@ def off_roll(points):
 
 eval_x_T = backend.rng(args.seed + 20).standard_normal((settings.eval_samples, 2), dtype=np.float32)
 eval_reference = sample_toy(DATASET, settings.eval_samples, seed=args.seed + 3)
+x_T = backend.rng(args.seed + 10).standard_normal((settings.num_samples, 2), dtype=np.float32)   # x_T ~ N(0, I)
 history = {"step": [], "raw": [], "EMA": []}      # MMD^2 of a DDIM sample to held-out data, during training
-snapshots = {}                                    # the samples at the middle evaluation, for the figure
+middle = {}                                       # the weights at the middle evaluation: {"step", "raw", "EMA"}
+
+
 def train(model, optimizer, ema, num_steps, evaluate=None):
     """The training loop: num_steps of AdamW on L_simple, the EMA updated after each. Calls evaluate(step) every
     eval_every steps. Returns the per-step losses (host) and the seconds spent in training steps."""
@@ -208,16 +230,16 @@ def train(model, optimizer, ema, num_steps, evaluate=None):
 def evaluate(step):
     """DDIM samples from the same x_T with the raw weights and with their EMA, scored against held-out data."""
     model.eval()
-    raw = ddim_sample(eval_x_T)
+    raw = ddim_sample(model, eval_x_T)
     ema.swap(model)                                                               # the model holds the average now
-    averaged = ddim_sample(eval_x_T)
+    averaged = ddim_sample(model, eval_x_T)
     ema.swap(model)                                                               # and its own weights again
     model.train()
     history["step"].append(step)
     history["raw"].append(mmd2(raw, eval_reference))
     history["EMA"].append(mmd2(averaged, eval_reference))
     if len(history["step"]) == (settings.train_steps // settings.eval_every + 1) // 2:
-        snapshots.update(step=step, raw=raw, EMA=averaged)
+        middle.update(step=step, raw=model.state_dict(), EMA=ema.state_dict()["shadow"])
 
 
 losses, train_seconds = train(model, optimizer, ema, settings.train_steps, evaluate)
@@ -228,16 +250,58 @@ print(f"trained {settings.train_steps} steps in {train_seconds:.1f} s "
 print(f"L_simple: {first:.3f} over the first 10 steps -> {last:.3f} over the last {window} "
       "(1.0 = guessing eps = 0; the floor is above 0 because eps cannot be fully recovered from x_t)")
 assert last < (0.8 if args.smoke else 0.4) * first, "the loss did not go down enough"
+model.eval()
+ema.swap(model)                                   # your model's averaged weights, for its samples
+own_samples = ddim_sample(model, x_T)
+ema.swap(model)
+own_score, own_strays = mmd2(own_samples, reference), off_roll(own_samples)
+print(f"your model after {settings.train_steps} steps, DDIM-{settings.ddim_steps} with the EMA weights: MMD^2 "
+      f"{own_score:.4f}, {100 * own_strays:.1f}% of its points off the roll")
 
-fig, ax = plt.subplots(figsize=(7, 4))
-ax.plot(losses, lw=0.5, alpha=0.4, label="per step")
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.6, 1]}, constrained_layout=True)
+axes[0].plot(losses, lw=0.5, alpha=0.4, label="per step")
 smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-ax.plot(np.arange(window - 1, len(losses)), smooth, lw=2, label=f"mean of {window} steps")
-ax.set(title="Training loss L_simple (MLP on the swiss roll): nearly flat after ~2000 steps,\n"
-             "while the samples keep improving (ema_vs_raw.png): the loss is a blunt guide", xlabel="training step",
-       ylabel="mean |eps - eps_theta(x_t, t)|^2", ylim=(0, max(1.2, float(smooth.max()) * 1.05)))
-ax.legend()
+axes[0].plot(np.arange(window - 1, len(losses)), smooth, lw=2, label=f"mean of {window} steps")
+axes[0].set(title=f"Your training: loss L_simple over {settings.train_steps} steps\n"
+                  "(flattens early while the samples keep improving: a blunt guide)", xlabel="training step",
+            ylabel="mean |eps - eps_theta(x_t, t)|^2", ylim=(0, max(1.2, float(smooth.max()) * 1.05)))
+axes[0].legend()
+axes[1].scatter(reference[:, 0], reference[:, 1], s=2, c="lightgray", label="data")
+axes[1].scatter(own_samples[:, 0], own_samples[:, 1], s=2, c="tab:orange", label="your samples")
+axes[1].set(title=f"Your model: DDIM-{settings.ddim_steps} samples (EMA)\nMMD^2 {own_score:.4f}, "
+                  f"{100 * own_strays:.1f}% off the roll", xlim=(-3, 3), ylim=(-3, 3), aspect="equal",
+            xlabel="x1", ylabel="x2")
+axes[1].legend(fontsize=8, loc="lower right")
 save_figure(fig, out / "loss.png")
+
+# %% the model to judge: in quick mode the shipped one (a few minutes of CPU train too little), else yours
+# PRETRAINED was trained by this lesson's own loop with the SHIPPED settings (data/pretrained/lessons/README.md has
+# the command, its steps and time); it holds the raw weights and their EMA at the end and at mid-training, and the
+# raw-vs-EMA scores recorded while it trained.
+
+
+def mlp_with(weights, config):
+    """An MLPDenoiser in eval mode holding these weights ({name: host array})."""
+    net = MLPDenoiser(config, seed=args.seed).to(device).eval()
+    net.load_state_dict(weights)
+    return net
+
+
+if settings.pretrained is None:
+    whose, judged_config, judged_history = f"your model, {settings.train_steps} steps", settings.model, history
+    weights = {"raw": model.state_dict(), "EMA": ema.state_dict()["shadow"]}
+else:
+    shipped = load_checkpoint(REPO_ROOT / settings.pretrained)
+    recipe = shipped.config["train"]
+    whose = f"the shipped model, {shipped.step} steps"
+    judged_config = MLPConfig(**shipped.config["model"])
+    weights = {"raw": shipped.model_state, "EMA": shipped.ema_state["shadow"]}
+    middle = {"step": int(shipped.extra["mid_step"]), "raw": shipped.extra["mid_raw"],
+              "EMA": shipped.extra["mid_ema"]}
+    judged_history = {key: shipped.extra["history"][key].tolist() for key in ("step", "raw", "EMA")}
+    print(f"judged model: {settings.pretrained}, {judged_config}, trained by this lesson's loop for {shipped.step} "
+          f"steps of batch {recipe['batch_size']} (lr {recipe['lr']}, EMA {recipe['ema_decay']}), stored in float16")
+judged, judged_raw = mlp_with(weights["EMA"], judged_config), mlp_with(weights["raw"], judged_config)
 
 # %% raw weights vs their EMA, over training
 # what a perfect model would score with this few points: the mean over a few fresh draws of the data itself
@@ -245,49 +309,60 @@ eval_floor = np.mean([mmd2(sample_toy(DATASET, settings.eval_samples, seed=args.
                       for k in range(4)])
 print(f"DDIM-{settings.ddim_steps} samples ({settings.eval_samples} points) during training, MMD^2 to held-out data "
       f"(fresh draws of the data score {eval_floor:.4f} on average):")
-for step, raw, averaged in zip(history["step"], history["raw"], history["EMA"]):
+if settings.pretrained is not None:
+    print("  your run:")
+    for step, raw, averaged in zip(history["step"], history["raw"], history["EMA"]):
+        print(f"  step {step:6d}: raw weights {raw:.4f}   EMA {averaged:.4f}")
+    print(f"  {whose}, recorded while it trained:")
+for step, raw, averaged in zip(judged_history["step"], judged_history["raw"], judged_history["EMA"]):
     print(f"  step {step:6d}: raw weights {raw:.4f}   EMA {averaged:.4f}")
-ema_wins = sum(e < r for r, e in zip(history["raw"], history["EMA"]))
-print(f"the EMA's samples are closer to the data at {ema_wins} of {len(history['step'])} evaluations")
-if not args.smoke:
-    assert ema_wins >= 0.6 * len(history["step"]), "averaging the weights should help at most evaluations"
+ema_wins = sum(e < r for r, e in zip(judged_history["raw"], judged_history["EMA"]))
+print(f"{whose}: the EMA's samples are closer to the data at {ema_wins} of {len(judged_history['step'])} evaluations")
+# the middle evaluation, sampled again here from the weights themselves
+middle_samples = {name: ddim_sample(mlp_with(middle[name], judged_config), eval_x_T) for name in ("raw", "EMA")}
+middle_scores = {name: mmd2(points, eval_reference) for name, points in middle_samples.items()}
+print(f"at step {middle['step']} (mid-training, the learning rate still high): MMD^2 raw weights "
+      f"{middle_scores['raw']:.4f}, EMA {middle_scores['EMA']:.4f} ({middle_scores['raw'] / middle_scores['EMA']:.1f}x "
+      "better with the EMA)")
+if settings.pretrained is not None or not args.smoke:
+    assert ema_wins >= 0.6 * len(judged_history["step"]), "averaging the weights should help at most evaluations"
+    assert middle_scores["EMA"] < 0.7 * middle_scores["raw"], "mid-training, the EMA's samples must be clearly better"
 
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
-axes[0].plot(history["step"], history["raw"], "o-", label="raw weights theta")
-axes[0].plot(history["step"], history["EMA"], "o-", label=f"EMA of theta (decay {settings.ema_decay})")
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True)
+axes[0].plot(judged_history["step"], judged_history["raw"], "o-", c="tab:blue", label="raw weights theta")
+axes[0].plot(judged_history["step"], judged_history["EMA"], "o-", c="tab:orange",
+             label=f"EMA of theta (decay {settings.ema_decay})")
+if settings.pretrained is not None:
+    axes[0].plot(history["step"], history["raw"], "x--", c="tab:blue", alpha=0.6, label="your run: raw")
+    axes[0].plot(history["step"], history["EMA"], "x--", c="tab:orange", alpha=0.6, label="your run: EMA")
 axes[0].axhline(eval_floor, color="k", ls=":", label="fresh draws of the data (the floor, within noise)")
-axes[0].axvline(snapshots["step"], color="grey", lw=0.8)
+axes[0].axvline(middle["step"], color="grey", lw=0.8)
 axes[0].set(title=f"DDIM-{settings.ddim_steps} samples ({settings.eval_samples} points) during training",
-            xlabel="training step",
-            ylabel="MMD^2 to held-out data (lower is better)", yscale="log")
+            xlabel="training step", ylabel="MMD^2 to held-out data (lower is better)", yscale="log")
 axes[0].legend(fontsize=8)
 for ax, name in zip(axes[1:], ("raw", "EMA")):
-    points = snapshots[name]
+    points = middle_samples[name]
     ax.scatter(eval_reference[:, 0], eval_reference[:, 1], s=2, c="lightgray")
     ax.scatter(points[:, 0], points[:, 1], s=3, c="tab:blue" if name == "raw" else "tab:orange")
-    ax.set(title=f"{name} weights at step {snapshots['step']} (grey line): MMD^2 {mmd2(points, eval_reference):.4f}",
+    ax.set(title=f"{name} weights at step {middle['step']} (grey line): MMD^2 {middle_scores[name]:.4f}",
            xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xlabel="x1", ylabel="x2")
     ax.title.set_fontsize(10)
-fig.suptitle("Sampling from the EMA of the weights instead of the weights themselves (same x_T)")
+fig.suptitle(f"Sampling from the EMA of the weights instead of the weights themselves: {whose}, same x_T")
 save_figure(fig, out / "ema_vs_raw.png")
 
 # %% sample with DDPM (1000 steps) and DDIM (50 and 250 steps), using the EMA weights
-model.eval()
-ema.swap(model)                               # the model now holds the averaged weights
-x_T = backend.rng(args.seed + 10).standard_normal((settings.num_samples, 2), dtype=np.float32)   # x_T ~ N(0, I)
 with no_grad():
     start = time.perf_counter()
-    ddpm, ddpm_xs, _ = samplers.sample(eps_theta, schedule, x_T.shape, sampler="ddpm", steps=settings.ddpm_steps,
+    ddpm, ddpm_xs, _ = samplers.sample(judged, schedule, x_T.shape, sampler="ddpm", steps=settings.ddpm_steps,
                                        x_T=x_T, rng=backend.rng(args.seed + 11), return_intermediates=True,
                                        progress=False)
     ddpm_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ddim, ddim_xs, _ = samplers.sample(eps_theta, schedule, x_T.shape, sampler="ddim", steps=settings.ddim_steps,
+    ddim, ddim_xs, _ = samplers.sample(judged, schedule, x_T.shape, sampler="ddim", steps=settings.ddim_steps,
                                        x_T=x_T, return_intermediates=True, progress=False)
     ddim_seconds = time.perf_counter() - start
-ddim_more = ddim_sample(x_T, steps=settings.ddim_more_steps)
-ema.swap(model)                               # back to the raw weights
-ddim_raw = ddim_sample(x_T)
+ddim_more = ddim_sample(judged, x_T, steps=settings.ddim_more_steps)
+ddim_raw = ddim_sample(judged_raw, x_T)
 
 gaussian = np.random.default_rng(args.seed + 12).standard_normal((settings.num_samples, 2))
 data_again = sample_toy(DATASET, settings.num_samples, seed=args.seed + 2)
@@ -297,7 +372,7 @@ rows = {"N(0, I) noise": gaussian, ddpm_name: ddpm, ddim_name: ddim, more_name: 
         f"DDIM, {settings.ddim_steps} steps (raw weights)": ddim_raw, "another draw of the data (floor)": data_again}
 scores = {name: mmd2(points, reference) for name, points in rows.items()}
 strays = {name: off_roll(points) for name, points in rows.items()}
-print(f"sampling {settings.num_samples} points: DDPM {ddpm_seconds:.1f} s, DDIM {ddim_seconds:.1f} s")
+print(f"{whose}, sampling {settings.num_samples} points: DDPM {ddpm_seconds:.1f} s, DDIM {ddim_seconds:.1f} s")
 print(f"{'':38s} {'MMD^2':>8s} {'/ floor':>8s} {'off the roll':>13s}   (held-out data; lower is better)")
 floor = scores["another draw of the data (floor)"]
 for name in rows:
@@ -311,8 +386,9 @@ for name in (ddpm_name, ddim_name):
     assert strays[name] < settings.max_off_roll, f"{name}: too many samples between the arms"
 if not args.smoke:
     assert scores[more_name] < scores[ddim_name], "more DDIM steps must remove step-size error"
+    assert scores[ddim_name] < 1.5 * floor, "DDIM-50 should be close to the data (within 1.5x the floor)"
 
-fig, axes = plt.subplots(1, 5, figsize=(20, 4.6), sharex=True, sharey=True, constrained_layout=True)
+fig, axes = plt.subplots(1, 5, figsize=(20, 4.8), sharex=True, sharey=True, constrained_layout=True)
 panels = [("data (held out)", reference, "k"), ("N(0, I): where sampling starts", gaussian, "tab:gray"),
           (ddpm_name, ddpm, "tab:blue"), (ddim_name, ddim, "tab:orange"), (more_name, ddim_more, "tab:red")]
 for ax, (title, points, colour) in zip(axes, panels):
@@ -323,8 +399,9 @@ for ax, (title, points, colour) in zip(axes, panels):
     ax.set(title=title, xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xlabel="x1")
     ax.title.set_fontsize(10)
 axes[0].set_ylabel("x2")
-fig.suptitle(f"Samples from the trained MLP over the data (MMD^2 of pure noise {noise_score:.4f}, of another draw "
-             f"of the data {floor:.4f})")
+fig.suptitle(f"Samples from {whose}, over the data (MMD^2 of pure noise {noise_score:.4f}, of another draw of the "
+             f"data {floor:.4f}): DDIM-{settings.ddim_steps} is close to DDPM-{settings.ddpm_steps}, with a few more "
+             "strays inside the spiral")
 save_figure(fig, out / "samples.png")
 
 
@@ -336,11 +413,12 @@ def trajectories(x_start, steps_after):
 
 ddpm_path, ddim_path = trajectories(x_T, ddpm_xs), trajectories(x_T, ddim_xs)
 ts = samplers.sampler_timesteps(schedule, settings.ddpm_steps, "ddpm")   # ts[i]: where step i starts
+ddim_ts = samplers.sampler_timesteps(schedule, settings.ddim_steps, "ddim")
 # path[i] is x at timestep ts[i] (path[0] = x_T); the last entry is the clean sample x_0
 n = len(ts)
-snapshots = [0, n // 2, int(n * 0.8), int(n * 0.9), int(n * 0.95), n]
-fig, axes = plt.subplots(1, len(snapshots), figsize=(3.2 * len(snapshots), 3.6), sharex=True, sharey=True)
-for ax, i in zip(axes, snapshots):
+frames = [0, n // 2, int(n * 0.8), int(n * 0.9), int(n * 0.95), n]
+fig, axes = plt.subplots(1, len(frames), figsize=(3.2 * len(frames), 3.6), sharex=True, sharey=True)
+for ax, i in zip(axes, frames):
     ax.scatter(ddpm_path[i, :, 0], ddpm_path[i, :, 1], s=1, c="tab:blue")
     label = f"x_t at t = {ts[i]}" if i < n else "x_0: the samples"
     ax.set(title=label, xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xlabel="x1")
@@ -348,30 +426,41 @@ axes[0].set_ylabel("x2")
 fig.suptitle("DDPM reverse process: the cloud of noise condenses onto the swiss roll late, at small t")
 save_figure(fig, out / "reverse_process.png")
 
-# a few points, one panel each: the DDPM walk coloured by timestep, and DDIM's path from the same x_T
+# three points, one panel each: the DDPM walk (every stride-th step, coloured by t) and DDIM's path from the same
+# x_T; the last panel: how far every point still is from where it ends, against t
 from matplotlib.collections import LineCollection  # noqa: E402
 
-ddim_ts = samplers.sampler_timesteps(schedule, settings.ddim_steps, "ddim")
-shown = [int(i) for i in np.linspace(0, settings.num_samples - 1, 4)][: 2 if args.smoke else 4]
-fig, axes = plt.subplots(1, len(shown), figsize=(4.4 * len(shown) + 1, 4.6), sharex=True, sharey=True,
-                         constrained_layout=True)
+stride = max(1, settings.ddpm_steps // 50)                            # 50 segments: a walk the eye can follow
+kept = np.append(np.arange(0, n, stride), n)                          # indices into ddpm_path (n = x_0)
+kept_t = np.append(np.asarray(ts)[kept[:-1]], 0)
+shown = [int(i) for i in np.linspace(0, settings.num_samples - 1, 3)][: 2 if args.smoke else 3]
+fig, axes = plt.subplots(1, len(shown) + 1, figsize=(4.6 * (len(shown) + 1) + 1, 4.8), constrained_layout=True)
 colours = plt.get_cmap("viridis_r")
-for ax, k in zip(np.atleast_1d(axes), shown):
+for ax, k in zip(axes, shown):
     ax.scatter(reference[:, 0], reference[:, 1], s=2, c="gainsboro", zorder=0)
-    segments = np.stack([ddpm_path[:-1, k], ddpm_path[1:, k]], axis=1)             # (steps, 2 ends, 2)
-    lines = LineCollection(segments, cmap=colours, norm=plt.Normalize(0, schedule.num_steps - 1), lw=0.8)
-    lines.set_array(np.asarray(ts, dtype=float))                                   # colour = t where the step starts
+    walk = ddpm_path[kept, k]                                                      # (len(kept), 2)
+    lines = LineCollection(np.stack([walk[:-1], walk[1:]], axis=1), cmap=colours,
+                           norm=plt.Normalize(0, schedule.num_steps - 1), lw=1.6)
+    lines.set_array(kept_t[:-1].astype(float))                                     # colour = t where it starts
     ax.add_collection(lines)
-    ax.plot(ddim_path[:, k, 0], ddim_path[:, k, 1], "k--", lw=1.2, label=f"DDIM {settings.ddim_steps} steps")
+    ax.plot(ddim_path[:, k, 0], ddim_path[:, k, 1], "-", c="tab:red", lw=2.5, label=f"DDIM, {settings.ddim_steps} steps")
     ax.scatter(*ddpm_path[0, k], marker="o", s=70, c="k", zorder=3, label="x_T (the same noise)")
-    ax.scatter(*ddpm_path[-1, k], marker="*", s=220, c="tab:red", edgecolors="k", zorder=3, label="DDPM's x_0")
-    ax.scatter(*ddim_path[-1, k], marker="s", s=60, c="white", edgecolors="k", zorder=3, label="DDIM's x_0")
-    ax.set(title=f"from x_T = ({ddpm_path[0, k, 0]:.2f}, {ddpm_path[0, k, 1]:.2f})", xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xlabel="x1")
-np.atleast_1d(axes)[0].set_ylabel("x2")
-np.atleast_1d(axes)[0].legend(fontsize=8, loc="lower left")
-fig.colorbar(lines, ax=axes, label="t of the DDPM step (dark: early, noisy; yellow: late)", shrink=0.8)
-fig.suptitle(f"Reverse trajectories from the same x_T: DDPM ({settings.ddpm_steps} steps, fresh noise each step, "
-             f"coloured by t) wanders and settles late; DDIM ({settings.ddim_steps} steps, eta = 0) glides")
+    ax.scatter(*ddpm_path[-1, k], marker="*", s=220, c="tab:blue", edgecolors="k", zorder=3, label="DDPM's x_0")
+    ax.scatter(*ddim_path[-1, k], marker="s", s=60, c="tab:red", edgecolors="k", zorder=3, label="DDIM's x_0")
+    ax.set(title=f"from x_T = ({ddpm_path[0, k, 0]:.2f}, {ddpm_path[0, k, 1]:.2f})", xlim=(-3, 3), ylim=(-3, 3),
+           aspect="equal", xlabel="x1", ylabel="x2")
+axes[0].legend(fontsize=8, loc="lower left")
+fig.colorbar(lines, ax=axes[:len(shown)], label="t along the DDPM walk (dark: early, noisy; yellow: late)",
+             shrink=0.8, location="left")
+ddpm_left = np.linalg.norm(ddpm_path - ddpm_path[-1], axis=2).mean(1)             # mean |x_t - x_0| per step
+ddim_left = np.linalg.norm(ddim_path - ddim_path[-1], axis=2).mean(1)
+axes[-1].plot(np.append(ts, -1) + 1, ddpm_left, c="tab:blue", label=f"DDPM, {settings.ddpm_steps} steps")
+axes[-1].plot(np.append(ddim_ts, -1) + 1, ddim_left, "o-", ms=3, c="tab:red", label=f"DDIM, {settings.ddim_steps} steps")
+axes[-1].set(title=f"mean over all {settings.num_samples} points:\nhow far x_t still is from the x_0 it ends at",
+             xlabel="timestep t (sampling runs right to left)", ylabel="mean |x_t - x_0|", xlim=(schedule.num_steps, 0))
+axes[-1].legend(fontsize=8)
+fig.suptitle(f"Reverse trajectories from the same x_T: DDPM (fresh noise at every step; drawn every {stride}th step, "
+             f"coloured by t) wanders and settles only at small t; DDIM (eta = 0) glides straight to a point near x_T")
 save_figure(fig, out / "trajectories.png")
 
 
@@ -383,28 +472,40 @@ def path_length(path):
 direct = np.linalg.norm(ddim_path[-1] - ddim_path[0], axis=1).mean()
 print(f"mean path length from x_T to x_0: DDPM {path_length(ddpm_path):.1f}, DDIM {path_length(ddim_path):.2f} "
       f"(straight line {direct:.2f}): DDPM wanders, DDIM glides along the deterministic ODE path")
+late = int(np.argmax(np.asarray(ts) <= schedule.num_steps // 10))              # the first DDPM step at t <= T/10
+print(f"at t = {ts[late]} DDPM's points are still {ddpm_left[late]:.2f} from where they end "
+      f"(x_T was {ddpm_left[0]:.2f} away): the walk decides late")
 assert path_length(ddpm_path) > 3 * path_length(ddim_path)
 
-# %% save the trained model, load it back, and get the same samples
+# %% save your trained model, load it back, and get the same samples
 path = save_checkpoint(out / "mlp_ddpm_2d.npz", model=model, optimizer=optimizer, ema=ema,
                        config=model.config, step=settings.train_steps)
 restored = MLPDenoiser(MLPConfig(**load_checkpoint(path).config), seed=123).to(device).eval()
 load_into(restored, path, use_ema=True)
-with no_grad():
-    again = samplers.sample(lambda x, t: restored(x, t), schedule, x_T.shape, sampler="ddim",
-                            steps=settings.ddim_steps, x_T=x_T, progress=False)
-same = bool(np.array_equal(backend.to_numpy(again), backend.to_numpy(ddim)))
-print(f"checkpoint {path.name} ({path.stat().st_size / 1e6:.2f} MB): reloaded EMA model gives identical "
+same = bool(np.array_equal(ddim_sample(restored, x_T), own_samples))
+print(f"checkpoint {path.name} ({path.stat().st_size / 1e6:.2f} MB): your reloaded EMA model gives identical "
       f"DDIM samples: {same}")
 assert same
+if args.ship:                                     # the lesson checkpoint: weights in float16, no optimizer state
+    shipped_path = save_checkpoint(
+        args.ship, model=model, ema=ema, step=settings.train_steps, dtype=np.float16, compress=True,
+        config={"model": dataclasses.asdict(settings.model), "train": {
+            "steps": settings.train_steps, "batch_size": settings.batch_size, "lr": settings.lr,
+            "warmup_steps": settings.warmup_steps, "ema_decay": settings.ema_decay, "seed": args.seed,
+            "dataset": DATASET, "schedule": "linear"}},
+        extra={"mid_step": np.asarray(middle["step"]), "mid_raw": {k: v.astype(np.float16) for k, v in middle["raw"].items()},
+               "mid_ema": {k: v.astype(np.float16) for k, v in middle["EMA"].items()},
+               "history": {key: np.asarray(values) for key, values in history.items()}})
+    print(f"shipped {shipped_path} ({shipped_path.stat().st_size / 1e6:.2f} MB)")
 
 # %% Exercises
 # Run one with MINIDIFF_EXERCISE=N python lessons/03_ddpm_2d.py --quick (several: MINIDIFF_EXERCISE=1,3;
 # in a notebook: set EXERCISE below).
 #
-#   1. Too little training. Train a fresh model for short_train_steps (3000 in quick mode) instead of
-#      train_steps. Before running, guess which sampler suffers more, "DDPM" or "DDIM": which one puts more points
-#      between the arms? Set MY_SUFFERS_MORE; the lesson trains, samples both from the same x_T and measures.
+#   1. Too little training. Your own quick-mode model (train_steps = 2000), or in --full a fresh one trained for
+#      short_train_steps (3000), against the judged model. Before running, guess which sampler suffers more,
+#      "DDPM" or "DDIM": which one puts more points between the arms? Set MY_SUFFERS_MORE; the lesson samples both
+#      from the same x_T and measures.
 #   2. Write the DDIM step yourself. Fill in my_ddim_step(x_t, eps, abar_t, abar_prev) (eta = 0; the docstring
 #      has the formula). The lesson compares it with samplers.ddim_step, then runs all DDIM steps with yours and
 #      checks you get the lesson's DDIM samples.
@@ -427,22 +528,26 @@ def verdict(guess, answer):
 
 
 if "1" in EXERCISE.split(","):
-    short = MLPDenoiser(settings.model, seed=args.seed).to(device)
-    short_ema = EMA(short, decay=settings.ema_decay)
-    short_optimizer = AdamW(short, lr=settings.lr, weight_decay=0.0)
-    short_losses, _ = train(short, short_optimizer, short_ema, settings.short_train_steps)
-    short.eval()
-    short_ema.swap(short)
+    if settings.pretrained is not None:       # your model is the short one: its EMA weights
+        short_steps, short_losses = settings.train_steps, losses
+        short = mlp_with(ema.state_dict()["shadow"], settings.model)
+    else:
+        short_steps = settings.short_train_steps
+        short = MLPDenoiser(settings.model, seed=args.seed).to(device)
+        short_ema = EMA(short, decay=settings.ema_decay)
+        short_losses, _ = train(short, AdamW(short, lr=settings.lr, weight_decay=0.0), short_ema, short_steps)
+        short.eval()
+        short_ema.swap(short)
     with no_grad():
         short_ddpm, short_ddim = (backend.to_numpy(samplers.sample(
-            lambda x, t: short(x, t), schedule, x_T.shape, sampler=sampler, steps=steps, x_T=x_T,
+            short, schedule, x_T.shape, sampler=sampler, steps=steps, x_T=x_T,
             rng=backend.rng(args.seed + 11), progress=False))
             for sampler, steps in (("ddpm", settings.ddpm_steps), ("ddim", settings.ddim_steps)))
     found = {"DDPM": off_roll(short_ddpm), "DDIM": off_roll(short_ddim)}
     answer = max(found, key=found.get)
-    print(f"exercise 1: after {settings.short_train_steps} steps (loss {short_losses[-window:].mean():.3f}; "
-          f"{settings.train_steps} steps: {last:.3f}): off the roll DDPM {100 * found['DDPM']:.1f}%, "
-          f"DDIM {100 * found['DDIM']:.1f}%; your guess {MY_SUFFERS_MORE}{verdict(MY_SUFFERS_MORE, answer)}")
+    print(f"exercise 1: after {short_steps} steps (loss {short_losses[-window:].mean():.3f}): off the roll DDPM "
+          f"{100 * found['DDPM']:.1f}%, DDIM {100 * found['DDIM']:.1f}% ({whose}: DDPM {100 * strays[ddpm_name]:.1f}%, "
+          f"DDIM {100 * strays[ddim_name]:.1f}%); your guess {MY_SUFFERS_MORE}{verdict(MY_SUFFERS_MORE, answer)}")
     if answer == "DDIM":
         print("  why: where eps_theta is wrong, DDIM's deterministic path follows the mistake to x_0, while DDPM's "
               "fresh noise gives every point later chances to be pulled back")
@@ -452,7 +557,7 @@ if "1" in EXERCISE.split(","):
         ax.scatter(points[:, 0], points[:, 1], s=2, c="tab:blue" if name == "DDPM" else "tab:orange")
         ax.set(title=f"{name}: {100 * found[name]:.1f}% off the roll, MMD^2 {mmd2(points, reference):.4f}",
                xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xlabel="x1", ylabel="x2")
-    fig.suptitle(f"After only {settings.short_train_steps} training steps (EMA weights, same x_T as samples.png)")
+    fig.suptitle(f"After only {short_steps} training steps (EMA weights, same x_T as samples.png)")
     save_figure(fig, out / "exercise_1_short_training.png")
 if "2" in EXERCISE.split(","):
     check_rng = np.random.default_rng(args.seed + 5)
@@ -465,21 +570,17 @@ if "2" in EXERCISE.split(","):
             abar_prev = float(abar[t_prev]) if t_prev >= 0 else 1.0
             error = np.abs(np.asarray(my_ddim_step(x_check, eps_check, float(abar[t]), abar_prev)) - expected).max()
             assert error < 1e-10, f"exercise 2: not yet; step {t} -> {t_prev} is off by {error:.2e}"
-        ema.swap(model)
         x = x_T.copy()
         with no_grad():
             for t, t_prev in zip(ddim_ts, np.append(ddim_ts[1:], -1)):
-                eps = model(x, xp.full((len(x),), int(t), dtype=xp.int64))
+                eps = judged(x, xp.full((len(x),), int(t), dtype=xp.int64))
                 x = my_ddim_step(x, eps, float(abar[t]), float(abar[t_prev]) if t_prev >= 0 else 1.0).astype(np.float32)
-        ema.swap(model)
         error = float(np.abs(backend.to_numpy(x) - backend.to_numpy(ddim)).max())
         print(f"exercise 2: your step matches samplers.ddim_step; {len(ddim_ts)} of your steps give the lesson's DDIM "
               f"samples to {error:.1e}")
         assert error < 1e-3, "exercise 2: your sampling loop drifts from samplers.sample"
 if "3" in EXERCISE.split(","):
-    ema.swap(model)
-    by_eta = {eta: ddim_sample(x_T, eta=eta, seed=args.seed + 13) for eta in (0.0, 0.5, 1.0)}
-    ema.swap(model)
+    by_eta = {eta: ddim_sample(judged, x_T, eta=eta, seed=args.seed + 13) for eta in (0.0, 0.5, 1.0)}
     stray = {eta: off_roll(points) for eta, points in by_eta.items()}
     answer = "fewer" if stray[1.0] < stray[0.0] else "more"
     print(f"exercise 3: DDIM {settings.ddim_steps} steps, off the roll: "
