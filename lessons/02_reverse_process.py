@@ -132,15 +132,16 @@ fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
 # every panel has a log t axis: the posterior changes fastest at small t, where a linear axis squeezes it
 axes[0].semilogx(t_all, coef_x0, label="coefficient a of x_0")
 axes[0].semilogx(t_all, coef_xt, label="coefficient b of x_t")
-axes[0].set(title="posterior mean = a x_0 + b x_t: the pull a toward x_0 grows as t -> 0",
+axes[0].set(title="posterior mean = a x_0 + b x_t:\nthe pull a toward x_0 grows as t -> 0",
             xlabel="timestep t (log scale)",
             ylabel="coefficient")
 axes[1].loglog(t_all, fixed_small, label="fixed_small: beta_t (1-abar_(t-1)) / (1-abar_t)")
 axes[1].loglog(t_all, fixed_large, "--", label="fixed_large: beta_t")
-axes[1].set(title="reverse-step variance (they differ only at small t)", xlabel="timestep t (log scale)",
+axes[1].set(title="reverse-step variance:\nthe two choices differ only at small t", xlabel="timestep t (log scale)",
             ylabel="variance (log scale)")
 axes[2].loglog(t_all, elbo_weight)
-axes[2].set(title="ELBO weight on |eps - eps_theta|^2 (L_simple uses 1)", xlabel="timestep t (log scale)",
+axes[2].set(title="ELBO weight on |eps - eps_theta|^2:\n~100x larger at t = 1 than at t = 500 (L_simple uses 1)",
+            xlabel="timestep t (log scale)",
             ylabel="beta_t / (2 alpha_t (1 - abar_(t-1)))")
 for ax in axes:
     ax.grid(True, which="major", alpha=0.3)
