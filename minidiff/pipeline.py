@@ -4,7 +4,7 @@ The pieces, each trained by ``python -m minidiff train ...`` and shipped in ``da
 
     prompt --tokenizer--> ids, mask --text encoder (frozen)--> context c  (B, L, 128): one vector per token
     z_T ~ N(0, I)  (B, 4, 8, 8)  --U-Net eps(z_t, t, c), T steps of a sampler-->  z_0
-    z_0 / scale_factor --VAE decoder--> image (B, 3, 32, 32)
+    z_0 / scale_factor --VAE decoder--> image (B, 3, 64, 64)
 
 Classifier-free guidance (``minidiff/diffusion/guidance.py``)
 ------------------------
@@ -150,6 +150,8 @@ class Pipeline:
             raise ValueError("a control image needs a ControlNet: load one with load_controlnet (train one "
                              "with `python -m minidiff train controlnet`)")
         size = self.vae.config.image_size
+        # the ControlNet's own grid (a 64x64 outline is max-pooled to it: models/controlnet.py fit_control)
+        native = self.vae.config.latent_size << self.controlled.controlnet.config.hint_downsample
         if isinstance(control, (str, Path)) and Path(control).is_file():
             from PIL import Image
             try:
@@ -157,8 +159,14 @@ class Pipeline:
                     width, height = opened.size
             except OSError as exc:
                 raise ValueError(f"cannot read control image {control}: {exc}") from None
-            if (width, height) != (size, size):
-                raise ValueError(f"control image {control} is {width}x{height}; the model's images are {size}x{size}")
+            if width == height == native:
+                size = native
+            elif (width, height) != (size, size):
+                also = f" (or {native}x{native}, the ControlNet's own grid)" if native != size else ""
+                raise ValueError(f"control image {control} is {width}x{height}; the model's images are "
+                                 f"{size}x{size}{also}")
+        elif getattr(control, "size", None) == (native, native) or np.shape(control)[:2] == (native, native):
+            size = native                                                         # a PIL image or an array
         outline = load_mask(control, (size, size))                                # (H, W) in {0, 1}
         return self.xp.asarray(np.broadcast_to(outline, (num_images, 1, size, size)).copy())
 

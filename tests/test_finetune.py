@@ -125,17 +125,30 @@ def test_controlnet_job_writes_a_controlnet_for_its_unet(tmp_path):
         load_controlnet(tmp_path / CONTROLNET_FILE, UNet(make_config("text2image", "quick").model))
 
     # the pipeline follows a drawing: an RGB or greyscale PNG at the model's size, anything else one error
+    # (a ControlNet trained here on the 64x64 VAE's images reads 64x64 outlines: hint_downsample 3)
     from PIL import Image
-    from minidiff.models.controlnet import edge_map
+    from minidiff.models.controlnet import edge_map, fit_control
     from minidiff.pipeline import Pipeline
     pipe = Pipeline.load()
-    outline = edge_map(shapes.sample(1, seed=3, size=32)["images"])[0, 0]
-    Image.fromarray((outline * 255).astype(np.uint8)).save(tmp_path / "outline.png")
+    size = pipe.vae.config.image_size
+    outline = edge_map(shapes.sample(1, seed=3, size=size)["images"])
+    Image.fromarray((outline[0, 0] * 255).astype(np.uint8)).save(tmp_path / "outline.png")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match="needs a ControlNet"):
         pipe.text_to_image("a red circle", steps=1, control=tmp_path / "outline.png")
     pipe.load_controlnet(tmp_path / CONTROLNET_FILE)
+    assert pipe.controlled.controlnet.config.hint_downsample == int(np.log2(pipe.factor))
     [image] = pipe.text_to_image("a red circle", steps=2, control=tmp_path / "outline.png", control_scale=0.5)
-    assert image.size == (32, 32)
-    with pytest.raises(ValueError, match="is 16x16; the model's images are 32x32"):
+    assert image.size == (size, size)
+    if (zoo.PRETRAINED_DIR / CONTROLNET_FILE).is_file():
+        # the shipped ControlNet was trained on 32x32 outlines: a 64x64 one is max-pooled to its grid
+        pipe.load_controlnet(zoo.PRETRAINED_DIR / CONTROLNET_FILE)
+        native = pipe.vae.config.latent_size << pipe.controlled.controlnet.config.hint_downsample
+        pooled = fit_control(outline, native)[0, 0]
+        assert pooled.shape == (native, native) and pooled.sum() >= outline.sum() / (size // native) ** 2
+        Image.fromarray((pooled * 255).astype(np.uint8)).save(tmp_path / "native.png")
+        [big] = pipe.text_to_image("a red circle", steps=2, control=tmp_path / "outline.png")
+        [same] = pipe.text_to_image("a red circle", steps=2, control=tmp_path / "native.png")
+        np.testing.assert_array_equal(np.asarray(big), np.asarray(same))
+    with pytest.raises(ValueError, match=f"is 16x16; the model's images are {size}x{size}"):
         pipe.text_to_image("a red circle", steps=1, control=tmp_path / "small.png")

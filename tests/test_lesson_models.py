@@ -12,7 +12,7 @@ from minidiff.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON_MODELS = ROOT / "data" / "pretrained" / "lessons"
-FILES = sorted(LESSON_MODELS.glob("*.npz"))
+FILES = sorted(p for p in LESSON_MODELS.glob("*.npz") if not p.stem.startswith("toy_"))   # toy_: lesson 03's
 CARD = (LESSON_MODELS / "README.md").read_text(encoding="utf-8") if (LESSON_MODELS / "README.md").exists() else ""
 
 
