@@ -306,6 +306,9 @@ for name, value in fd.items():
     print(f"  {labels[name]:34s} {value:10.2f}")
 # finite samples never reach FD = 0, so compare what lies above the real-vs-real floor
 ratio = (fd["judged"] - floor) / (fd["untrained"] - floor)
+if fd["judged"] < floor:
+    print(f"  ({judged_name} scores below the floor: with {settings.num_eval} images per set the distance's noise is "
+          "larger than the gap between its samples and real ones)")
 print(f"FD above the floor, {judged_name} / untrained = {ratio:.3f} (must be < {settings.fd_ratio})")
 assert np.isfinite(fd["judged"]) and ratio < settings.fd_ratio
 
@@ -321,11 +324,10 @@ count = min(64, settings.num_eval)
 panels = [("real", real)] + [(name, sets[name]) for name in ("judged", "yours", "untrained") if name in sets]
 fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.6), layout="constrained")
 for ax, (name, images) in zip(axes, panels):
-    title = "real shapes images (held out)" if name == "real" else \
-        f"{labels[name]}\n{SAMPLER.upper()} {settings.sample_steps} steps, FD {fd[name]:.0f}"
+    # the titles carry everything (two lines each): a suptitle here ran into them
+    title = f"real {S}x{S} shapes images (held out)\na second real set's FD (the floor): {floor:.0f}" if name == "real" \
+        else f"{labels[name]}\n{SAMPLER.upper()} {settings.sample_steps} steps, same noise: FD {fd[name]:.0f}"
     show(ax, images[:count], nrow, title)
-fig.suptitle(f"Unconditional pixel-space diffusion, {S}x{S} (FD of real vs real, the floor: {floor:.0f}; "
-             "the same starting noise in every generated panel)")
 save_figure(fig, out / "samples.png")
 image_grid(samples[:count], nrow=nrow, scale=4).save(out / "samples_grid.png")
 
