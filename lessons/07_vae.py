@@ -3,7 +3,9 @@ r"""Lesson 07: the KL autoencoder that latent diffusion works in.
 Stable Diffusion does not run diffusion on pixels. It first trains an autoencoder that squeezes a
 512x512x3 image into a 64x64x4 latent (48x fewer numbers) and back, then trains the diffusion
 model on latents (lesson 08). This lesson opens the autoencoder: minidiff's AutoencoderKL with
-VAEConfig.f4_32, 32x32x3 shapes images -> 8x8x4 latents, shipped in data/pretrained/vae.npz.
+VAEConfig.f4_32, 32x32x3 shapes images -> 8x8x4 latents, trained with the ELBO below and shipped in
+data/pretrained/vae32.npz; then (section 3b) the one the pipeline uses, data/pretrained/vae.npz:
+64x64x3 -> the same 8x8x4 latents, Stable Diffusion's 48x.
 
 The model. The encoder outputs, at every latent position, a mean and a log-variance: the
 approximate posterior over latents is a diagonal Gaussian, and the decoder maps a latent back:
@@ -51,21 +53,29 @@ by t = T the offset is multiplied by sqrt(abar_T) = 0.07 and drowns in unit nois
 
 Compression. A latent cell holds 4 numbers for an f x f patch of 3-channel pixels: 3 f^2 / 4
 fewer numbers. Stable Diffusion has f = 8: 3x512x512 = 786,432 -> 4x64x64 = 16,384, 48x. The
-shipped VAE here has f = 4: 3x32x32 = 3072 -> 4x8x8 = 256, only 12x (a 32x32 image has too few
-pixels to lose more); f = 8 on a 64x64 image (VAEConfig.f8_64) gives SD's 48x: 12,288 -> 256.
+32x32 VAE has f = 4: 3x32x32 = 3072 -> 4x8x8 = 256, only 12x (a 32x32 image has too few pixels to
+lose more); the shipped 64x64 one (VAEConfig.f8_64) has f = 8, SD's 48x: 12,288 -> 256.
+
+Keeping a latent space (section 3b). The shipped 64x64 VAE was not trained on the ELBO from scratch:
+that would give a latent space of its own, and the U-Net, its LoRA and its ControlNet (all trained on
+the 32x32 VAE's latents) would have to be trained again. Instead it copies the 32x32 one (`python -m
+minidiff train vae64`, minidiff/train/vae64.py): every scene is rendered at 32x32 and at 64x64, its
+decoder learns to draw the 64x64 rendering from the 32x32 VAE's latent, and its encoder learns to
+give that latent from the 64x64 rendering. Same latents, four times the pixels.
 
 Sharper reconstructions (section 7). A pixel loss rewards the average of the images a latent
 could mean: soft edges. SD's autoencoder adds a perceptual term (distance in a frozen network's
 feature maps; here the attribute classifier's conv stages, models/classifier.py
 ClassifierFeatures) and a patch-GAN term (models/discriminator.py), both in
 models/vae_loss.py and on the command line as `python -m minidiff train vae --perceptual-weight W
---adversarial-weight W --adversarial-start S`. The lesson fine-tunes the shipped VAE for a few
+--adversarial-weight W --adversarial-start S`. The lesson fine-tunes the 32x32 VAE for a few
 steps with and without the perceptual term and measures edge sharpness.
 
 What you will see (outputs/07_vae/): compression.png (how many numbers an image becomes, and the
 f x f patch that one latent cell summarises); scratch_loss.png (a VAE trained from scratch for a
-short run with the `vae` job); reconstructions.png (the shipped VAE on held-out images,
-with the posterior's own noise and with the prior's sigma = 1); latent_channels.png;
+short run with the `vae` job); reconstructions.png (the 32x32 VAE on held-out images,
+with the posterior's own noise and with the prior's sigma = 1); vae64.png (the shipped 64x64 VAE:
+48x, and the latent it gives beside the 32x32 one's); latent_channels.png;
 interpolation.png (latent path vs pixel cross-fade); scale_factor.png (the latents' spread made 1,
 their mean not 0, and where the peaks come from); sharpness.png (fine-tuning with and without
 the perceptual term). The last cell holds exercises.
@@ -113,25 +123,26 @@ from minidiff.utils import image_grid, output_dir, parse_lesson_args, pyplot, sa
 
 @dataclasses.dataclass
 class Settings:
-    scratch_model: VAEConfig      # the VAE trained from scratch in this lesson (the shipped one is f4_32)
+    scratch_model: VAEConfig      # the VAE trained from scratch in this lesson (vae32.npz is f4_32)
     scratch_steps: int
     scratch_batch: int
     scratch_dataset: int          # training images rendered once
     num_eval: int                 # held-out images for PSNR and the scale factor
     log_every: int
-    tune_steps: int               # section 7: fine-tuning steps of the shipped VAE, per objective
+    tune_steps: int               # section 7: fine-tuning steps of the 32x32 VAE, per objective
     tune_batch: int
-    tune_lr: float = 5e-5         # small: the shipped VAE is already good, a fine-tune only nudges it
+    tune_lr: float = 5e-5         # small: the 32x32 VAE is already good, a fine-tune only nudges it
     perceptual_weight: float = 1.0
     adversarial_weight: float = 0.1
-    psnr_min: float = 28.0        # dB, shipped VAE on held-out images (measured: 33.8 on 256)
+    psnr_min: float = 28.0        # dB, the 32x32 VAE on held-out images (measured: 33.8 on 256)
+    latent_error_max: float = 0.1  # the 64x64 VAE's latents vs the 32x32 one's, over their spread (measured 0.03)
     scratch_loss_ratio: float = 0.5   # the scratch VAE's last logged loss < this x its first
 
 
 FULL = Settings(VAEConfig.f4_32(), scratch_steps=800, scratch_batch=16, scratch_dataset=4000, num_eval=1024,
                 log_every=50, tune_steps=200, tune_batch=16)
 # quick: a scratch step of batch 8 (f4_32 at 32x32) takes 0.16 s on an idle 2-core CPU and up to 1 s on a busy
-# one, so 120 of them: the loss curve and the first blurred blobs; the shipped VAE shows what longer training gives
+# one, so 120 of them: the loss curve and the first blurred blobs; vae32.npz shows what longer training gives
 QUICK = Settings(VAEConfig.f4_32(), scratch_steps=120, scratch_batch=8, scratch_dataset=600, num_eval=256,
                  log_every=10, tune_steps=40, tune_batch=8)
 SMOKE = Settings(dataclasses.replace(VAEConfig.tiny(), image_size=16), scratch_steps=15, scratch_batch=4,
@@ -161,8 +172,9 @@ def psnr(x, y):
 
 # %% 1. Compression: how many numbers an image becomes
 # one latent cell holds latent_channels numbers for an f x f patch of 3-channel pixels: 3 f^2 / 4 fewer
+VAE32, VAE64 = train.PRETRAINED_DIR / zoo.VAE32_FILE, train.PRETRAINED_DIR / zoo.FILES["vae"]
 shipped_config = VAEConfig.f4_32()
-bottlenecks = [("ours (shipped, f = 4)", 3, 32, 4, 8), ("f = 8 at 64x64 (VAEConfig.f8_64)", 3, 64, 4, 8),
+bottlenecks = [("ours at 32x32 (vae32.npz, f = 4)", 3, 32, 4, 8), ("ours at 64x64 (vae.npz, f = 8)", 3, 64, 4, 8),
                ("Stable Diffusion (f = 8)", 3, 512, 4, 64)]
 for name, c_img, size, c_lat, latent in bottlenecks:
     print(f"{name:34s}: image {c_img}x{size}x{size} = {c_img * size * size:7,d} numbers -> latent "
@@ -195,7 +207,7 @@ for ax, size, f_down in ((axes[1], 32, 4), (axes[2], 64, 8)):
     ax.set(xticks=[], yticks=[], xlabel=f"{size}x{size}x3 = {3 * size * size:,} numbers  ->  8x8 cells x 4 = 256",
            title=f"f = {f_down}: each {f_down}x{f_down} pixel patch ({3 * f_down * f_down} values)\n"
                  f"-> one latent cell of 4 numbers: {3 * f_down * f_down // 4}x")
-fig.suptitle("Compression: ours is 12x (32x32, f = 4); Stable Diffusion's 48x is f = 8, as at 64x64 (right)")
+fig.suptitle("Compression: 12x at 32x32 (f = 4); the shipped 64x64 VAE has f = 8, Stable Diffusion's 48x (right)")
 fig.tight_layout()
 save_figure(fig, out / "compression.png")
 
@@ -225,10 +237,10 @@ ax.set(title=f"A VAE trained from scratch ({scratch.steps_run} steps, batch {scr
 ax.grid(alpha=0.3)
 save_figure(fig, out / "scratch_loss.png")
 
-# %% 3. The shipped VAE: trained for longer, on a GPU
-vae, ckpt = train.load_trained(train.PRETRAINED_DIR / "vae.npz")
+# %% 3. The 32x32 VAE: trained for longer, on a GPU
+vae, ckpt = train.load_trained(VAE32)
 trained = ckpt.config["train"]
-print(f"\nSHIPPED: {ckpt.path}: {vae.config.image_size}x{vae.config.image_size} -> {vae.config.latent_shape}, "
+print(f"\n32x32 VAE: {ckpt.path}: {vae.config.image_size}x{vae.config.image_size} -> {vae.config.latent_shape}, "
       f"{vae.num_parameters():,} parameters, {ckpt.step} steps of batch {trained['batch_size']} "
       f"(kl_weight {trained['kl_weight']:g}), stored scale factor {vae.scale_factor:.4f}")
 assert vae.config.latent_shape == (4, 8, 8) and vae.scale_factor is not None
@@ -273,7 +285,7 @@ print(f"  scratch VAE, Dec(mu)           {psnr_scratch:6.2f} dB   ({scratch.step
 n_show = 8
 error = np.abs(np.clip(backend.to_numpy(reconstructed[:n_show]), -1, 1) - held_out[:n_show])   # in [0, 2]
 rows = [(held_out[:n_show], "held-out originals x"),
-        (reconstructed[:n_show], f"shipped VAE: Dec(mu)  ({psnr_shipped:.1f} dB over {settings.num_eval} images)"),
+        (reconstructed[:n_show], f"vae32.npz: Dec(mu)  ({psnr_shipped:.1f} dB over {settings.num_eval} images)"),
         (2 * error - 1, "|x - Dec(mu)|, 0 = black, 1 = white"),
         (sampled[:n_show], f"Dec(mu + sigma eps), z ~ q(z|x)  ({psnr_sampled:.1f} dB)"),
         (prior_sigma[:n_show], f"Dec(mu + 1 * eps), the prior's sigma  ({psnr_prior:.1f} dB)")]
@@ -286,6 +298,51 @@ for ax, (images, title) in zip(axes, rows):
     show(ax, images, n_show, title)
 fig.suptitle(f"Reconstructions: {S}x{S}x3 -> latent 4x8x8 -> {S}x{S}x3")
 save_figure(fig, out / "reconstructions.png")
+
+# %% 3b. Stable Diffusion's 48x: the shipped 64x64 VAE, which speaks the 32x32 one's latents
+vae64, ckpt64 = train.load_trained(VAE64)
+S64 = vae64.config.image_size
+taught = ckpt64.config.get("train", {})
+print(f"\n64x64 VAE (the pipeline's): {ckpt64.path}: {S64}x{S64}x3 -> {vae64.config.latent_shape}, "
+      f"{vae64.config.compression_ratio:.0f}x fewer numbers, {vae64.num_parameters():,} parameters; taught the "
+      f"latents of {pathlib.Path(taught.get('teacher', VAE32)).name} for {ckpt64.step} steps of batch "
+      f"{taught.get('batch_size')} (train vae64); scale factor {vae64.scale_factor:.4f} (the 32x32 one's "
+      f"{vae.scale_factor:.4f}: the same latent space, the same scale)")
+assert vae64.config.compression_ratio == sd_ratio == 48 and vae64.config.latent_shape == vae.config.latent_shape
+twins = shapes.sample(settings.num_eval, seed=(args.seed, HELDOUT_SEED), size=S64)   # the same scenes, at 64x64
+assert twins["captions"] == held_out_batch["captions"]
+with no_grad():
+    mu32 = vae.encode(x).mean                                       # the 32x32 rendering's latent
+    mu64 = vae64.encode(xp.asarray(twins["images"])).mean           # the 64x64 rendering's latent
+    rec64 = vae64.decode(mu64)                                      # 64x64 -> 8x8x4 -> 64x64
+    drawn64 = vae64.decode(mu32)                                    # the 32x32 VAE's latent drawn at 64x64
+latent_error = float(xp.abs(mu64 - mu32).mean() / mu32.std())
+psnr64, psnr_drawn = psnr(rec64, twins["images"]), psnr(drawn64, twins["images"])
+print(f"  |Enc64(x64) - Enc32(x32)| / spread of the latents: {latent_error:.3f} (0 = the same latent)")
+print(f"  Dec64(Enc64(x64)) against x64: {psnr64:.2f} dB;  Dec64(Enc32(x32)) against x64: {psnr_drawn:.2f} dB "
+      f"(the 32x32 VAE's own reconstruction: {psnr_shipped:.2f} dB at 32x32)")
+assert latent_error < settings.latent_error_max, f"the 64x64 VAE's latents are {latent_error:.3f} from the 32x32 one's"
+assert min(psnr64, psnr_drawn) > settings.psnr_min, "the 64x64 VAE should reconstruct as well as the 32x32 one"
+
+rows = [(held_out[:n_show], f"x32: held-out 32x32 images ({3 * 32 * 32:,} numbers each)"),
+        (twins["images"][:n_show], f"x64: the same scenes at 64x64 ({3 * S64 * S64:,} numbers each)"),
+        (rec64[:n_show], f"Dec64(Enc64(x64)): 64x64 -> 4x8x8 = 256 numbers -> 64x64, 48x  ({psnr64:.1f} dB)"),
+        (drawn64[:n_show], f"Dec64(Enc32(x32)): the 32x32 VAE's latent, drawn at 64x64  ({psnr_drawn:.1f} dB)")]
+fig, axes = plt.subplots(len(rows) + 1, 1, figsize=(9, 1.7 * len(rows) + 3.2), constrained_layout=True,
+                         gridspec_kw={"height_ratios": [1] * len(rows) + [1.9]})
+for ax, (images, title) in zip(axes, rows):
+    show(ax, images, n_show, title)
+picks = slice(0, None, max(1, mu32.size // 4000))                  # a few thousand latent numbers
+axes[-1].scatter(backend.to_numpy(mu32).ravel()[picks], backend.to_numpy(mu64).ravel()[picks], s=3, alpha=0.4)
+lo, hi = float(mu32.min()), float(mu32.max())
+axes[-1].plot([lo, hi], [lo, hi], color="black", lw=0.8, label="the same latent")
+axes[-1].set(xlabel="latent number from the 32x32 VAE, Enc32(x32)", ylabel="from the 64x64 VAE,\nEnc64(x64)",
+             title=f"one latent space: the 64x64 VAE's encoder lands where the 32x32 one does "
+                   f"(error {latent_error:.3f} of the spread)")
+axes[-1].set(xlim=(lo - 1, hi + 1), ylim=(lo - 1, hi + 1))
+axes[-1].legend(fontsize=8)
+fig.suptitle("The shipped 64x64 VAE: Stable Diffusion's 48x, in the 32x32 VAE's latent space")
+save_figure(fig, out / "vae64.png")
 
 # %% 4. The latent: four 8x8 channels per image, and how random q(z | x) is
 z = backend.to_numpy(mean).astype(np.float64)                      # (N, 4, 8, 8)
@@ -463,9 +520,9 @@ def sharpness(model):
 
 
 def fine_tune(perceptual_weight=0.0, adversarial_weight=0.0):
-    """The shipped VAE after settings.tune_steps AdamW steps on the objective with these weights.
+    """The 32x32 VAE after settings.tune_steps AdamW steps on the objective with these weights.
     Every objective sees the same batches and the same posterior noise (one seed)."""
-    model = zoo.load_vae(train.PRETRAINED_DIR / "vae.npz", backend.device()).train()
+    model = zoo.load_vae(VAE32, backend.device()).train()
     optimizer = AdamW(model, lr=settings.tune_lr, weight_decay=0.0)
     discriminator = None
     if adversarial_weight:
@@ -487,13 +544,13 @@ def fine_tune(perceptual_weight=0.0, adversarial_weight=0.0):
     return sharpness(model)
 
 
-objectives = {"shipped VAE (before)": None, "L1 + KL": {},
+objectives = {"vae32.npz (before)": None, "L1 + KL": {},
               f"L1 + KL + {settings.perceptual_weight:g} x perceptual": {"perceptual_weight": settings.perceptual_weight}}
 if exercise == "3" or args.full:
     objectives[f"L1 + KL + {settings.adversarial_weight:g} x GAN"] = {"adversarial_weight": settings.adversarial_weight}
 tune_start = time.perf_counter()
 measured = {name: sharpness(vae) if weights is None else fine_tune(**weights) for name, weights in objectives.items()}
-print(f"\nfine-tuning the shipped VAE for {settings.tune_steps} steps of batch {settings.tune_batch} (lr "
+print(f"\nfine-tuning the 32x32 VAE for {settings.tune_steps} steps of batch {settings.tune_batch} (lr "
       f"{settings.tune_lr:g}) per objective ({time.perf_counter() - tune_start:.0f} s); on {settings.num_eval} held-out "
       "images (edge: mean |gradient| of the reconstruction where the real image has an edge, over the real one's; "
       "high: spectral energy above 0.25 cycles/pixel, over the real one's; 1 = as sharp as the real images):")

@@ -3,7 +3,7 @@ r"""Lesson 10: text-to-image -- cross-attention, conditioning dropout and classi
 The shipped text-to-image model is three frozen pieces and one trained U-Net:
 
     prompt --BPE tokenizer--> ids (L = 24) --text encoder--> c: one 128-vector per token  (1, L, 128)
-    z_T ~ N(0, I) (4 x 8 x 8) --U-Net eps_theta(z_t, t, c), 50 DDIM steps--> z_0 --VAE decoder--> 32 x 32 image
+    z_T ~ N(0, I) (4 x 8 x 8) --U-Net eps_theta(z_t, t, c), 50 DDIM steps--> z_0 --VAE decoder--> 64 x 64 image
 
 How words reach pixels: cross-attention. Inside every transformer block of the U-Net the
 feature map is read as H*W "pixel tokens" h_p (one per latent cell), and each of them asks the

@@ -32,18 +32,20 @@ back (the decoder blurs across cell borders), so the known region is the reconst
 
 Outpainting. Grow the canvas (the new part filled with a flat colour), mask the new part, and
 inpaint. pipeline.outpaint grows every side by e pixels: the convolutions and attention work on
-any grid, so a 48 x 48 canvas is a 12 x 12 latent -- a size the U-Net never saw (8 x 8 only), with
-a border 8 pixels wide, too narrow for a whole shape. The model, trained on scenes whose objects
+any grid, so a 96 x 96 canvas (the 64 x 64 image and 16 pixels a side) is a 12 x 12 latent -- a
+size the U-Net never saw (8 x 8 only), with a border two latent cells wide, too narrow for a whole
+shape. The model, trained on scenes whose objects
 sit wholly inside the frame, starts objects there anyway and the canvas edge cuts them. The cure
-is the one Stable Diffusion users apply: outpaint at the model's own size. Slide a 32 x 32 window
-half off the image, so it holds 16 known columns and 16 new ones, prompt for the whole scene the
+is the one Stable Diffusion users apply: outpaint at the model's own size. Slide a 64 x 64 window
+half off the image, so it holds 32 known columns and 32 new ones, prompt for the whole scene the
 window should show ("a red circle to the left of a blue square"), inpaint the new half, and stitch:
-32 x 32 -> 32 x 48, every shape whole.
+64 x 64 -> 64 x 96, every shape whole. (The sizes here are the shipped model's, 64 x 64 images and
+8 x 8 latents; the lesson reads them from the pipeline, so another VAE changes them.)
 
 Cells: (1) the input and its VAE reconstruction, the floor for every edit; (2) image-to-image at
 strengths 0 .. 1 (turn a red circle blue); (3) inpainting: replace one object of a scene, and
-erase it; (4) outpainting 32 x 32 -> 48 x 48 on every side (and why shapes get cut), then
-32 x 32 -> 32 x 48 through a sliding window (whole shapes); exercises.
+erase it; (4) outpainting 64 x 64 -> 96 x 96 on every side (and why shapes get cut), then
+64 x 64 -> 64 x 96 through a sliding window (whole shapes); exercises.
 
 Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more images;
 --device gpu).
@@ -272,7 +274,7 @@ background = np.median(scene.reshape(3, -1), axis=1)[None, :, None]
 seam = float(np.abs(inside - background).mean())
 print(f"  erase: the classifier sees one object in {one_object:.0%}; the repainted pixels differ from the "
       f"input's background by {seam:.3f} on average ({seam / LEVEL:.0f} grey levels): a faint patch. The known "
-      f"cells' latents were encoded from the image WITH the square (the encoder sees well beyond a 4x4 cell), so "
+      f"cells' latents were encoded from the image WITH the square (the encoder sees well beyond a {f}x{f} cell), so "
       f"they still carry a trace of it, and the new cells are painted to agree with that trace")
 print(f"  inpainting obeys: replace {obeys(results['replace'], tasks['replace']):.0%}, "
       f"erase {obeys(results['erase'], tasks['erase']):.0%} of {n}")
@@ -291,15 +293,15 @@ for r, (task, prompt) in enumerate(tasks.items()):
         show(axes[r, 3 + c], results[task][c], f"{prompt}" if c == 0 else f"seed image {c}")
         axes[r, 3 + c].title.set_fontsize(7)
 fig.suptitle("inpainting: white = repaint; the latent mask is what the sampler sees (any masked pixel "
-             "repaints its 4x4 cell)", fontsize=9)
+             f"repaints its {f}x{f} cell)", fontsize=9)
 fig.tight_layout()
 save_figure(fig, out / "inpainting.png")
 
 
-# %% 4. Outpainting every side: 32 x 32 -> 48 x 48, at two guidance scales (and why shapes get cut)
-extend = 8
+# %% 4. Outpainting every side: 64 x 64 -> 96 x 96, at two guidance scales (and why shapes get cut)
+extend = 2 * f                                    # two latent cells a side: 16 px of the shipped 64 x 64 model
 outpaint_caption = "a large blue square on the left"
-outpaint_prompt = "a large blue square"           # the position word would now mean the 48 px canvas's left
+outpaint_prompt = "a large blue square"           # the position word would now mean the larger canvas's left
 small = from_uint8(to_uint8(shapes.render(shapes.parse_caption(outpaint_caption), pipe.vae.config.image_size,
                                           rng=args.seed + 2)))[0]
 H = small.shape[1]
@@ -324,9 +326,10 @@ for scale in (1.0, GUIDANCE):
     print(f"  {scale:8g} {centre_error:22.4f} {float(np.abs(border_pixels - small_background).mean()):22.3f} "
           f"{fragments[scale]:>24d} of {n}")
     assert centre_error < settings.centre_error, (scale, centre_error)
-print(f"  the centre is kept up to the VAE's own error ({small_recon_error:.4f} for the input alone at 32x32; "
+print(f"  the centre is kept up to the VAE's own error ({small_recon_error:.4f} for the input alone at {H}x{H}; "
       f"claim < {settings.centre_error}). Object pieces in the border are this setup's fault, not the "
-      f"sampler's: an 8-pixel border cannot hold a whole shape, and the U-Net never saw a 12x12 latent, so what it "
+      f"sampler's: a {extend}-pixel border cannot hold a whole shape, and the U-Net never saw a "
+      f"{(H + 2 * extend) // f}x{(H + 2 * extend) // f} latent, so what it "
       f"starts there the canvas edge cuts (section 5 outpaints at the model's own size instead)"
       + (", and strong guidance towards 'a large blue square' paints blue wherever it can"
          if fragments[GUIDANCE] > fragments[1.0] else ""))
@@ -348,8 +351,8 @@ fig.suptitle(f"outpainting: {extend} px added on every side, prompt {outpaint_pr
 fig.tight_layout()
 save_figure(fig, out / "outpainting.png")
 
-# %% 5. Outpainting at the model's own size: a sliding window, 32 x 32 -> 32 x 48, whole shapes
-slide = 16                                           # new columns: 4 latent cells, room for a whole shape
+# %% 5. Outpainting at the model's own size: a sliding window, 64 x 64 -> 64 x 96, whole shapes
+slide = H // 2                                       # new columns: 4 latent cells, room for a whole shape
 wide_caption = "a small blue square on the left"
 wide_prompt = "a red circle to the left of a blue square"       # the whole scene the window should show
 wide_source = from_uint8(to_uint8(shapes.render(shapes.parse_caption(wide_caption), H, rng=args.seed + 4)))[0]
@@ -362,7 +365,7 @@ window_mask = np.zeros((H, H), np.float32)
 window_mask[:, :slide] = 1.0                                                     # repaint the new columns
 filled = as_array(pipe.inpaint(to_uint8(window)[0], window_mask, wide_prompt, steps=settings.steps,
                                guidance_scale=GUIDANCE, seed=args.seed, num_images=n))
-wide = np.concatenate([filled, np.repeat(wide_source[None, :, :, H - slide:], n, axis=0)], axis=3)   # (n, 3, H, H+16)
+wide = np.concatenate([filled, np.repeat(wide_source[None, :, :, H - slide:], n, axis=0)], axis=3)   # (n, 3, H, H + slide)
 not_background = np.abs(wide - wide_background[None]).max(axis=1) > 0.3          # (n, H, W): part of a shape
 edge_frame = np.zeros(not_background.shape[1:], bool)
 edge_frame[[0, -1], :] = True
@@ -405,9 +408,9 @@ print(f"\nlesson 11 done in {time.perf_counter() - lesson_start:.0f} s")
 # 2. The latent mask. Fill in latent_cells(mask, f): (H, W) bool pixels -> (H/f, W/f) bool cells, a cell
 #    repainted when ANY of its f x f pixels is. The cell checks it against the inpainting mask above.
 #    Predict first: how many cells would an "all pixels" rule repaint for the blue square?
-# 3. Outpaint the other way. Change the sliding window to add 16 columns on the RIGHT of
+# 3. Outpaint the other way. Change the sliding window to add 32 columns on the RIGHT of
 #    "a small blue square on the right" with prompt "a blue square to the left of a red circle". Do the
-#    shapes stay whole? Then try pipe.outpaint(..., extend=16) (a 64 x 64 canvas): what does it draw?
+#    shapes stay whole? Then try pipe.outpaint(..., extend=32) (a 128 x 128 canvas): what does it draw?
 
 
 def steps_run(steps, strength):
