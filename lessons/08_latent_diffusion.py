@@ -1,6 +1,6 @@
 r"""Lesson 08: latent diffusion — the diffusion model of lesson 05, run on the VAE's latents.
 
-Lesson 07's autoencoder turns a 32x32x3 image (3072 numbers) into a 4x8x8 latent (256 numbers)
+Lesson 07's autoencoder turns a 64x64x3 image (12288 numbers) into a 4x8x8 latent (256 numbers, 48x fewer)
 and back with little loss. Latent diffusion (Rombach et al. 2022, the "LDM" in Stable Diffusion)
 trains the diffusion model on latents instead of pixels:
 
@@ -14,12 +14,13 @@ once: x = Dec(z_0 / scale_factor). Nothing in the diffusion math changes; only t
 small, lesson 07.) The noise schedule is Stable Diffusion's "scaled_linear".
 
 Why bother? Cost. A U-Net's convolutions cost about (positions) x (channels)^2 and its
-self-attention (positions)^2 x channels. At 8x8 there are 16x fewer positions than at 32x32,
-and 256x fewer attention pairs. The decoder runs once per sample, not once per step. This lesson
+self-attention (positions)^2 x channels. At 8x8 there are 64x fewer positions than at 64x64,
+and 4096x fewer attention pairs. The decoder runs once per sample, not once per step. This lesson
 measures it: time per training step and per sample for
-  * the latent U-Net on 4x8x8 latents (256 numbers per image, output decoded to 32x32),
+  * the latent U-Net on 4x8x8 latents (256 numbers per image, output decoded to 64x64),
   * the same-width pixel U-Net of lesson 05 on 3x16x16 images (768 numbers; lesson 05 --quick),
-  * that pixel U-Net on 3x32x32 images (3072 numbers, the latent model's output size; timed only).
+  * that pixel U-Net on 3x64x64 images (12288 numbers, the latent model's output size; timed only, its
+    training step at batch 4 and scaled to the batch: at that size the step's cost grows with the batch).
 Each number is the median over rounds that time the three models one after the other, so a
 process that shares the CPU for a while slows a round, not one model. Then it trains the latent
 U-Net for a number of steps, and the 16x16 pixel U-Net for the number of steps the measured cost
@@ -82,6 +83,7 @@ class Settings:
     sample_steps: int             # DDIM steps
     timing_rounds: int = 5        # rounds of alternated timings (one step of each model per round); medians
     timing_samples: int = 8       # batch of the network calls timed for sampling
+    full_size_timing_batch: int = 4  # the SxS pixel U-Net's training step is timed at this batch, then scaled
     min_pixel_steps: int = 20
     deadline_factor: float = 4.0  # each run stops (saved) after this many times its expected seconds of wall time
     fd_ratio: float = 0.5         # latent FD must be below this fraction of the untrained model's
@@ -166,18 +168,23 @@ def timed(fn):
 # (latent) one decode of every model, one model after the other. Another process that grabs the CPU
 # for a while slows all three in that round, not one model's whole measurement; the median over
 # rounds then drops such rounds.
+# The SxS pixel U-Net's training step (tens of seconds at the full batch on a CPU) is timed at a small batch and
+# scaled up: at that size every GEMM is large, so a step's cost is proportional to the batch.
 models, batches = {}, {}
+timing_batch = {name: settings.batch_size for name in candidates}
+timing_batch[f"pixel 3x{S}x{S}"] = min(settings.batch_size, settings.full_size_timing_batch)
 for name, (config, schedule_name, is_latent) in candidates.items():
     shape = (config.in_channels, config.image_size, config.image_size)
     models[name] = (UNet(config, seed=args.seed).to(device), NoiseSchedule.make(schedule_name, 1000), shape)
-    batches[name] = backend.rng(args.seed).standard_normal((settings.batch_size,) + shape, dtype=np.float32)
+    batches[name] = backend.rng(args.seed).standard_normal((max(timing_batch[name], settings.timing_samples),) + shape,
+                                                            dtype=np.float32)
 
 
 def train_step(name):
     model, schedule, _ = models[name]
     model.train()
     model.zero_grad()
-    x0 = batches[name]
+    x0 = batches[name][:timing_batch[name]]
     x_t, t, noise, _ = training_targets(schedule, x0, backend.rng(args.seed))
     loss, d_out = diffusion_loss(model(x_t, t), x0, noise, t, schedule)
     model.backward(d_out)
@@ -204,7 +211,7 @@ costs = {}
 for name, (config, _, _) in candidates.items():
     median = {key: float(np.median(values)) for key, values in timings[name].items()}
     costs[name] = {"numbers": int(np.prod(models[name][2])), "parameters": models[name][0].num_parameters(),
-                   "step_ms": 1e3 * median["step"],
+                   "step_ms": 1e3 * median["step"] * settings.batch_size / timing_batch[name],
                    "sample_ms": 1e3 * (settings.sample_steps * median["call"] + median["decode"]) / settings.timing_samples,
                    "spread": max(np.ptp(values) / max(np.median(values), 1e-9) for values in timings[name].values())}
 latent_name, pixel_name, pixel_full_name = costs
@@ -214,14 +221,16 @@ print(f"\n{'CPU' if device == 'cpu' else 'wall'} time on {device}, medians of {s
 print(f"  {'':16s} {'numbers/image':>13s} {'parameters':>11s} {'ms/train step':>14s} {'ms/sample':>10s}")
 for name, cost in costs.items():
     print(f"  {name:16s} {cost['numbers']:13d} {cost['parameters']:11,d} {cost['step_ms']:14.0f} "
-          f"{cost['sample_ms']:10.1f}   (rounds spread {cost['spread']:.0%} around the median)")
+          f"{cost['sample_ms']:10.1f}   (rounds spread {cost['spread']:.0%} around the median"
+          + (f"; its step timed at batch {timing_batch[name]}, x {settings.batch_size // timing_batch[name]})"
+             if timing_batch[name] != settings.batch_size else ")"))
 speedup_step = costs[pixel_full_name]["step_ms"] / costs[latent_name]["step_ms"]
 speedup_sample = costs[pixel_full_name]["sample_ms"] / costs[latent_name]["sample_ms"]
 print(f"  -> for {S}x{S} images the latent model trains {speedup_step:.1f}x and samples {speedup_sample:.1f}x "
       f"faster per image than the pixel model ({costs[pixel_full_name]['numbers'] // costs[latent_name]['numbers']}"
       "x fewer numbers)")
 if not args.smoke:
-    assert speedup_step > 2 and speedup_sample > 2, "latent diffusion should be much cheaper than 32x32 pixels"
+    assert speedup_step > 2 and speedup_sample > 2, f"latent diffusion should be much cheaper than {S}x{S} pixels"
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 names = [f"{n}\n({costs[n]['numbers']} numbers)" for n in costs]
@@ -341,9 +350,9 @@ ratio = fd["latent U-Net"] / fd["untrained latent U-Net"]
 print(f"latent / untrained FD = {ratio:.3f} (must be < {settings.fd_ratio}); latent / pixel FD at equal training "
       f"compute = {fd['latent U-Net'] / fd[pixel_label]:.3f} (must be < 1.25, or within two spreads of the floor "
       f"({2 * noise:.0f}) of the pixel model's; real-vs-real over {len(floors)} sets: "
-      f"{', '.join(f'{f:.0f}' for f in floors)}). At --quick's budget the latent model's 32x32 samples come out about "
-      "10% farther from the data than the pixel model's 16x16 ones (1.11 and 1.12 measured): not better, but close, "
-      "at four times the pixels")
+      f"{', '.join(f'{f:.0f}' for f in floors)}). At --quick's budget the latent model's {S}x{S} samples come out about "
+      f"10% farther from the data than the pixel model's {settings.pixel_size}x{settings.pixel_size} ones (1.11 and "
+      f"1.12 measured): not better, but close, at {(S // settings.pixel_size) ** 2} times the pixels")
 assert np.isfinite(fd["latent U-Net"]) and ratio < settings.fd_ratio
 if pixel.steps_run < pixel_steps:
     print(f"the machine was busy: the pixel run stopped at its deadline after {pixel.steps_run} of {pixel_steps} "
@@ -392,12 +401,12 @@ axes[0, 0].text(-0.15, 0.5, "latent 8x8, ch. 0-2\nas RGB, [-3, 3] -> [0, 1]", tr
                 rotation=90, va="center", ha="right", fontsize=8)
 axes[1, 0].text(-0.15, 0.5, "decoded x0 prediction", transform=axes[1, 0].transAxes, rotation=90, va="center",
                 ha="right", fontsize=8)
-fig.suptitle("Denoising in latent space: the decoder turns each step's z0_hat into a 32x32 image")
+fig.suptitle(f"Denoising in latent space: the decoder turns each step's z0_hat into a {S}x{S} image")
 save_figure(fig, out / "latent_trajectory.png")
 print(f"lesson 08 done in {time.perf_counter() - lesson_start:.0f} s (CPU {time.process_time():.0f} s)")
 
 # %% Exercises
-# 1. Compression and cost. The latent has 12x fewer numbers than the 32x32 image; the table above
+# 1. Compression and cost. The latent has 48x fewer numbers than the 64x64 image; the table above
 #    says how much cheaper a training step is. Predict first from the docstring's cost model
 #    (convolutions ~ positions, attention ~ positions^2), then fill in ``predicted_speedup`` and
 #    run with MINIDIFF_EXERCISE=1: it prints your guess beside the measured ratio (within 2x counts).
@@ -407,7 +416,7 @@ print(f"lesson 08 done in {time.perf_counter() - lesson_start:.0f} s (CPU {time.
 # 3. (open) Give the latent model v-prediction with min-SNR-5 too (``PIXEL_RECIPE`` without the schedule,
 #    on latent_cfg) and compare its FD with the eps run above.
 EXERCISE = os.environ.get("MINIDIFF_EXERCISE", "")
-predicted_speedup = None                     # exercise 1: your guess of pixel-32x32 / latent ms per training step
+predicted_speedup = None                     # exercise 1: your guess of pixel-64x64 / latent ms per training step
 if EXERCISE == "1":
     assert predicted_speedup is not None, "write your guess into predicted_speedup first"
     measured = costs[pixel_full_name]["step_ms"] / costs[latent_name]["step_ms"]
