@@ -102,7 +102,8 @@ def add_arguments(parser):
     parser.add_argument("--text-encoder", help="text2image: text_encoder.npz or clip.npz")
     parser.add_argument("--tokenizer", help="clip (optional: else one is trained), text2image: tokenizer.json")
     parser.add_argument("--model", help="a named model config of the job (e.g. vae: f4_32, f8_64; pixel: quick16, pixel32)")
-    parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune)")
+    parser.add_argument("--init", help="text2image: start from the weights of a finished unet.npz (fine-tune); "
+                                       "vae64: from a finished 64x64 vae.npz")
     parser.add_argument("--two-object-fraction", type=float,
                         help="text2image: share of two-object scenes in the training data (default 0.3)")
     parser.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear"),

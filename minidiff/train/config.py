@@ -338,6 +338,7 @@ class VAE64Job(TrainConfig):
     to give the teacher's latents. Every model that works in latent space keeps working."""
     model: VAEConfig = field(default_factory=VAEConfig.f8_64)
     teacher: str = str(zoo.PRETRAINED_DIR / zoo.VAE32_FILE)
+    init: str | None = None           # continue from a finished 64x64 VAE (e.g. data/pretrained/vae.npz)
     extra_fraction: float = 0.15      # scenes whose object 1 is pink (the shipped decoder draws pink)
     two_object_fraction: float = 0.5
     recon: str = "l1"

@@ -76,7 +76,12 @@ def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None
     source = load_checkpoint(cfg.teacher, hint="the 32x32 VAE it learns from: train one with "
                                                "python -m minidiff train vae")
     teacher = zoo.load_vae(cfg.teacher, backend.device())
-    student = AutoencoderKL(cfg.model, seed=cfg.seed).to(backend.device())
+    if cfg.init is not None:                  # more steps for a finished student (its config, its weights)
+        student = zoo.load_vae(cfg.init, backend.device())
+        if dataclasses.asdict(student.config) != dataclasses.asdict(cfg.model):
+            cfg = dataclasses.replace(cfg, model=student.config)
+    else:
+        student = AutoencoderKL(cfg.model, seed=cfg.seed).to(backend.device())
     if student.config.latent_shape != teacher.config.latent_shape:
         raise ValueError(f"train vae64: the new VAE's latent {student.config.latent_shape} must be the teacher's "
                          f"{teacher.config.latent_shape} (choose --model f8_64 for a 32x32 teacher)")
@@ -117,7 +122,8 @@ def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None
         recorded = {"job": "vae", "model": dataclasses.asdict(student.config),
                     "train": {**dataclasses.asdict(cfg), "job": "vae64"},
                     "teacher": {"path": Path(cfg.teacher).name, "config": source.config.get("model")}}
-        save_checkpoint(path, model=student, config=recorded, step=result.step,
+        start = int(load_checkpoint(cfg.init).step or 0) if cfg.init is not None else 0
+        save_checkpoint(path, model=student, config=recorded, step=start + result.step,
                         extra={"scale_factor": np.asarray(student.scale_factor, np.float64)}, dtype=ship_dtype)
         result.checkpoint = path
         print(f"vae64: -> {path}")
