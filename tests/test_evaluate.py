@@ -409,3 +409,17 @@ def test_evaluate_of_a_digits_model_reports_accuracy_by_digit_and_fd_beside_the_
         **load_checkpoint(folder / "unet.npz").config, "train": {"data": "folder:mine"}})
     with pytest.raises(ValueError, match="trained on --data folder:mine, whose images carry no labels"):
         E.evaluate_checkpoint(folder / "folder_unet.npz", num_images=4, steps=1, device="cpu", verbose=False)
+
+
+def test_a_judge_reads_larger_images_at_its_own_size():
+    """A convolutional judge takes any size without complaint; the judging functions pool a 64x64 image
+    to the judge's 32x32 first (its twin at that size), so a 32x32 judge gives the same answer on both."""
+    from minidiff.models.classifier import AttributeClassifier, ClassifierConfig
+    judge = AttributeClassifier(ClassifierConfig(image_size=16, channels=(8, 16), num_groups=4, pool_grid=2,
+                                                 feature_dim=8), seed=1)
+    batch = shapes.sample(6, seed=3, size=32)
+    pooled = E.match_size(batch["images"], 16)
+    assert pooled.shape == (6, 3, 16, 16)
+    np.testing.assert_allclose(E.classifier_features(judge, batch["images"]), E.classifier_features(judge, pooled))
+    with pytest.raises(ValueError, match="the classifier takes 16x16"):
+        E.classifier_features(judge, batch["images"][:, :, :24, :24])

@@ -10,7 +10,7 @@ from ..datasets import captions, shapes
 from ..diffusion import samplers
 from ..nn.module import no_grad
 from .frechet import frechet_distance_from_features
-from .judge import (DEFAULT_CLASSIFIER, HELDOUT_SEED, accuracy_by_category, classifier_features,
+from .judge import (DEFAULT_CLASSIFIER, HELDOUT_SEED, accuracy_by_category, classifier_features, match_size,
                     format_categories, prompt_accuracy)
 from .retrieval import format_probe, relation_probe, retrieval_accuracy
 
@@ -46,23 +46,6 @@ def sample_unconditional(model, schedule, n: int, shape, steps: int = 50, seed: 
                 x = decode(x)
         images.append(backend.to_numpy(x))
     return np.clip(np.concatenate(images), -1.0, 1.0)
-
-
-def match_size(images, size: int):
-    """Square images (N, C, H, H) at the classifier's size: average-pooled by an integer factor
-    when larger, repeated (nearest neighbour) by an integer factor when smaller."""
-    height = images.shape[2]
-    if height == size:
-        return images
-    n, c = images.shape[:2]
-    if images.shape[3] == height and height % size == 0:
-        f = height // size
-        return images.reshape(n, c, size, f, size, f).mean(axis=(3, 5))
-    if images.shape[3] == height and size % height == 0:
-        f = size // height
-        return images.repeat(f, axis=2).repeat(f, axis=3)
-    raise ValueError(f"images are {height}x{images.shape[3]}; the classifier takes {size}x{size} "
-                     "(or square images an integer multiple or fraction of it)")
 
 
 # ------------------------------------------------------------------------ evaluating a checkpoint

@@ -60,12 +60,34 @@ def classifier_accuracy(classifier, n: int = 1024, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------------------- predictions
+def match_size(images, size: int):
+    """Square images (N, C, H, H) at the classifier's size: average-pooled by an integer factor
+    when larger, repeated (nearest neighbour) by an integer factor when smaller. Every judging
+    function below applies it, so a 32x32 judge reads a 64x64 image as its 32x32 twin (a
+    convolutional classifier would otherwise take any size and answer nonsense without an error)."""
+    height = images.shape[2]
+    if height == size:
+        return images
+    n, c = images.shape[:2]
+    if images.shape[3] == height and height % size == 0:
+        f = height // size
+        return images.reshape(n, c, size, f, size, f).mean(axis=(3, 5))
+    if images.shape[3] == height and size % height == 0:
+        f = size // height
+        return images.repeat(f, axis=2).repeat(f, axis=3)
+    raise ValueError(f"images are {height}x{images.shape[3]}; the classifier takes {size}x{size} "
+                     "(or square images an integer multiple or fraction of it)")
+
+
 def _batched(classifier, images, batch_size, fn):
     """Apply ``fn(classifier, x)`` to ``images`` (host or device) in batches, in eval mode.
 
     Each batch is moved to the device of the classifier's weights first."""
     weights = [p.data for p in classifier.parameters()[:1]]
     xp = backend.get_array_module(*weights)
+    size = getattr(getattr(classifier, "config", None), "image_size", None)
+    if size is not None and images.shape[2] != size:
+        images = match_size(images, size)             # the judge sees images at its own size
     classifier.eval()
     outputs = []
     with no_grad():
