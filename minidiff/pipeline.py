@@ -238,6 +238,11 @@ class Pipeline:
         return self.vae.config.downsample_factor
 
     def _check_canvas(self, height, width):
+        size = self.vae.config.image_size
+        if height < size or width < size:
+            raise ValueError(f"image size {width}x{height} is smaller than the {size}x{size} the models were "
+                             f"trained at; resize it to {size}x{size} (larger canvases, multiples of "
+                             f"{self.factor * self.unet.config.downsampling_factor}, work too)")
         step = self.factor * self.unet.config.downsampling_factor
         if height % step or width % step:
             raise ValueError(f"image size {width}x{height} must be a multiple of {step} "

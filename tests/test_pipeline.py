@@ -147,6 +147,19 @@ def test_mask_of_another_size_is_rejected(pipe):
         pipe.inpaint(_image(pipe), np.zeros((size + 1, size), np.uint8), "a red circle", steps=2)
 
 
+def test_an_image_smaller_than_the_model_is_rejected_naming_its_size(pipe):
+    size = pipe.vae.config.image_size
+    step = pipe.factor * pipe.unet.config.downsampling_factor
+    small = _image(pipe).resize((size - step, size - step))
+    with pytest.raises(ValueError, match=f"smaller than the {size}x{size} the models were trained at"):
+        pipe.image_to_image(small, "a red circle", strength=0.5, steps=2)
+    with pytest.raises(ValueError, match=f"resize it to {size}x{size}"):
+        pipe.inpaint(small, np.zeros((size - step, size - step), np.uint8), "a red circle", steps=2)
+    large = _image(pipe).resize((size + step, size))                      # larger canvases still work
+    [image] = pipe.image_to_image(large, "a red circle", strength=0.5, steps=2)
+    assert image.size == (size + step, size)
+
+
 def test_non_rgb_image_is_rejected(pipe):
     grey = _image(pipe).convert("L")
     with pytest.raises(ValueError, match="RGB"):
