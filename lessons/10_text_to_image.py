@@ -119,7 +119,7 @@ FULL = Settings(steps=50, accuracy_steps=50, images_per_prompt=4, category_promp
                 accuracy_scales=(0.0, 1.0, 2.0, 4.0, 7.0), attention_images=16, negative_images=64, train_steps=1500,
                 train_batch=32, train_images=4000, learner_channels=32, learner_prompts=30,
                 attention_margin=0.3, colour_gain=0.2, accuracy_gain=0.4, single_floor=0.8, negative_drop=0.25)
-# quick: under a minute of an idle 2-core CPU in all, a few minutes of a busy one. The shipped model's
+# quick: about a minute of an idle 2-core CPU in all (60 s measured), a few minutes of a busy one. The shipped model's
 # measurements use 20 DDIM steps for the pictures, 10 for the accuracy table (DDIM with this checkpoint obeys
 # its prompts at 10) and half the category prompts; your U-Net is a short run at 16 base channels (250 steps:
 # 10 s on an idle CPU, a minute on a busy one).
@@ -209,8 +209,8 @@ def sample_with_attention(prompt, num_images, seed):
     """Sample ``num_images`` images of ``prompt`` (guidance GUIDANCE) and record, after every step, the
     conditional branch's cross-attention at the 8 x 8 level, averaged over heads and layers.
 
-    Returns (images (B, 3, 32, 32), the first image's x0 prediction after every step (steps, 3, 32, 32),
-    timesteps (steps,), attention (steps, B, 64, L))."""
+    Returns (images (B, 3, H, W), 64 x 64 for the shipped model; the first image's x0 prediction after every
+    step (steps, 3, H, W); timesteps (steps,); attention (steps, B, 64, L))."""
     guided = pipe.guided_model_fn(prompt, "", GUIDANCE, num_images)
     maps = []
 
@@ -232,11 +232,12 @@ def sample_with_attention(prompt, num_images, seed):
     return to_host(pipe.decode(latents)), frames, timesteps, np.stack(maps)
 
 
-def per_cell(mask_32):
-    """(B, 32, 32) pixel mask -> (B, 64): the fraction of each latent cell's pixels inside it."""
-    B, size, _ = mask_32.shape
+def per_cell(mask):
+    """(B, H, W) pixel mask (64 x 64 for the shipped model) -> (B, 64): the fraction of each latent cell's
+    pixels (an 8 x 8 patch) inside it."""
+    B, size, _ = mask.shape
     f = size // latent_size
-    return mask_32.reshape(B, latent_size, f, latent_size, f).mean(axis=(2, 4)).reshape(B, pixels)
+    return mask.reshape(B, latent_size, f, latent_size, f).mean(axis=(2, 4)).reshape(B, pixels)
 
 
 def foreground(images, threshold=0.3):
