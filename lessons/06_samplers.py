@@ -61,9 +61,10 @@ the end; a stochastic one replaces part of x_t with fresh noise at every step, w
 of them out (Karras et al. 2022, section 4). On a well-trained network the difference shrinks: the
 ODE samplers solve one ODE (DPM-Solver++ in 20 steps lands where DDIM lands in 100; at 10 steps it
 is not there yet) and that solution is as close to the data as DDPM's at 1000 steps. A Frechet
-distance over a few dozen images is itself noisy, so the lesson measures that noise (the spread of the distance between independent sets of
-real images) and every claim allows for it. --quick's 32 images per row cannot tell the samplers
-apart (all sit within the noise band of the floor); the same lesson checkpoint with --full's size
+distance over a few dozen images is itself noisy, so the lesson measures that noise (the spread of
+the distance between independent sets of real images) and every claim allows for it. --quick's 32
+images per row cannot tell the samplers apart (one run: a floor of 1927 +- 100, every sampler 52 to
+136 above it, all inside the band of two spreads); the same lesson checkpoint with --full's size
 (--quick --images 1024 --ddpm-steps 1000 --batch 256, a minute on a GPU) gives, above a floor of
 69 +- 5:
 
@@ -132,7 +133,7 @@ class Settings:
 
 ROWS = (("ddim", 50), ("ddim", 100), ("euler", 20), ("euler_ancestral", 20), ("dpmpp_2m", 10), ("dpmpp_2m", 20))
 FULL = Settings(num_images=1024, ddpm_steps=1000, runs=ROWS, prediction_images=512)
-QUICK = Settings(num_images=32, ddpm_steps=50, runs=(("ddim", 50),) + ROWS[2:])   # about a minute of CPU
+QUICK = Settings(num_images=32, ddpm_steps=50, runs=(("ddim", 50),) + ROWS[2:])   # about 35 s of CPU
 SMOKE = Settings(num_images=8, ddpm_steps=10, runs=(("ddim", 5), ("euler", 3), ("euler_ancestral", 3),
                                                       ("dpmpp_2m", 3), ("dpmpp_2m", 5)),
                  grid_images=2, prediction_images=8, prediction_steps=10, dpm_factor=1e9, batch=8)
@@ -423,7 +424,7 @@ for c, name in enumerate(labels):
         axes[r, c].imshow(image_grid(np.clip(cell["images"][:16], -1, 1), nrow=4), interpolation="nearest")
         axes[r, c].set_title(f"{PREDICTION_NAMES[name]}, {NAMES[sampler]} 20\nFD {cell['fd']:.0f}", fontsize=9)
         axes[r, c].axis("off")
-fig.suptitle("Top: DPM-Solver++ (an ODE) keeps what x0_hat got wrong at t = T-1 (eps: noise to the end). "
+fig.suptitle("Top: DPM-Solver++ (an ODE) keeps what x0_hat got wrong at t = T-1 (eps: noise to the end).\n"
              "Bottom: DDPM's fresh noise cleans that up, but 20 DDPM steps leave grain of their own")
 save_figure(fig, out / "predictions_samples.png")
 
@@ -441,8 +442,10 @@ for name in ("eps", "v"):
         noisy[name, spacing, clip] = int((share > 0.1).sum())
         print(f"  {PREDICTION_NAMES[name]:4s} {spacing:8s} spacing, x0_hat {'clipped' if clip else 'not clipped':11s}: "
               f"{noisy[name, spacing, clip]:2d} of {len(noisy_x_T)} images")
-print("eps without clipping: the first x0_hat (error / 5e-5) swamps every image; clipped, it survives as noise "
-      "in some; leading spacing starts at a smaller t where the division is milder; v needs none of it")
+print(f"eps without clipping: the first x0_hat (error / 5e-5) swamps every image; clipped, it still saturates "
+      f"{noisy['eps', 'trailing', True]} of {len(noisy_x_T)}, and the others keep a colour noise this count misses "
+      "(predictions_samples.png, top left); leading spacing starts at a smaller t where the division is milder; "
+      "v needs none of it")
 if not args.smoke:
     assert noisy["eps", "trailing", False] > len(noisy_x_T) // 2
     assert all(noisy["v", spacing, clip] == 0 for spacing, clip in (("trailing", True), ("trailing", False)))
@@ -463,7 +466,7 @@ print(f"lesson 06 done in {time.perf_counter() - lesson_start:.0f} s (CPU {time.
 #    prints its row beside the others.
 # 2. x0_hat from v. Fill in ``x0_from_v`` below without looking at schedule.py; MINIDIFF_EXERCISE=2
 #    checks it against the network's own outputs at five timesteps.
-# 3. Spacing. Set SPACING = "leading" and rerun: the first step of every sampler is then t = 901
+# 3. Spacing. Set SPACING = "leading" and rerun: the first step of every sampler is then t = 900
 #    for 10 steps, not 999. Predict which rows of the table move most (hint: DPM-Solver++ at 10
 #    steps never sees the noisiest tenth of the schedule), then check.
 
