@@ -154,7 +154,7 @@ assert losses[-1] < losses[0]
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
 axes[0].plot(steps_logged, losses)
 axes[0].axhline(math.log(BATCH), color="grey", ls="--", label=f"log {BATCH} (no information)")
-axes[0].set(xlabel="step", ylabel="symmetric InfoNCE loss (mean over the log window)", title="contrastive loss")
+axes[0].set(xlabel="step", ylabel="symmetric InfoNCE loss", title="contrastive loss (mean over each log window)")
 axes[0].legend()
 axes[1].plot(steps_logged, [m["heldout_top1"] for m in result.metrics])
 axes[1].set(xlabel="step", ylabel="fraction of captions", title="held-out text -> image top-1 (64 pairs)",
@@ -227,10 +227,19 @@ _, _, vt = np.linalg.svd(centred, full_matrices=False)
 xy = centred @ vt[:2].T                                                                 # 2-D PCA
 fig, axes = plt.subplots(1, 3, figsize=(19, 5.6), gridspec_kw={"width_ratios": [1.1, 1, 0.8]})
 markers = dict(zip(shapes.SHAPES, ("o", "s", "^")))
-label_offsets = dict(zip(shapes.SHAPES, ((7, 5), (7, -9), (7, 3))))
 for (c, s), (x, y) in zip(pairs, xy):
     axes[0].scatter(x, y, s=120, marker=markers[s], color=shapes.RGB[shapes.COLOURS.index(c)], edgecolor="k")
-    axes[0].annotate(f"{c} {s}", (x, y), textcoords="offset points", xytext=label_offsets[s], fontsize=7)
+# one name per colour, beside its three points and away from the middle (a circle and a square of
+# one colour nearly coincide, so a name per point would be printed over its neighbour's)
+for c in shapes.COLOURS:
+    centre = xy[[i for i, pair in enumerate(pairs) if pair[0] == c]].mean(axis=0)
+    away = centre / (np.linalg.norm(centre) + 1e-9)
+    axes[0].annotate(c, centre, textcoords="offset points", xytext=tuple(32 * away), fontsize=9,
+                     ha="center", va="center")
+for s, marker in markers.items():
+    axes[0].scatter([], [], s=80, marker=marker, color="w", edgecolor="k", label=s)
+axes[0].legend(title="shape word", fontsize=8, loc="best")
+axes[0].margins(0.18)
 axes[0].set(xlabel="principal component 1", ylabel="principal component 2",
             title='text embeddings of "a <colour> <shape>" (2-D PCA)')
 im = axes[1].imshow(cos, cmap="viridis", vmin=-1, vmax=1)
