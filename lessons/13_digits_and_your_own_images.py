@@ -40,9 +40,9 @@ averaging; (4) the ink measures and the captions; (5) the shipped digits model: 
 trained on that folder with the shipped VAE and text encoder: its loss curve, its samples judged;
 then exercises.
 
-Settings: --smoke (seconds), --quick (about 3 minutes on a 2-core CPU: 100 samples per guidance
-scale at 20 DDIM steps, 400 training steps), no flag (500 samples at 50 steps, the model card's
-size, and 2000 training steps).
+Settings: --smoke (seconds), --quick (about 2 minutes on a 2-core CPU, 133 s measured with another
+job sharing it: 100 samples per guidance scale at 20 DDIM steps, 400 training steps), no flag (500
+samples at 50 steps, the model card's size, and 2000 training steps).
 
 Read beside: minidiff/datasets/digits.py, minidiff/datasets/folder.py, minidiff/evaluate/digits.py
 (digit_accuracy, digit_frechet, digit_frechet_floor), minidiff/diffusion/guidance.py,
@@ -246,7 +246,8 @@ ratio = {s: table[s]["ratio"] for s in SCALES}
 spread = {s: table[s]["spread"] for s in SCALES}
 # What the quick run measured (seed 0, 100 samples, 20 steps; seed 1 in brackets): accuracy 12% (10%) at
 # s = 0, 87% (90%) at 1, 99% (100%) at 2, 100% (100%) at 4; FD / floor 1.47 (1.51), 0.86 (0.96),
-# 0.76 (0.88), 0.96 (1.08); spread 4.33, 1.42, 0.75, 0.58 of the real digits' (seed 1).
+# 0.76 (0.88), 0.96 (1.08); within-digit spread 4.34 (4.33), 1.64 (1.42), 0.74 (0.75), 0.54 (0.58) of the
+# real digits'.
 # * s = 0 ignores the prompt: the judge agrees with the asked digit about one time in ten, chance.
 #   Its within-digit "spread" is large because each "digit" group is really all ten digits mixed.
 # * accuracy climbs with s and is all but perfect from the shipped s = 2.
@@ -403,11 +404,11 @@ fig = tile_figure(rows, labels, f"your folder's images and your model's samples 
                   wrong=wrong, notes=notes)
 save_figure(fig, out / "own_model_samples.png")
 # What the quick run measured (400 CPU steps of 32, 12,800 examples; seed 0): the loss falls from 0.99
-# to 0.06 (the shipped U-Net scores 0.035 on the same draws), and the samples are rough strokes in which a
-# 1 or a 7 begins to show. The judge finds the asked digit in 17% of them at s = 0, the prompt ignored, and
-# in 50% at s = 3: the caption has started to matter, and guidance amplifies what little it says. The
-# shipped U-Net saw 2,500 x 256 = 640,000 examples on a GPU; a model of your own needs the full mode's
-# thousands of steps (or a GPU). Judge it by its samples, not by its loss.
+# to 0.06 (the shipped U-Net scores 0.035 on the same draws), and the samples are rough strokes: at
+# s = 3 the 0s are broken loops and some 1s and 7s begin to show. The judge finds the asked digit in 17%
+# of them at s = 0, the prompt ignored, and in 50% at s = 3: the caption has started to matter, and
+# guidance amplifies what little it says. The shipped U-Net saw 2,500 x 256 = 640,000 examples on a
+# GPU; a model of your own needs the full mode's thousands of steps (or a GPU). Judge it by its samples, not by its loss.
 if not args.smoke:
     assert own_accuracy[OWN_SCALES[-1]] > own_accuracy[0.0], "guidance should make your model follow its captions"
 print(f"lesson 13 took {time.perf_counter() - lesson_start:.0f} s; figures in {out}")
