@@ -408,7 +408,8 @@ save_figure(fig, out / "own_model_samples.png")
 # s = 3 the 0s are broken loops and some 1s and 7s begin to show. The judge finds the asked digit in 17%
 # of them at s = 0, the prompt ignored, and in 50% at s = 3: the caption has started to matter, and
 # guidance amplifies what little it says. The shipped U-Net saw 2,500 x 256 = 640,000 examples on a
-# GPU; a model of your own needs the full mode's thousands of steps (or a GPU). Judge it by its samples, not by its loss.
+# GPU; a model of your own needs the full mode's thousands of steps (or a GPU). Judge it by its samples,
+# not by its loss.
 if not args.smoke:
     assert own_accuracy[OWN_SCALES[-1]] > own_accuracy[0.0], "guidance should make your model follow its captions"
 print(f"lesson 13 took {time.perf_counter() - lesson_start:.0f} s; figures in {out}")
