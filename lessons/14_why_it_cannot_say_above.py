@@ -38,17 +38,17 @@ scenes with two objects, and an image tower that averaged its features over the 
 one fixed all three at once (hard negatives, 60% two-object scenes, a 2x2 pooling grid, 2000 steps
 of 128), so the lesson cannot say which fix mattered most: the exercises take them apart.
 
-Cells: (1) how often a random batch holds a caption's own words in another order (almost never);
-(2) two mini-CLIPs trained here, the same steps and seed, without and with hard negatives: their
-loss curves (--quick trains 150 steps for the curves and probes the same pair trained 3000 steps,
+Cells: (1) how often a random batch holds a caption's own words in another order (almost never); (2)
+two mini-CLIPs trained here, the same steps and seed, without and with hard negatives: their loss
+curves (--quick trains 150 steps for the curves and probes the same pair trained 3000 steps,
 data/pretrained/lessons/clip16_*.npz; --full trains the 3000 here); (3) the relation probe (ARO's
 shape: the true caption against each hard negative, per relation) for both and for the shipped
-mini-CLIP, as a table and a figure; (4) how close "A above B" sits to "A below B" and "B above A"
-in both encoders and in the shipped one (text_cosines.png); (5) what the U-Net does with them: the
-shipped model's relation accuracy by category beside the first model's (from the model card);
-exercises.
+mini-CLIP, as a table and a figure; (4) how close "A above B" sits to "A below B" and "B above A" in
+both encoders and in the shipped one (text_cosines.png); (5) what the U-Net does with them: the
+shipped model's relation accuracy by category (its 64x64 images judged by classifier64.npz, the
+judge of their size) beside the first model's (32x32, from the model card); exercises.
 
-Settings: --smoke (seconds), --quick (a few minutes on a 2-core CPU), no flag (longer training).
+Settings: --smoke (seconds), --quick (20 s on an idle 2-core CPU), no flag (longer training).
 
 Read beside: minidiff/datasets/captions.py (hard_negatives, hard_negative_captions),
 minidiff/models/clip.py (contrastive_loss with extra negatives), minidiff/train/jobs.py (run_clip),
@@ -210,7 +210,7 @@ for ax, kind in zip(axes, KINDS):
     ax.set_xticks(x, captions.RELATIONS, rotation=15)
     ax.set_title(KIND_NAMES[kind])
 axes[0].set_ylabel("true caption scored higher")
-axes[0].legend(fontsize=8, loc="lower left")
+fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=8)
 fig.suptitle("Does the text tower know word order? (a bag of words scores 50%; at this size, after 3000 steps, all pass)")
 save_figure(fig, out / "relation_probe.png")
 if not args.smoke:                     # in this small world both pass at 3000 steps (see the text above)
@@ -237,7 +237,7 @@ print("\ncosine of the text embeddings (1 = the same to the image tower):")
 for a, b in pairs:
     print(f"  {a!r} vs {b!r}: " + ", ".join(f"{k} {text_cosine(m, a, b):.3f}" for k, m in encoders.items()))
 flip = {k: text_cosine(m, *pairs[0]) for k, m in encoders.items()}
-fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
 labels = ["relation flipped", "objects swapped", "another scene"]
 for offset, (key, model) in zip((-0.27, 0, 0.27), encoders.items()):
     ax.bar(np.arange(3) + offset, [text_cosine(model, a, b) for a, b in pairs], 0.27, label=key + " hard negatives"
@@ -255,7 +255,10 @@ if not args.smoke:
 
 # %% 5. what the U-Net does with them: the shipped model, by relation
 pipe = Pipeline.load()
-classifier = load_classifier()
+# the judge of the model's image size (classifier64.npz for the shipped 64x64 model, as `evaluate` picks it);
+# the first model's numbers below are classifier.npz's on its 32x32 images
+judge_file = zoo.judge_path(pipe.vae.config.image_size)
+classifier = load_classifier(judge_file)
 two_object = [p for p in captions.CATEGORY_PROMPTS if " of " in p or " above " in p or " below " in p
               or " under " in p or " over " in p or " beneath " in p] * settings.unet_repeats
 if args.smoke:
@@ -264,8 +267,9 @@ images = pipe.sample_prompts(two_object, 4.0, steps=settings.unet_steps, seed=0)
 table = judge.accuracy_by_category(images, two_object, classifier)
 first = {"relation/above": 0.525, "relation/below": 0.475, "relation/to the left of": 0.85,
          "relation/to the right of": 0.75, "binding": 0.919}          # the first shipped model (model card)
-print(f"\nthe shipped U-Net on {len(two_object)} two-object prompts ({settings.unet_steps} DDIM steps, guidance 4), "
-      "beside the first shipped model (data/pretrained/README.md):")
+print(f"\nthe shipped U-Net on {len(two_object)} two-object prompts ({settings.unet_steps} DDIM steps, guidance 4, "
+      f"{pipe.vae.config.image_size}x{pipe.vae.config.image_size} images judged by {judge_file.name}), beside the first "
+      "shipped model (data/pretrained/README.md):")
 print(f"  {'category':26s}{'first model':>12s}{'shipped':>10s}")
 for name, (accuracy, n) in table.items():
     if name in first:
