@@ -39,19 +39,20 @@ guidance, steers with a classifier p(y | x_t, t) trained on noisy latents:
 
 its input gradient from the classifier's own backward (d log p_y / d logits = onehot(y) - p).
 
-Cells: (1) the adapter's gradients against finite differences in float64; (2) adapters on every
-q, k, v and out projection of the shipped U-Net: its size beside the U-Net's, and the step-0 output
-equal to the base's; (3) merging equals adapting; (4) why the VAE's decoder had to learn pink
-first, then the shipped pink adapter (data/pretrained/lora_pink.npz): the share of "a pink ..."
-prompts giving a pink object, with and without it, judged by pixel colour (the attribute classifier
-has no pink class) and by the classifier for shape and place; (5) textual inversion: the gradient
-through the frozen text encoder into v, checked, then the shipped <pink> token; (6) ControlNet:
-step-0 equality on the shipped U-Net, its size, the outlines it reads, then the shipped ControlNet
-on held-out outlines (IoU of the object with the outline's filled shape); (7) classifier guidance:
-the colour a noise-aware classifier asks for, by guidance scale (when data/pretrained/noisy_classifier.npz
-is shipped); exercises.
+Cells: (1) the adapter's gradients against finite differences in float64; (2) adapters on every q,
+k, v and out projection of the shipped U-Net: its size beside the U-Net's, and the step-0 output
+equal to the base's; (3) merging equals adapting; (4) why the VAE's decoder had to learn pink first,
+then the shipped pink adapter (data/pretrained/lora_pink.npz): the share of "a pink ..." prompts
+giving a pink object, with and without it, judged by pixel colour (the attribute classifier has no
+pink class) and by the classifier for shape and place; (5) textual inversion: the gradient through
+the frozen text encoder into v, checked, then the shipped <pink> token; (6) ControlNet: step-0
+equality on the shipped U-Net, its size, the outlines it reads, then the shipped ControlNet on
+held-out 64x64 outlines, max-pooled to the 32x32 grid it was trained on (IoU of the object with the
+outline's filled shape); (7) classifier guidance: the colour a noise-aware classifier asks for, by
+guidance scale (when data/pretrained/noisy_classifier.npz is shipped); exercises.
 
-Settings: --smoke (seconds), --quick (a couple of minutes on a 2-core CPU), no flag (more steps).
+Settings: --smoke (seconds), --quick (14 s on an idle 2-core CPU, 84 s measured on a busy one), no flag
+(more steps).
 
 Read beside: minidiff/models/lora.py (LoRALinear, add_lora, merge_lora, save_adapter, load_adapter),
 minidiff/train/finetune.py (the lora, textual_inversion, controlnet and noisy_classifier jobs, the colour
@@ -138,11 +139,13 @@ for name, lora in adapters.layers.items():                           # put the s
 assert np.array_equal(unet(z, t, context, context_mask), base_out)
 
 # %% 4. the trained pink adapter: does "a pink circle on the left" give a pink object?
-# One more piece had to learn pink first: the autoencoder. The shipped VAE was trained on six colours;
-# its encoder gives a pink scene a latent of its own (about 8% away from the same scene in red), but its
-# decoder used to draw that latent red, so no U-Net could ever show pink. Its decoder was fine-tuned on
-# pink and base scenes with the encoder frozen (minidiff/train/vae_decoder.py): every latent keeps its
-# meaning, so the U-Net needs no retraining. Stable Diffusion's improved VAEs were made the same way.
+# One more piece had to learn pink first: the autoencoder. The first VAE (32x32, now vae32.npz) was trained
+# on six colours; its encoder gives a pink scene a latent of its own (about 8% away from the same scene in
+# red, the model card), but its decoder drew that latent red, so no U-Net could ever show pink. Its decoder
+# was fine-tuned on pink and base scenes with the encoder frozen (minidiff/train/vae_decoder.py): every
+# latent kept its meaning, so the U-Net needed no retraining (Stable Diffusion's improved VAEs were made the
+# same way). The shipped 64x64 VAE copies that latent space (lesson 07, section 3b) and was taught on scenes
+# of which 15% hold a pink object, so it draws pink latents pink at 64x64: the check below is on it.
 from minidiff.train.vae_decoder import reconstruction_report  # noqa: E402
 from minidiff.evaluate.adapters import new_colour_judgement  # noqa: E402
 from minidiff.evaluate.checkpoint import load_classifier  # noqa: E402
@@ -249,7 +252,10 @@ control_path = zoo.PRETRAINED_DIR / CONTROLNET_FILE
 if control_path.is_file():
     pipe.load_controlnet(control_path)
     held = control_scenes(settings.prompts, seed=3, size=pipe.vae.config.image_size)
-    controls = edge_map(held["images"])
+    controls = edge_map(held["images"])            # 64x64 outlines; the shipped ControlNet was trained on 32x32
+    native = pipe.vae.config.latent_size << pipe.controlled.controlnet.config.hint_downsample
+    print(f"outlines drawn at {controls.shape[-1]}x{controls.shape[-1]}; the ControlNet reads {native}x{native} "
+          "(a larger outline is max-pooled to its grid, every line kept: models/controlnet.py fit_control)")
     size = pipe.vae.config.latent_size
 
     def sample_with(control):
