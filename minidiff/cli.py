@@ -107,6 +107,9 @@ def _check_sampling_arguments(args):
     if not 1 <= args.n <= MAX_IMAGES:
         raise ValueError(f"--n must be between 1 and {MAX_IMAGES}, got {args.n}")
     _check_text(args.prompt, "the prompt")
+    if not args.prompt.strip():
+        raise ValueError('the prompt is empty: say what to draw, e.g. "a red circle on the left" (for samples '
+                         'that ignore the prompt, give any prompt with --guidance 0: the unconditional model)')
     _check_text(args.negative, "--negative")
     if args.checkpoints is not None and not Path(args.checkpoints).is_dir():
         raise FileNotFoundError(f"--checkpoints {args.checkpoints}: no such folder")
@@ -223,9 +226,6 @@ def run_image_command(args) -> int:
         remove_stale_temps(paths[0].parent)
         images = pipeline.outpaint(args.image, args.prompt, extend=args.extend, **common)
     write_images(images, paths, overwrite=args.force)
-    if not args.prompt.strip():
-        print("note: the prompt is empty: the images are unconditional samples (guidance had no effect)",
-              file=sys.stderr)
     return 0
 
 

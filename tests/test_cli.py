@@ -264,10 +264,15 @@ def test_generate_writes_each_image_and_a_grid_and_refuses_to_overwrite(checkpoi
     assert code == 0
 
 
-def test_empty_prompt_samples_unconditionally_with_a_note(checkpoints, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "generate", "", "--steps", "1", "--out", tmp_path / "u.png",
-                           "--checkpoints", checkpoints, "--device", "cpu")
-    assert code == 0 and "prompt is empty" in err and (tmp_path / "u.png").exists()
+def test_an_empty_prompt_is_one_error_and_guidance_zero_samples_unconditionally(checkpoints, tmp_path, capsys):
+    for prompt in ("", "   "):
+        code, _, err = run_cli(capsys, "generate", prompt, "--steps", "1", "--out", tmp_path / "u.png",
+                               "--checkpoints", checkpoints, "--device", "cpu")
+        assert code == 2 and "the prompt is empty" in err and "--guidance 0" in err
+        assert not (tmp_path / "u.png").exists()
+    code, _, _ = run_cli(capsys, "generate", "anything", "--guidance", "0", "--steps", "1", "--out",
+                         tmp_path / "u.png", "--checkpoints", checkpoints, "--device", "cpu")
+    assert code == 0 and (tmp_path / "u.png").exists()
 
 
 def test_img2img_writes_an_image_of_the_input_size(checkpoints, images, tmp_path, capsys):
