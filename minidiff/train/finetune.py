@@ -58,7 +58,7 @@ from ..nn import functional as F
 from .config import ControlNetJob, LoRAJob, NoisyClassifierJob, TextualInversionJob
 from .data import SHAPES_DATA_SEED, encode_dataset, text_states
 from .jobs import _diffusion_loss_fn
-from .loop import fit
+from .loop import fit, fresh_output, keep_file
 from ..evaluate.adapters import colour_share, object_colours  # noqa: F401  (judging lives in evaluate)
 
 LORA_FILE, TOKEN_FILE = zoo.FILES["lora"], zoo.FILES["textual_inversion"]
@@ -67,26 +67,6 @@ PLACEHOLDER = "<pink>"
 PLACEHOLDER_ID = PAD_ID           # never produced from text; at a real (mask True) position it is the placeholder
 PINK_PROMPTS = tuple(f"a pink {shape} {where}" for shape in shapes.SHAPES
                      for where in ("on the left", "on the right", "at the top", "at the bottom"))
-
-
-def _fresh_output(job: str, out, resume: bool, what: str, name: str):
-    """A fine-tune starts afresh and writes one file when it ends: --resume is an error, and so is a
-    folder that already holds the file (nothing is overwritten; choose another --out or delete it)."""
-    if resume:
-        raise ValueError(f"train {job}: --resume is not supported ({what} is written when the run ends)")
-    if out is not None and (Path(out) / name).exists():
-        raise ValueError(f"train {job}: {Path(out) / name} already exists; choose another --out or delete it")
-
-
-def _keep(result, cfg, out) -> bool:
-    """Write the fine-tune's file? Yes when it trained at all: a run stopped early by --max-minutes or
-    --stop-at keeps what it learned (and says so: fine-tunes are short and do not resume)."""
-    if out is None or result.step == 0:
-        return False
-    if not result.complete:
-        print(f"stopped at step {result.step} of {cfg.steps}: the file written holds those steps "
-              "(fine-tunes do not resume; run again with more time or fewer --steps)")
-    return True
 
 
 # -- judging by colour: evaluate/adapters.py (object_colours, colour_share) ---------------------------
@@ -106,7 +86,7 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
     """Train a pink LoRA on the U-Net at ``cfg.unet``; with ``out``, write DIR/lora_pink.npz when done.
 
     (The adapters are small and quick to train, so a run is not resumed: it starts afresh.)"""
-    _fresh_output("lora", out, resume, "the adapter", LORA_FILE)
+    fresh_output("lora", out, resume, "the adapter", LORA_FILE)
     xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     if diffusion["schedule"] != cfg.schedule or diffusion["prediction_type"] != cfg.prediction_type:
@@ -143,7 +123,7 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
                  progress=progress)
     unet.zero_grad()
     unet.eval()
-    if _keep(result, cfg, out):
+    if keep_file(result, cfg, out):
         path = Path(out) / LORA_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_adapter(path, adapters, unet.config, base_name=Path(cfg.unet).name,
@@ -225,7 +205,7 @@ def placeholder_captions(captions, colour="pink"):
 def run_textual_inversion(cfg: TextualInversionJob, out=None, resume=False, deadline=None, stop_at=None,
                           progress=True, ship_dtype=None):
     """Learn v for "<pink>" with the U-Net and the text encoder frozen; with ``out``, write DIR/pink_token.npz."""
-    _fresh_output("textual_inversion", out, resume, "the token", TOKEN_FILE)
+    fresh_output("textual_inversion", out, resume, "the token", TOKEN_FILE)
     xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     token = PlaceholderToken(text_encoder, tokenizer, cfg.init_word).attach()
@@ -263,7 +243,7 @@ def run_textual_inversion(cfg: TextualInversionJob, out=None, resume=False, dead
     for model in (unet, text_encoder):
         model.zero_grad()
         model.eval()
-    if _keep(result, cfg, out):
+    if keep_file(result, cfg, out):
         path = Path(out) / TOKEN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_token(path, token)
@@ -322,7 +302,7 @@ def placeholder_images(pipe: Pipeline, prompts, guidance_scale=4.0, steps=25, se
 def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
                    ship_dtype=None):
     """Train a ControlNet on outlines beside the frozen U-Net; with ``out``, write DIR/controlnet.npz."""
-    _fresh_output("controlnet", out, resume, "the ControlNet", CONTROLNET_FILE)
+    fresh_output("controlnet", out, resume, "the ControlNet", CONTROLNET_FILE)
     xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     control_config = ControlNetConfig(hint_downsample=int(np.log2(vae.config.downsample_factor)))
@@ -357,7 +337,7 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
                  progress=progress)
     unet.zero_grad()
     unet.eval()
-    if _keep(result, cfg, out):
+    if keep_file(result, cfg, out):
         path = Path(out) / CONTROLNET_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_controlnet(path, controlnet, dtype=ship_dtype)
@@ -370,7 +350,7 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
 def run_noisy_classifier(cfg: NoisyClassifierJob, out=None, resume=False, deadline=None, stop_at=None,
                          progress=True, ship_dtype=None):
     """p(colour | z_t, t) on the VAE's latents of one-object scenes, noised to a uniform t."""
-    _fresh_output("noisy_classifier", out, resume, "the classifier", zoo.FILES["noisy_classifier"])
+    fresh_output("noisy_classifier", out, resume, "the classifier", zoo.FILES["noisy_classifier"])
     xp = backend.get_xp()
     vae = zoo.load_vae(cfg.vae, backend.device())
     schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
@@ -396,7 +376,7 @@ def run_noisy_classifier(cfg: NoisyClassifierJob, out=None, resume=False, deadli
               "diffusion": cfg.diffusion()}
     result = fit("noisy_classifier", classifier, loss_fn, cfg, config, out=None, deadline=deadline,
                  stop_at=stop_at, progress=progress)
-    if _keep(result, cfg, out):
+    if keep_file(result, cfg, out):
         path = Path(out) / NOISY_CLASSIFIER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, model=classifier, config=config)

@@ -343,3 +343,24 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
     print(f"{job}: {steps_run} steps (now at {step}/{cfg.steps}) in {seconds:.1f} s, {rate:.2f} steps/s, "
           f"final loss {loss_text}" + (f" -> {path}" if path is not None and steps_run else ""))
     return FitResult(model, step, complete, steps_run, seconds, final_loss, path, history, metrics)
+
+
+# -- the jobs that write one file when they end (the fine-tunes, vae_decoder, vae64) ----------------
+def fresh_output(job: str, out, resume: bool, what: str, name: str):
+    """A fine-tune starts afresh and writes one file when it ends: --resume is an error, and so is a
+    folder that already holds the file (nothing is overwritten; choose another --out or delete it)."""
+    if resume:
+        raise ValueError(f"train {job}: --resume is not supported ({what} is written when the run ends)")
+    if out is not None and (Path(out) / name).exists():
+        raise ValueError(f"train {job}: {Path(out) / name} already exists; choose another --out or delete it")
+
+
+def keep_file(result, cfg, out) -> bool:
+    """Write the fine-tune's file? Yes when it trained at all: a run stopped early by --max-minutes or
+    --stop-at keeps what it learned (and says so: fine-tunes are short and do not resume)."""
+    if out is None or result.step == 0:
+        return False
+    if not result.complete:
+        print(f"stopped at step {result.step} of {cfg.steps}: the file written holds those steps "
+              "(fine-tunes do not resume; run again with more time or fewer --steps)")
+    return True

@@ -41,8 +41,7 @@ from ..models.vae_loss import reconstruction_loss
 from ..nn.module import no_grad
 from .config import VAE64Job
 from .data import SHAPES_DATA_SEED
-from .finetune import _fresh_output, _keep
-from .loop import fit
+from .loop import fit, fresh_output, keep_file
 
 
 def teacher_moments(teacher, images, batch_size=256):
@@ -71,7 +70,7 @@ def twin_scenes(n, seed, teacher_size, size, cfg):
 def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     """Train an f = 8 VAE (``cfg.model``) on the latent space of the VAE at ``cfg.teacher``; with
     ``out``, write DIR/vae.npz: a finished VAE with the teacher's scale factor."""
-    _fresh_output("vae64", out, resume, "the VAE", zoo.FILES["vae"])
+    fresh_output("vae64", out, resume, "the VAE", zoo.FILES["vae"])
     xp = backend.get_xp()
     source = load_checkpoint(cfg.teacher, hint="the 32x32 VAE it learns from: train one with "
                                                "python -m minidiff train vae")
@@ -116,7 +115,7 @@ def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None
                  progress=progress)
     student.zero_grad()
     student.eval()
-    if _keep(result, cfg, out):
+    if keep_file(result, cfg, out):
         path = Path(out) / zoo.FILES["vae"]
         path.parent.mkdir(parents=True, exist_ok=True)
         recorded = {"job": "vae", "model": dataclasses.asdict(student.config),

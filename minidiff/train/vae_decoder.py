@@ -26,8 +26,7 @@ from ..models.vae_loss import reconstruction_loss
 from ..nn.module import Module, no_grad
 from .config import VAEDecoderJob
 from .data import SHAPES_DATA_SEED, encode_dataset
-from .finetune import _fresh_output, _keep
-from .loop import fit
+from .loop import fit, fresh_output, keep_file
 
 
 # -- the VAE's decoder, for a colour its latents carry but it never drew -------------------------------
@@ -49,7 +48,7 @@ def run_vae_decoder(cfg: VAEDecoderJob, out=None, resume=False, deadline=None, s
 
         z ~ q(z | x) = N(mean, std^2)  (the frozen encoder, computed once)
         L = mean |Dec(z) - x|          dL/dDec(z) = sign(Dec(z) - x) / N"""
-    _fresh_output("vae_decoder", out, resume, "the VAE", zoo.FILES["vae"])
+    fresh_output("vae_decoder", out, resume, "the VAE", zoo.FILES["vae"])
     xp = backend.get_xp()
     source = load_checkpoint(cfg.vae, hint="train one with: python -m minidiff train vae")
     vae = zoo.load_vae(cfg.vae, backend.device())
@@ -76,7 +75,7 @@ def run_vae_decoder(cfg: VAEDecoderJob, out=None, resume=False, deadline=None, s
                  progress=progress)
     vae.zero_grad()
     vae.eval()
-    if _keep(result, cfg, out):
+    if keep_file(result, cfg, out):
         path = Path(out) / zoo.FILES["vae"]
         path.parent.mkdir(parents=True, exist_ok=True)
         recorded = dict(source.config)
