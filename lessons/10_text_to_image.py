@@ -81,7 +81,7 @@ import time
 
 import numpy as np
 
-from minidiff import backend, evaluate
+from minidiff import backend, evaluate, zoo
 from minidiff.checkpoint import load_checkpoint
 from minidiff.datasets import captions, shapes
 from minidiff.diffusion import guidance, samplers
@@ -154,7 +154,8 @@ plt = pyplot()
 lesson_start = time.perf_counter()
 
 pipe = load_pipeline()
-judge = evaluate.load_classifier()
+# the judge of the images' size (64x64: classifier64.npz), as `evaluate` picks it
+judge = evaluate.load_classifier(zoo.judge_path(pipe.vae.config.image_size))
 unet_config = load_checkpoint(DEFAULT_DIR / "unet.npz").config
 cond_dropout = unet_config.get("train", {}).get("cond_dropout")
 print(f"pipeline from {DEFAULT_DIR}: U-Net {pipe.unet.num_parameters():,} parameters on "

@@ -73,7 +73,7 @@ import time
 
 import numpy as np
 
-from minidiff import backend, evaluate
+from minidiff import backend, evaluate, zoo
 from minidiff.datasets import shapes
 from minidiff.diffusion import samplers
 from minidiff.pipeline import load_pipeline
@@ -108,7 +108,8 @@ out = output_dir(NAME, args.out)
 plt = pyplot()
 lesson_start = time.perf_counter()
 pipe = load_pipeline()
-judge = evaluate.load_classifier()
+# the judge of the images' size (64x64: classifier64.npz), as `evaluate` picks it
+judge = evaluate.load_classifier(zoo.judge_path(pipe.vae.config.image_size))
 n = settings.num_images
 print(f"pipeline: VAE {pipe.vae.config.image_size}x{pipe.vae.config.image_size} -> latents "
       f"{pipe.latent_channels}x{pipe.vae.config.image_size // pipe.factor}x{pipe.vae.config.image_size // pipe.factor}"

@@ -154,7 +154,8 @@ recon = reconstruction_report(pipe.vae, n=16 if args.smoke else 64)
 print(f"the VAE draws held-out reconstructions in their own colour: pink {recon['pink']:.2f}, "
       f"base colours {recon['base']:.2f}")
 assert recon["pink"] >= 0.9 and recon["base"] >= 0.9
-judge = load_classifier()
+# the judge of the images' size (64x64: classifier64.npz), as `evaluate` picks it
+judge = load_classifier(zoo.judge_path(pipe.vae.config.image_size))
 path = zoo.PRETRAINED_DIR / LORA_FILE
 prompts = PINK_PROMPTS[:settings.prompts]
 if path.is_file():
