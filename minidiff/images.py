@@ -77,30 +77,33 @@ def load_image(image):
     return from_uint8(array)
 
 
-def load_mask(mask, size):
+def load_mask(mask, size, what: str = "mask"):
     """A PIL image, path or array -> float32 (H, W) in {0, 1} (1 = repaint). ``size`` = (H, W) of the image.
 
     A mask with no white pixel asks for nothing to be repainted: that is refused, not answered with
-    the unchanged image."""
+    the unchanged image. ``what`` names the input in messages ("control image": a ControlNet's outline,
+    read the same way, white lines on black)."""
     from PIL import Image
     if isinstance(mask, (str, Path)):
-        mask = _open(Path(mask), "mask")
+        mask = _open(Path(mask), what)
     if isinstance(mask, Image.Image):
-        check_pixels(*mask.size, what="mask")
+        check_pixels(*mask.size, what=what)
         try:
             mask = np.asarray(mask.convert("L"))
         except ValueError as exc:                    # a mode PIL cannot turn into grey
-            raise ValueError(f"cannot read the mask's mode {mask.mode!r} as grey: {exc}") from None
+            raise ValueError(f"cannot read the {what}'s mode {mask.mode!r} as grey: {exc}") from None
     array = np.asarray(mask)
     if array.ndim == 3:                      # an RGB mask: any bright channel counts
         array = array.max(axis=2)
     if array.ndim != 2 or not (array.dtype == bool or array.dtype.kind in "uif"):
-        raise ValueError(f"mask must be a (H, W) or (H, W, C) array of numbers, got {array.dtype} {array.shape}")
+        raise ValueError(f"{what} must be a (H, W) or (H, W, C) array of numbers, got {array.dtype} {array.shape}")
     if array.shape != tuple(size):
-        raise ValueError(f"mask size {array.shape[1]}x{array.shape[0]} does not match the image size "
+        raise ValueError(f"{what} size {array.shape[1]}x{array.shape[0]} does not match the image size "
                          f"{size[1]}x{size[0]}")
     threshold = 0.5 if array.dtype.kind == "f" or array.dtype == bool else 128
     repaint = (array >= threshold).astype(np.float32)
     if not repaint.any():
-        raise ValueError("the mask has no white pixel: nothing to repaint (white = repaint, black = keep)")
+        if what == "mask":
+            raise ValueError("the mask has no white pixel: nothing to repaint (white = repaint, black = keep)")
+        raise ValueError(f"the {what} has no white pixel: nothing to follow (draw white lines on black)")
     return repaint

@@ -167,7 +167,7 @@ class Pipeline:
                                  f"{size}x{size}{also}")
         elif getattr(control, "size", None) == (native, native) or np.shape(control)[:2] == (native, native):
             size = native                                                         # a PIL image or an array
-        outline = load_mask(control, (size, size))                                # (H, W) in {0, 1}
+        outline = load_mask(control, (size, size), what="control image")         # (H, W) in {0, 1}
         return self.xp.asarray(np.broadcast_to(outline, (num_images, 1, size, size)).copy())
 
     @property

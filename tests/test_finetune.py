@@ -150,5 +150,8 @@ def test_controlnet_job_writes_a_controlnet_for_its_unet(tmp_path):
         [big] = pipe.text_to_image("a red circle", steps=2, control=tmp_path / "outline.png")
         [same] = pipe.text_to_image("a red circle", steps=2, control=tmp_path / "native.png")
         np.testing.assert_array_equal(np.asarray(big), np.asarray(same))
+    Image.fromarray(np.zeros((size, size), np.uint8)).save(tmp_path / "blank.png")
+    with pytest.raises(ValueError, match="the control image has no white pixel: nothing to follow"):
+        pipe.text_to_image("a red circle", steps=1, control=tmp_path / "blank.png")
     with pytest.raises(ValueError, match=f"is 16x16; the model's images are {size}x{size}"):
         pipe.text_to_image("a red circle", steps=1, control=tmp_path / "small.png")
