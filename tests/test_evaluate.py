@@ -415,8 +415,7 @@ def test_a_judge_reads_larger_images_at_its_own_size():
     """A convolutional judge takes any size without complaint; the judging functions pool a 64x64 image
     to the judge's 32x32 first (its twin at that size), so a 32x32 judge gives the same answer on both."""
     from minidiff.models.classifier import AttributeClassifier, ClassifierConfig
-    judge = AttributeClassifier(ClassifierConfig(image_size=16, channels=(8, 16), num_groups=4, pool_grid=2,
-                                                 feature_dim=8), seed=1)
+    judge = AttributeClassifier(ClassifierConfig.tiny(), seed=1)            # a 16x16 judge
     batch = shapes.sample(6, seed=3, size=32)
     pooled = E.match_size(batch["images"], 16)
     assert pooled.shape == (6, 3, 16, 16)

@@ -67,6 +67,27 @@ def twin_scenes(n, seed, teacher_size, size, cfg):
     return small["images"], large["images"]
 
 
+def distillation_loss(student, x64, z, mean_t, logvar_t, logvar_weight=0.01, recon="l1"):
+    """L = L_dec + L_enc of the module docstring for one batch; fills the student's parameter grads
+    (call zero_grad first) and returns L.
+
+    x64 (B, 3, 64, 64): the 64x64 renderings; z: latents drawn from the teacher's posterior of their
+    32x32 twins; mean_t, logvar_t: that posterior's (unscaled) moments. s = student.scale_factor."""
+    # the decoder: draw the 64x64 scene from a latent the teacher could have given
+    loss_dec, d_rec = reconstruction_loss(student.decode(z), x64, recon)
+    student.decode_backward(d_rec)
+    # the encoder: put the 64x64 scene where the teacher puts its 32x32 twin
+    posterior = student.encode(x64)
+    d_mean, d_logvar = posterior.mean - mean_t, posterior.logvar - logvar_t
+    dtype = d_mean.dtype.type
+    s2, w_v, n = dtype(student.scale_factor) ** 2, dtype(logvar_weight), dtype(1.0 / d_mean.size)
+    loss_enc = s2 * (d_mean ** 2).mean() + w_v * (d_logvar ** 2).mean()
+    config = student.config
+    inside = (posterior.logvar > config.logvar_min) & (posterior.logvar < config.logvar_max)
+    student.encode_backward(2 * s2 * n * d_mean, 2 * w_v * n * d_logvar * inside)   # the clamp passes none outside
+    return loss_dec + loss_enc
+
+
 def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     """Train an f = 8 VAE (``cfg.model``) on the latent space of the VAE at ``cfg.teacher``; with
     ``out``, write DIR/vae.npz: a finished VAE with the teacher's scale factor."""
@@ -91,24 +112,14 @@ def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None
     std_t = xp.exp(0.5 * logvar_t)
     images = xp.asarray(large)
     del teacher, small
-    s2, w_v = np.float32(student.scale_factor) ** 2, np.float32(cfg.logvar_weight)
     student.train()
 
     def loss_fn(rng, step):
         student.zero_grad()
         idx = rng.integers(0, images.shape[0], size=(cfg.batch_size,))
-        # the decoder: draw the 64x64 scene from a latent the teacher could have given
+        # a latent the teacher could have given the 32x32 twin: z ~ q_T(z | x32)
         z = mean_t[idx] + std_t[idx] * rng.standard_normal(mean_t[idx].shape, dtype=mean_t.dtype)
-        loss_dec, d_rec = reconstruction_loss(student.decode(z), images[idx], cfg.recon)
-        student.decode_backward(d_rec)
-        # the encoder: put the 64x64 scene where the teacher puts its 32x32 twin
-        posterior = student.encode(images[idx])
-        d_mean, d_logvar = posterior.mean - mean_t[idx], posterior.logvar - logvar_t[idx]
-        n = d_mean.dtype.type(1.0 / d_mean.size)
-        loss_enc = s2 * (d_mean ** 2).mean() + w_v * (d_logvar ** 2).mean()
-        inside = (posterior.logvar > cfg.model.logvar_min) & (posterior.logvar < cfg.model.logvar_max)
-        student.encode_backward(2 * s2 * n * d_mean, 2 * w_v * n * d_logvar * inside)   # the clamp passes none outside
-        return loss_dec + loss_enc
+        return distillation_loss(student, images[idx], z, mean_t[idx], logvar_t[idx], cfg.logvar_weight, cfg.recon)
 
     config = {"job": "vae64", "train": dataclasses.asdict(cfg)}
     result = fit("vae", student, loss_fn, cfg, config, out=None, deadline=deadline, stop_at=stop_at,
