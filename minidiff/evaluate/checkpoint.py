@@ -121,8 +121,9 @@ def _evaluate_checkpoint(path, num_images, steps, sampler, guidance_scales, seed
         vae = zoo.load_vae(_sibling_or_recorded(ckpt, zoo.FILES["vae"], recorded.get("vae")))
     image_size = vae.config.image_size if vae is not None else model.config.image_size
     if digit_judge is None:
-        judge = load_classifier(zoo.judge_path(image_size) if classifier is None else classifier)
-        say(f"judged by {zoo.judge_path(image_size) if classifier is None else classifier}")
+        classifier = zoo.judge_path(image_size) if classifier is None else classifier
+        judge = load_classifier(classifier)
+        say(f"judged by {classifier}")
     if digit_judge is not None:
         from .digits import evaluate_digits, unconditional_sampler    # digits.py builds on this file
         say(f"evaluate {path} ({job} on digits, step {ckpt.step}): {sampler} {steps} steps, {spacing} spacing"
