@@ -44,7 +44,9 @@ FILES = {"pixel": "pixel.npz", "vae": "vae.npz", "latent": "latent.npz", "clip":
          "text_encoder": "text_encoder.npz", "tokenizer": "tokenizer.json",
          # the fine-tunes of a finished text-to-image model (train/finetune.py), beside it in the folder
          "lora": "lora_pink.npz", "textual_inversion": "pink_token.npz", "controlnet": "controlnet.npz",
-         "noisy_classifier": "noisy_classifier.npz"}
+         "noisy_classifier": "noisy_classifier.npz",
+         # the 64x64 VAE distilled from a 32x32 one (train/vae64.py) is the folder's VAE
+         "vae64": "vae.npz"}
 TEXT_ENCODER_FILE, TOKENIZER_FILE = FILES["text_encoder"], FILES["tokenizer"]
 VAE32_FILE = "vae32.npz"              # the 32x32 (f = 4) VAE whose latent space the shipped 64x64 one copies
 JUDGE64_FILE = "classifier64.npz"      # the attribute classifier of 64x64 images (classifier.npz: 32x32)

@@ -11,6 +11,7 @@ from minidiff.datasets import digits
 from minidiff.models.digit_classifier import DigitClassifier, DigitClassifierConfig, digit_loss
 from minidiff.nn.gradcheck import check_module
 from minidiff.optim import AdamW
+from minidiff.train import recipe
 from minidiff.train.jobs import random_shift
 
 
@@ -113,13 +114,13 @@ def test_a_missing_digit_classifier_names_the_train_command(tmp_path):
         zoo.load_digit_classifier(tmp_path / "digit_classifier.npz")
 
 
-@pytest.mark.parametrize("data, judge", [(None, "classifier"), ("shapes", "classifier"),
+@pytest.mark.parametrize("data, judge", [(None, "judge64"), ("shapes", "judge64"),
                                          ("digits", "digit_classifier"), ("folder:mine", None),
                                          ("idx:mnist", None)])
 def test_train_all_ends_with_the_judge_of_its_data(tmp_path, data, judge):
-    stages = train.cli.stages_for(data)
-    assert stages[:3] == ("clip", "vae", "text2image")
-    assert stages[3:] == ((judge,) if judge else ())
+    stages = train.stages_for(data)
+    base = ("clip", "vae32", "text2image", "vae64") if judge == "judge64" else ("clip", "vae", "text2image")
+    assert stages == base + ((judge,) if judge else ())
     configs = train.stage_configs(tmp_path, "quick", {"data": data, "steps": 2})
     assert tuple(configs) == stages
 
@@ -129,13 +130,16 @@ def test_train_all_says_when_there_is_no_classifier_stage(tmp_path, monkeypatch,
     ran = []
 
     def fake_runner(job):
-        def run(cfg, **kwargs):
+        def run(cfg, out, **kwargs):
             ran.append(job)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in recipe.CLIP_FILES if job == "clip" else (zoo.FILES[job],):
+                (out / name).write_bytes(b"")
             return train.FitResult(None, cfg.steps, True, cfg.steps, 0.0, None, None, [])
         return run
-    monkeypatch.setattr(train.cli, "RUNNERS", {job: fake_runner(job) for job in train.JOBS})
+    monkeypatch.setattr(recipe, "RUNNERS", {job: fake_runner(job) for job in train.JOBS})
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert train.run_all(tmp_path, overrides={"data": data, "steps": 2}, progress=False)
-    assert ran == list(train.cli.stages_for(data))
+    assert ran == [stage.job for stage in recipe.recipe_for(data)]
     assert ("no classifier stage: --data folder:mine has no labels" in printed.getvalue()) == said

@@ -203,7 +203,7 @@ def test_make_config_rejects_a_setting_the_job_does_not_have():
 def test_train_all_rejects_a_setting_no_stage_uses(tmp_path):
     with pytest.raises(ValueError, match="--rank 4: no stage of `train all` uses it"):
         train.run_all(tmp_path, overrides={"rank": 4, "steps": 2}, progress=False)
-    with pytest.raises(ValueError, match="--vae 'mine.npz': no stage of `train all` uses it"):
+    with pytest.raises(ValueError, match="--vae 'mine.npz': `train all` chooses it for each stage itself"):
         train.run_all(tmp_path, overrides={"vae": "mine.npz"}, progress=False)
     assert not list(tmp_path.iterdir())
 

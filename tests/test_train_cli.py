@@ -5,16 +5,17 @@ import errno
 import fcntl
 import os
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from minidiff import cli, files, train
+from minidiff import cli, files, train, zoo
 from minidiff.checkpoint import load_checkpoint
 from minidiff.nn.layers import Linear
 from minidiff.train import cli as train_cli
-from minidiff.train import loop
+from minidiff.train import loop, recipe
 
 
 def run_train(capsys, *argv):
@@ -25,11 +26,18 @@ def run_train(capsys, *argv):
 
 @pytest.fixture
 def runner_calls(monkeypatch):
-    """Every job's runner replaced by one that records its call, writes nothing and says it is done."""
+    """Every job's runner replaced by one that records its call, leaves empty files and says it is done."""
     calls = []
 
     def runner(job):
-        return lambda cfg, **kwargs: calls.append(job) or types.SimpleNamespace(complete=True, step=cfg.steps)
+        def run(cfg, out=None, **kwargs):
+            calls.append(job)
+            if out is not None:                  # the files a finished job leaves (train all copies them up)
+                Path(out).mkdir(parents=True, exist_ok=True)
+                for name in recipe.CLIP_FILES if job == "clip" else (zoo.FILES[job],):
+                    (Path(out) / name).write_bytes(b"")
+            return types.SimpleNamespace(complete=True, step=cfg.steps)
+        return run
     for job in train_cli.RUNNERS:
         monkeypatch.setitem(train_cli.RUNNERS, job, runner(job))
     return calls
@@ -75,7 +83,7 @@ def test_a_second_run_on_one_out_refuses_at_once_before_any_work(job, tmp_path, 
     assert "is in use by another training run (process 4242)" in err[0]
     assert runner_calls == [] and "train " not in out          # no data loaded, no model built
     code, _, _ = run_train(capsys, job, "--out", tmp_path)      # once the first run is gone, it runs
-    assert code == 0 and runner_calls == ([job] if job != "all" else list(train.ALL_STAGES))
+    assert code == 0 and runner_calls == ([job] if job != "all" else [s.job for s in recipe.recipe_for("shapes")])
 
 
 def test_fit_inside_the_commands_lock_does_not_lock_itself_out(tmp_path, capsys, monkeypatch):

@@ -3,7 +3,7 @@ import numpy as np
 
 from minidiff import zoo
 from minidiff.train import make_config
-from minidiff.train.jobs import RUNNERS
+from minidiff.train.runners import RUNNERS
 
 
 def test_only_the_decoder_moves(tmp_path):

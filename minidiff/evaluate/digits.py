@@ -25,9 +25,9 @@ import numpy as np
 
 from .. import backend
 from ..datasets import digits
-from .checkpoint import generate, match_size, sample_unconditional
 from .frechet import frechet_distance_from_features
-from .judge import _batched, classifier_features, format_categories
+from .judge import _batched, classifier_features, format_categories, match_size
+from .sampling import generate, sample_unconditional
 
 HELDOUT_DIGITS = digits.NUM_CLASSES * digits.HELDOUT_PER_CLASS       # 500 digits no training run sees
 

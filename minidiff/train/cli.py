@@ -1,82 +1,22 @@
-"""``python -m minidiff train JOB [options]``: the arguments, and ``train all`` (the shipped
-checkpoints, stage by stage, in pieces of at most --max-minutes)."""
+"""``python -m minidiff train JOB [options]``: the arguments, and the command around every job
+(``train all``, the whole recipe, lives in ``recipe.py``)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import backend, zoo
-from .config import JOB_CONFIGS, JOBS, OVERRIDES, make_config
-from .jobs import RUNNERS
+from .config import JOBS, OVERRIDES, make_config
+from .runners import RUNNERS
 from .loop import LOCK_FILE, output_lock
+from .recipe import default_parallel, run_all, stage_configs, stages_for  # noqa: F401 (train all)
 
 OUTPUT_DIR = zoo.REPO_ROOT / "outputs" / "train"
 
-ALL_STAGES = ("clip", "vae", "text2image", "classifier")
-# the judging stage by --data: a folder or IDX files have no labels to judge samples with, so none
-JUDGE_STAGES = {"shapes": "classifier", "digits": "digit_classifier"}
-
-
-def stages_for(data) -> tuple:
-    """The stages of ``train all --data DATA``: clip, vae, text2image, then DATA's judge if it has one."""
-    judge = JUDGE_STAGES.get(data or "shapes")
-    return ALL_STAGES[:3] + ((judge,) if judge else ())
-
-
-def stage_configs(out, preset="quick", overrides=None) -> dict:
-    """{stage: its config} for ``train all`` into ``out``, every one built (and so checked) before
-    any stage runs. ``overrides`` reach every stage that has the setting; one that no stage uses is
-    a ValueError (text2image always reads the VAE and text encoder trained into ``out``, so ``vae``
-    and ``text_encoder`` are not accepted)."""
-    out = Path(out)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    stages = stages_for(overrides.get("data"))
-    fields = {job: {f.name for f in dataclasses.fields(JOB_CONFIGS[job])} for job in stages}
-    used = set().union(*fields.values()) - {"vae", "text_encoder"}
-    unused = sorted(set(overrides) - used)
-    if unused:
-        k = unused[0]
-        raise ValueError(f"--{k.replace('_', '-')} {overrides[k]!r}: no stage of `train all` uses it "
-                         f"(stages: {', '.join(stages)}); train that job on its own")
-    configs = {}
-    for job in stages:
-        cfg = make_config(job, preset, {k: v for k, v in overrides.items() if k in fields[job]})
-        if job == "text2image":
-            cfg = dataclasses.replace(cfg, vae=str(out / zoo.FILES["vae"]),
-                                      text_encoder=str(out / zoo.FILES["text_encoder"]),
-                                      tokenizer=str(out / zoo.FILES["tokenizer"]))
-        configs[job] = cfg
-    return configs
-
-
-def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, ship_dtype=None) -> bool:
-    """clip (+ tokenizer), vae, text2image and the judge of --data (``stages_for``) into ``out``; each
-    stage resumes its checkpoint and a complete one is skipped. Returns True when every stage is
-    complete. (``overrides``: see :func:`stage_configs`.)"""
-    out = Path(out)
-    for job, cfg in stage_configs(out, preset, overrides).items():
-        path = out / zoo.FILES[job]
-        if zoo.is_complete(path):
-            print(f"{job}: complete ({path}); skipping")
-            continue
-        if deadline is not None and time.perf_counter() > deadline:
-            print(f"train all: --max-minutes is up before {job}; run the same command again to continue")
-            return False
-        result = RUNNERS[job](cfg, out=out, resume=True, deadline=deadline, progress=progress,
-                              ship_dtype=ship_dtype)
-        if not result.complete:
-            print(f"train all: {job} stopped at step {result.step}/{cfg.steps}; run the same command again "
-                  "to continue")
-            return False
-    data = (overrides or {}).get("data") or "shapes"
-    judged = "" if data in JUDGE_STAGES else (f"; no classifier stage: --data {data} has no labels to judge "
-                                              "samples with")
-    print(f"train all: all stages complete in {out}{judged}")
-    return True
+ALL_STAGES = stages_for("shapes")       # the shipped recipe's stages, in order
 
 
 def add_arguments(parser):
@@ -89,6 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="save a checkpoint and stop after this many minutes (continue with --resume)")
     parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop at this step")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="all: stages trained side by side, each in a process of its own (default 3 on a "
+                             "GPU, 1 on a CPU)")
     for flag, kind, what in (("--steps", int, "training steps"), ("--batch-size", int, "batch size"),
                              ("--lr", float, "peak learning rate"), ("--seed", int, "seed of data, init and noise"),
                              ("--dataset-size", int, "images rendered once and kept on the device"),
@@ -142,6 +85,10 @@ def main(args) -> int:
     if args.stop_at is not None and args.job == "all":
         raise ValueError(f"--stop-at {args.stop_at} names a step of one job; `train all` runs several "
                          "(stop it with --max-minutes)")
+    if args.parallel is not None and args.job != "all":
+        raise ValueError(f"--parallel {args.parallel}: only `train all` has stages to run side by side")
+    if args.parallel is not None and args.parallel < 1:
+        raise ValueError(f"--parallel must be an integer >= 1, got {args.parallel}")
     deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
     out = Path(args.out) if args.out else OUTPUT_DIR
     if out.exists() and not out.is_dir():
@@ -156,7 +103,8 @@ def main(args) -> int:
     with _training_into(out):
         print(f"train {args.job}: preset {args.preset}, device {backend.device()}, output {out}")
         if args.job == "all":
-            run_all(out, args.preset, overrides, deadline, not args.no_progress, ship_dtype)
+            parallel = args.parallel if args.parallel is not None else default_parallel()
+            run_all(out, args.preset, overrides, deadline, not args.no_progress, ship_dtype, parallel)
         else:
             RUNNERS[args.job](cfg, out=out, resume=args.resume, deadline=deadline, stop_at=args.stop_at,
                               progress=not args.no_progress, ship_dtype=ship_dtype)

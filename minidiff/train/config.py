@@ -100,9 +100,16 @@ class VAEJob(TrainConfig):
     adversarial_weight: float = 0.0   # > 0: + weight * patch-GAN generator loss, D trained alongside
     adversarial_start: int = 0        # the GAN term joins at this step (the "discriminator start")
     discriminator_lr: float = 2e-4
+    extra_fraction: float = 0.0       # shapes: scenes whose object 1 is pink (`train all` uses 0.15)
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.extra_fraction, bool) or not isinstance(self.extra_fraction, (int, float)) \
+                or not 0 <= self.extra_fraction <= 1:
+            raise ValueError(f"VAEJob: extra_fraction must be a number in [0, 1], got {self.extra_fraction!r}")
+        if self.extra_fraction and self.data != "shapes":
+            raise ValueError(f"--extra-fraction {self.extra_fraction}: only --data shapes has pink objects to add; "
+                             f"--data {self.data} has its own images")
         for name in ("perceptual_weight", "adversarial_weight", "discriminator_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -188,7 +195,8 @@ class Text2ImageJob(DiffusionTrainConfig):
 
     @classmethod
     def full(cls):
-        """The first stage of the shipped U-Net (data/pretrained/README.md has the second)."""
+        """The first stage of the shipped U-Net (data/pretrained/README.md has the rest); `train all`
+        trains 8000 steps from scratch (train/recipe.py)."""
         return cls(model=UNetConfig.latent8(), steps=4500, batch_size=256, lr=4e-4, warmup_steps=450,
                    dataset_size=60000, checkpoint_every=500, sample_every=1500)
 
@@ -352,8 +360,10 @@ class VAE64Job(TrainConfig):
 
     @classmethod
     def full(cls):
+        """The shipped 64x64 VAE's first 2000 steps (3500 more at 3e-4 followed: the corners of small
+        shapes came with them); `train all` runs 5500 steps at once (train/recipe.py)."""
         return cls(steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, dataset_size=20000,
-                   checkpoint_every=10 ** 6, sample_every=10 ** 6)
+                   checkpoint_every=1000, sample_every=2000)
 
 
 @dataclass

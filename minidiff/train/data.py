@@ -50,18 +50,30 @@ def _shapes_data(batch, channels):
 
 
 def load_data(data: str, size: int, count: int, seed: int, channels: int | None = None,
-              need_captions: bool = False, two_object_fraction: float = 0.3) -> TrainingData:
+              need_captions: bool = False, two_object_fraction: float = 0.3,
+              extra_fraction: float = 0.0) -> TrainingData:
     """The one way a job reads ``--data``: "shapes", "digits", "folder:DIR" or "idx:DIR".
 
     ``size``: the model's image size (a folder's images are center-cropped and resized to it,
     digits padded or shrunk); ``count``: at most this many images (the shapes scenes rendered, a
     folder's first in name order, digits drawn evenly from the training split, never the held-out
     one); ``channels``: 1 or 3 (grey is repeated to RGB), None = the source's own;
-    ``need_captions``: a source without captions is a ValueError (the clip and text2image jobs)."""
+    ``need_captions``: a source without captions is a ValueError (the clip and text2image jobs);
+    ``extra_fraction``: shapes only, the share of scenes whose object 1 is pink (a colour outside
+    the base vocabulary, for the VAE that must later draw what a LoRA or a token asks for)."""
     kind, _, location = str(data).partition(":")
+    if extra_fraction and not (kind == "shapes" and not location):
+        raise ValueError(f"--extra-fraction {extra_fraction}: only --data shapes has pink objects to add; "
+                         f"--data {data} has its own images")
     if kind == "shapes" and not location:
         batch = shapes.sample(count, seed=(seed, SHAPES_DATA_SEED), size=size,
-                              two_object_fraction=two_object_fraction)
+                              two_object_fraction=two_object_fraction,
+                              extra_colours=("pink",) if extra_fraction else (), extra_fraction=extra_fraction)
+        if extra_fraction:              # the caption grammar has no pink: the images alone (the VAE's data)
+            if need_captions:
+                raise ValueError(f"--extra-fraction {extra_fraction}: pink scenes have no captions in the "
+                                 "shapes grammar, so a job that reads captions cannot take them")
+            return TrainingData(_with_channels(batch["images"], channels, data))
         return _shapes_data(batch, channels)
     if kind == "digits" and not location:
         pixels, labels = digits.load_uint8("train")

@@ -122,7 +122,7 @@ def run_vae(cfg: VAEJob, out=None, resume=False, deadline=None, stop_at=None, pr
     xp = backend.get_xp()
     model = AutoencoderKL(cfg.model, seed=cfg.seed).to(backend.device())
     data = xp.asarray(load_data(cfg.data, cfg.model.image_size, cfg.dataset_size, cfg.seed,
-                                channels=cfg.model.in_channels).images)
+                                channels=cfg.model.in_channels, extra_fraction=cfg.extra_fraction).images)
     perceptual_fn, discriminator = _vae_extras(cfg, model)
 
     def loss_fn(rng, step):
@@ -376,49 +376,6 @@ def run_digit_classifier(cfg: DigitClassifierJob, out=None, resume=False, deadli
               "by digit " + ", ".join(f"{name.split()[0]} {acc:.2f}" for name, (acc, _) in table.items()
                                       if name != "overall"))
     return result
-
-
-def run_lora(cfg, **options):
-    """The lora job lives in finetune.py (it builds on this file's diffusion loss)."""
-    from .finetune import run_lora as run
-    return run(cfg, **options)
-
-
-def run_textual_inversion(cfg, **options):
-    """The textual_inversion job lives in finetune.py too."""
-    from .finetune import run_textual_inversion as run
-    return run(cfg, **options)
-
-
-def run_controlnet(cfg, **options):
-    """The controlnet job lives in finetune.py too."""
-    from .finetune import run_controlnet as run
-    return run(cfg, **options)
-
-
-def run_noisy_classifier(cfg, **options):
-    """The noisy_classifier job (classifier guidance) lives in finetune.py too."""
-    from .finetune import run_noisy_classifier as run
-    return run(cfg, **options)
-
-
-def run_vae_decoder(cfg, **options):
-    """The vae_decoder job (the VAE's decoder alone, encoder frozen) lives in vae_decoder.py."""
-    from .vae_decoder import run_vae_decoder as run
-    return run(cfg, **options)
-
-
-def run_vae64(cfg, **options):
-    """The vae64 job (a 64x64 f = 8 VAE taught the 32x32 one's latents) lives in vae64.py."""
-    from .vae64 import run_vae64 as run
-    return run(cfg, **options)
-
-
-RUNNERS = {"pixel": run_pixel, "vae": run_vae, "latent": run_latent, "clip": run_clip,
-           "text2image": run_text2image, "classifier": run_classifier, "digit_classifier": run_digit_classifier,
-           "lora": run_lora, "textual_inversion": run_textual_inversion, "controlnet": run_controlnet,
-           "noisy_classifier": run_noisy_classifier, "vae_decoder": run_vae_decoder,
-           "vae64": run_vae64}
 
 
 def train_classifier(steps: int = 600, batch_size: int = 32, seed: int = 0, device: str | None = None,

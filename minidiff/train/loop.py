@@ -62,7 +62,8 @@ from ..utils import image_grid
 from .config import TrainConfig
 
 # fields that may change when a run is resumed (bookkeeping and where the inputs live)
-RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "sample_every", "vae", "text_encoder", "tokenizer")
+RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "sample_every", "vae", "text_encoder", "tokenizer",
+                     "teacher")
 
 
 LOCK_FILE = ".train.lock"          # in an --out folder while a run trains into it
@@ -345,7 +346,7 @@ def fit(job: str, model, loss_fn, cfg: TrainConfig, config: dict, out=None, resu
     return FitResult(model, step, complete, steps_run, seconds, final_loss, path, history, metrics)
 
 
-# -- the jobs that write one file when they end (the fine-tunes, vae_decoder, vae64) ----------------
+# -- the jobs that write one file when they end (the fine-tunes, vae_decoder) ----------------------
 def fresh_output(job: str, out, resume: bool, what: str, name: str):
     """A fine-tune starts afresh and writes one file when it ends: --resume is an error, and so is a
     folder that already holds the file (nothing is overwritten; choose another --out or delete it)."""

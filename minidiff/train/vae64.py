@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, zoo
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint
 from ..datasets import shapes
 from ..models.vae import AutoencoderKL
 from ..models.vae_loss import reconstruction_loss
 from ..nn.module import no_grad
 from .config import VAE64Job
 from .data import SHAPES_DATA_SEED
-from .loop import fit, fresh_output, keep_file
+from .loop import fit
 
 
 def teacher_moments(teacher, images, batch_size=256):
@@ -90,8 +90,8 @@ def distillation_loss(student, x64, z, mean_t, logvar_t, logvar_weight=0.01, rec
 
 def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None, progress=True, ship_dtype=None):
     """Train an f = 8 VAE (``cfg.model``) on the latent space of the VAE at ``cfg.teacher``; with
-    ``out``, write DIR/vae.npz: a finished VAE with the teacher's scale factor."""
-    fresh_output("vae64", out, resume, "the VAE", zoo.FILES["vae"])
+    ``out``, DIR/vae.npz: checkpoints while it trains (``--resume`` continues one, as for every base
+    job), and at the end a finished VAE with the teacher's scale factor."""
     xp = backend.get_xp()
     source = load_checkpoint(cfg.teacher, hint="the 32x32 VAE it learns from: train one with "
                                                "python -m minidiff train vae")
@@ -112,34 +112,30 @@ def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None
     std_t = xp.exp(0.5 * logvar_t)
     images = xp.asarray(large)
     del teacher, small
-    student.train()
 
     def loss_fn(rng, step):
-        student.zero_grad()
         idx = rng.integers(0, images.shape[0], size=(cfg.batch_size,))
         # a latent the teacher could have given the 32x32 twin: z ~ q_T(z | x32)
         z = mean_t[idx] + std_t[idx] * rng.standard_normal(mean_t[idx].shape, dtype=mean_t.dtype)
         return distillation_loss(student, images[idx], z, mean_t[idx], logvar_t[idx], cfg.logvar_weight, cfg.recon)
 
-    config = {"job": "vae64", "train": dataclasses.asdict(cfg)}
-    result = fit("vae", student, loss_fn, cfg, config, out=None, deadline=deadline, stop_at=stop_at,
-                 progress=progress)
-    student.zero_grad()
-    student.eval()
-    if keep_file(result, cfg, out):
-        path = Path(out) / zoo.FILES["vae"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        recorded = {"job": "vae", "model": dataclasses.asdict(student.config),
-                    "train": {**dataclasses.asdict(cfg), "job": "vae64"},
-                    "teacher": {"path": Path(cfg.teacher).name, "config": source.config.get("model")}}
-        start = int(load_checkpoint(cfg.init).step or 0) if cfg.init is not None else 0
-        save_checkpoint(path, model=student, config=recorded, step=start + result.step,
-                        extra={"scale_factor": np.asarray(student.scale_factor, np.float64)}, dtype=ship_dtype)
-        result.checkpoint = path
-        print(f"vae64: -> {path}")
-    result.vae = student
-    result.evaluation = distillation_report(student, zoo.load_vae(cfg.teacher, backend.device()), seed=cfg.seed)
-    print("vae64: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in result.evaluation.items()))
+    def sample_fn(vae):             # 8 of the 64x64 scenes, then the same 8 drawn from the teacher's latents
+        return xp.concatenate([images[:8], vae.decode(mean_t[:8])])
+
+    def finalize(vae):              # the teacher's scale factor: the latents are the teacher's
+        return {"scale_factor": np.asarray(vae.scale_factor, np.float64)}
+
+    # a "vae" checkpoint (every loader reads it as a VAE); its train section says it was distilled
+    config = {"job": "vae", "model": dataclasses.asdict(student.config),
+              "train": {**dataclasses.asdict(cfg), "job": "vae64"},
+              "teacher": {"path": Path(cfg.teacher).name, "config": source.config.get("model")}}
+    result = fit("vae64", student, loss_fn, cfg, config, out, resume, deadline, stop_at, sample_fn=sample_fn,
+                 finalize=finalize, progress=progress, ship_dtype=ship_dtype)
+    result.vae = result.model
+    if result.complete:
+        student.eval()
+        result.evaluation = distillation_report(student, zoo.load_vae(cfg.teacher, backend.device()), seed=cfg.seed)
+        print("vae64: held-out " + ", ".join(f"{k} {v:.3f}" for k, v in result.evaluation.items()))
     return result
 
 
