@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -167,3 +168,15 @@ def test_vae64_stopped_and_resumed_is_the_run_that_never_stopped(tmp_path):
     vae = zoo.load_vae(tmp_path / "pieces" / "vae.npz")       # a finished VAE with the teacher's scale factor
     assert vae.scale_factor == zoo.load_vae(cfg.teacher).scale_factor
     assert set(rest.evaluation) == {"latent_error", "psnr_64", "psnr_teacher_32"}
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_no_stage_starts_once_the_time_is_up(tmp_path, parallel, monkeypatch):
+    """--max-minutes: a stage that has not started by the deadline waits for the next run."""
+    monkeypatch.setitem(recipe.RUNNERS, "clip", lambda *a, **k: pytest.fail("started after the deadline"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert not train.run_all(tmp_path / "run", overrides=TINY, progress=False, parallel=parallel,
+                                 deadline=time.perf_counter() - 1)
+    assert "--max-minutes is up; run the same command again" in printed.getvalue()
+    assert not list((tmp_path / "run").glob("*.npz"))
