@@ -277,3 +277,20 @@ def load_into(model, ckpt, use_ema=False, optimizer=None, ema=None):
             raise CheckpointError(f"checkpoint {ckpt.path} does not fit the {type(target).__name__} "
                                   f"[{section}]: {exc}{hint}") from None
     return ckpt
+
+
+def config_from_dict(cls, values, where="the checkpoint"):
+    """A model config dataclass from its JSON form (lists back to tuples); anything that does not
+    build one is a CheckpointError naming the class and the problem."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{cls.__name__}: the model config in {where} must be a JSON object, "
+                              f"got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CheckpointError(f"{cls.__name__}: unknown fields {unknown} in {where}'s config")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{cls.__name__}: the model config in {where} is invalid ({exc})") from None

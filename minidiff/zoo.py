@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from .checkpoint import CheckpointError, config_from_dict, load_checkpoint, load_into, save_checkpoint  # noqa: F401
 from .diffusion.schedule import PREDICTION_TYPES, SCHEDULES
 from .models.classifier import AttributeClassifier, ClassifierConfig
 from .models.clip import CLIPConfig, MiniCLIP
@@ -75,23 +75,6 @@ def checkpoint_config(job: str, model, train: dict | None = None, diffusion: dic
     if diffusion is not None:
         config["diffusion"] = dict(diffusion)
     return config
-
-
-def config_from_dict(cls, values, where="the checkpoint"):
-    """A model config dataclass from its JSON form (lists back to tuples); anything that does not
-    build one is a CheckpointError naming the class and the problem."""
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{cls.__name__}: the model config in {where} must be a JSON object, "
-                              f"got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise CheckpointError(f"{cls.__name__}: unknown fields {unknown} in {where}'s config")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{cls.__name__}: the model config in {where} is invalid ({exc})") from None
 
 
 def checkpoint_job(ckpt) -> str:

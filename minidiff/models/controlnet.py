@@ -229,8 +229,7 @@ def load_controlnet(path, unet):
     """A ControlledUNet: ``unet`` locked, steered by the ControlNet saved at ``path``; one clear error
     when the file is no ControlNet, or one made for another U-Net."""
     from .. import backend
-    from ..checkpoint import load_checkpoint
-    from ..zoo import config_from_dict
+    from ..checkpoint import config_from_dict, load_checkpoint
     from .lora import AdapterMismatch
     ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train controlnet`")
     config = ckpt.config if isinstance(ckpt.config, dict) else {}
