@@ -246,3 +246,31 @@ def test_vae_job_trains_with_perceptual_and_adversarial_terms(tmp_path, monkeypa
     with pytest.raises(ValueError, match="sees 32x32 images, the VAE 16x16"):
         train.run_vae(dataclasses.replace(cfg, model=VAEConfig(base_channels=8, channel_mults=(1, 2), norm_groups=4,
                                                                image_size=16)), out=tmp_path / "b", progress=False)
+
+
+def test_drop_captions_replaces_whole_rows_the_same_in_every_view():
+    """Conditioning dropout: a dropped row is the empty caption in its states AND its mask; p = 0
+    keeps every caption, p = 1 drops every one, and about p of the rows go in between."""
+    from minidiff.train.data import drop_captions
+    rng = np.random.default_rng(0)
+    states, masks = rng.standard_normal((400, 5, 3)).astype(np.float32), rng.random((400, 5)) < 0.5
+    empty_state, empty_mask = np.zeros((1, 5, 3), np.float32), np.zeros((1, 5), bool)
+    kept = drop_captions(np.random.default_rng(1), 0.0, (states, empty_state), (masks, empty_mask))
+    assert np.array_equal(kept[0], states) and np.array_equal(kept[1], masks)
+    gone = drop_captions(np.random.default_rng(1), 1.0, (states, empty_state), (masks, empty_mask))
+    assert not gone[0].any() and not gone[1].any()
+    half_states, half_masks = drop_captions(np.random.default_rng(1), 0.3, (states, empty_state), (masks, empty_mask))
+    dropped = ~half_states.reshape(400, -1).any(axis=1)
+    assert 0.2 < dropped.mean() < 0.4
+    assert np.array_equal(half_states[~dropped], states[~dropped]) and np.array_equal(half_masks[~dropped], masks[~dropped])
+    assert not half_masks[dropped].any()
+
+
+def test_draw_latents_samples_the_posterior():
+    from minidiff.train.data import draw_latents
+    means = np.full((20000, 2), [1.0, -3.0], np.float32)
+    stds = np.full((20000, 2), [0.5, 2.0], np.float32)
+    z = draw_latents(np.random.default_rng(0), means, stds)
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z.mean(axis=0), [1.0, -3.0], atol=0.05)
+    np.testing.assert_allclose(z.std(axis=0), [0.5, 2.0], rtol=0.03)

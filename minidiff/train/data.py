@@ -128,6 +128,23 @@ def gather(rng, *arrays, batch_size):
     return [a[idx] for a in arrays]
 
 
+def draw_latents(rng, means, stds):
+    """z ~ q(z | x) = N(mean, std^2) for gathered rows: z = mean + std * eps, eps ~ N(0, I). A new
+    eps every step keeps the VAE's own noise in the training data (``encode_dataset``)."""
+    return means + stds * rng.standard_normal(means.shape, dtype=means.dtype)
+
+
+def drop_captions(rng, p: float, *pairs):
+    """Conditioning dropout, for classifier-free guidance: with probability ``p`` a row's caption
+    becomes the empty one, so one network also learns the unconditional eps(x_t, t, "").
+
+    pairs: (batch (B, ...), the empty caption's row (1, ...)), each a view of the same captions
+    (e.g. its states and its mask). One draw per row, the same for every pair; returns the batches."""
+    xp = backend.get_array_module(pairs[0][0])
+    drop = rng.random((pairs[0][0].shape[0],), dtype=np.float32) < p
+    return [xp.where(drop.reshape((-1,) + (1,) * (batch.ndim - 1)), empty, batch) for batch, empty in pairs]
+
+
 def encode_dataset(vae, images, batch_size=256):
     """Posterior means and standard deviations of every image's latent (scaled), on the device.
 

@@ -56,7 +56,7 @@ from ..nn.module import Module, Parameter, no_grad
 from ..pipeline import Pipeline
 from ..nn import functional as F
 from .config import ControlNetJob, LoRAJob, NoisyClassifierJob, TextualInversionJob
-from .data import SHAPES_DATA_SEED, encode_dataset, text_states
+from .data import SHAPES_DATA_SEED, draw_latents, drop_captions, encode_dataset, text_states
 from .jobs import _diffusion_loss_fn
 from .loop import fit, fresh_output, keep_file
 from ..evaluate.adapters import colour_share, object_colours  # noqa: F401  (judging lives in evaluate)
@@ -87,7 +87,6 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
 
     (The adapters are small and quick to train, so a run is not resumed: it starts afresh.)"""
     fresh_output("lora", out, resume, "the adapter", LORA_FILE)
-    xp = backend.get_xp()
     vae, text_encoder, tokenizer, unet, diffusion = _frozen_models(cfg)
     if diffusion["schedule"] != cfg.schedule or diffusion["prediction_type"] != cfg.prediction_type:
         cfg = dataclasses.replace(cfg, schedule=diffusion["schedule"], prediction_type=diffusion["prediction_type"],
@@ -105,10 +104,9 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
 
     def draw_batch(rng):
         idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
-        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
-        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout   # keep the unconditional branch
-        context = xp.where(drop[:, None, None], empty_state, states[idx])
-        context_mask = xp.where(drop[:, None], empty_mask, masks[idx])
+        z0 = draw_latents(rng, means[idx], stds[idx])
+        # keep the unconditional branch: captions dropped as the base model's were
+        context, context_mask = drop_captions(rng, cfg.cond_dropout, (states[idx], empty_state), (masks[idx], empty_mask))
         return z0, context, context_mask
 
     unet.train()
@@ -225,10 +223,8 @@ def run_textual_inversion(cfg: TextualInversionJob, out=None, resume=False, dead
         unet.zero_grad()
         text_encoder.zero_grad()                   # the frozen weights' gradients are computed, never used
         idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
-        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
-        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout
-        ids_b = xp.where(drop[:, None], empty_ids, ids[idx])
-        mask_b = xp.where(drop[:, None], empty_mask, masks[idx])
+        z0 = draw_latents(rng, means[idx], stds[idx])
+        ids_b, mask_b = drop_captions(rng, cfg.cond_dropout, (ids[idx], empty_ids), (masks[idx], empty_mask))
         context, _ = text_encoder.forward(ids_b, mask_b)                        # reads v at the placeholder
         x_t, t, noise, _ = training_targets(schedule, z0, rng, prediction_type)
         prediction = unet.forward(x_t, t, context, mask_b)
@@ -322,10 +318,8 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
     def loss_fn(rng, step):
         unet.zero_grad()                           # the locked U-Net's gradients are computed, never used
         idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
-        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
-        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout
-        context = xp.where(drop[:, None, None], empty_state, states[idx])
-        context_mask = xp.where(drop[:, None], empty_mask, masks[idx])
+        z0 = draw_latents(rng, means[idx], stds[idx])
+        context, context_mask = drop_captions(rng, cfg.cond_dropout, (states[idx], empty_state), (masks[idx], empty_mask))
         x_t, t, noise, _ = training_targets(schedule, z0, rng, prediction_type)
         prediction = model.forward(x_t, t, context, context_mask, controls[idx])
         loss, d_out = diffusion_loss(prediction, z0, noise, t, schedule, prediction_type, None)
@@ -364,7 +358,7 @@ def run_noisy_classifier(cfg: NoisyClassifierJob, out=None, resume=False, deadli
 
     def loss_fn(rng, step):
         idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
-        z0 = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)
+        z0 = draw_latents(rng, means[idx], stds[idx])
         t = rng.integers(0, schedule.num_steps, size=(cfg.batch_size,))
         # z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps: the classifier must read colours through the noise
         z_t = schedule.q_sample(z0, t, rng.standard_normal(z0.shape, dtype=z0.dtype))

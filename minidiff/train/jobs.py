@@ -34,7 +34,8 @@ from ..optim import AdamW
 from ..pipeline import Pipeline
 from .config import (ClassifierJob, ClipJob, DiffusionTrainConfig, DigitClassifierJob, LatentJob, PixelJob,
                      Text2ImageJob, VAEJob)
-from .data import SHAPES_DATA_SEED, encode_dataset, gather, load_data, load_heldout, text_states
+from .data import (SHAPES_DATA_SEED, draw_latents, drop_captions, encode_dataset, gather, load_data,
+                   load_heldout, text_states)
 from .loop import fit
 
 
@@ -166,8 +167,7 @@ def run_latent(cfg: LatentJob, out=None, resume=False, deadline=None, stop_at=No
 
     def draw_batch(rng):
         mean, std = gather(rng, means, stds, batch_size=cfg.batch_size)
-        # z ~ q(z | x), already scaled: z = mean + std * eps
-        return mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype), None, None
+        return draw_latents(rng, mean, std), None, None                     # z ~ q(z | x), already scaled
 
     shape = (cfg.num_samples,) + means.shape[1:]
     decode = lambda z: xp.clip(vae.decode_latents(z), -1, 1)           # noqa: E731
@@ -265,7 +265,6 @@ def run_clip(cfg: ClipJob, out=None, resume=False, deadline=None, stop_at=None, 
 
 def run_text2image(cfg: Text2ImageJob, out=None, resume=False, deadline=None, stop_at=None, progress=True,
                    ship_dtype=None):
-    xp = backend.get_xp()
     vae = zoo.load_vae(cfg.vae)
     text_encoder = zoo.load_text_encoder(cfg.text_encoder)
     tokenizer = zoo.load_tokenizer(cfg.tokenizer, text_encoder.config.vocab_size)
@@ -286,11 +285,9 @@ def run_text2image(cfg: Text2ImageJob, out=None, resume=False, deadline=None, st
 
     def draw_batch(rng):
         mean, std, context, context_mask = gather(rng, means, stds, states, masks, batch_size=cfg.batch_size)
-        z0 = mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype)         # z ~ q(z | x), scaled
+        z0 = draw_latents(rng, mean, std)                                          # z ~ q(z | x), scaled
         # conditioning dropout: with probability cond_dropout the caption becomes "" (for guidance)
-        drop = rng.random((cfg.batch_size,), dtype=np.float32) < cfg.cond_dropout
-        context = xp.where(drop[:, None, None], empty_state, context)
-        context_mask = xp.where(drop[:, None], empty_mask, context_mask)
+        context, context_mask = drop_captions(rng, cfg.cond_dropout, (context, empty_state), (context_mask, empty_mask))
         return z0, context, context_mask
 
     pipe = Pipeline(vae=vae, unet=model, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule,

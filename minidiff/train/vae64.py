@@ -40,7 +40,7 @@ from ..models.vae import AutoencoderKL
 from ..models.vae_loss import reconstruction_loss
 from ..nn.module import no_grad
 from .config import VAE64Job
-from .data import SHAPES_DATA_SEED
+from .data import SHAPES_DATA_SEED, draw_latents
 from .loop import fit
 
 
@@ -116,7 +116,7 @@ def run_vae64(cfg: VAE64Job, out=None, resume=False, deadline=None, stop_at=None
     def loss_fn(rng, step):
         idx = rng.integers(0, images.shape[0], size=(cfg.batch_size,))
         # a latent the teacher could have given the 32x32 twin: z ~ q_T(z | x32)
-        z = mean_t[idx] + std_t[idx] * rng.standard_normal(mean_t[idx].shape, dtype=mean_t.dtype)
+        z = draw_latents(rng, mean_t[idx], std_t[idx])
         return distillation_loss(student, images[idx], z, mean_t[idx], logvar_t[idx], cfg.logvar_weight, cfg.recon)
 
     def sample_fn(vae):             # 8 of the 64x64 scenes, then the same 8 drawn from the teacher's latents

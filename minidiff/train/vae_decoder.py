@@ -25,7 +25,7 @@ from ..evaluate.adapters import colour_share
 from ..models.vae_loss import reconstruction_loss
 from ..nn.module import Module, no_grad
 from .config import VAEDecoderJob
-from .data import SHAPES_DATA_SEED, encode_dataset
+from .data import SHAPES_DATA_SEED, draw_latents, encode_dataset
 from .loop import fit, fresh_output, keep_file
 
 
@@ -64,7 +64,7 @@ def run_vae_decoder(cfg: VAEDecoderJob, out=None, resume=False, deadline=None, s
     def loss_fn(rng, step):
         vae.zero_grad()
         idx = rng.integers(0, means.shape[0], size=(cfg.batch_size,))
-        z = (means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, dtype=means.dtype)) / scale
+        z = draw_latents(rng, means[idx], stds[idx]) / scale            # z ~ q(z | x), unscaled for the decoder
         x_rec = vae.decode(z)
         loss, d_rec = reconstruction_loss(x_rec, images[idx], cfg.recon)
         vae.decode_backward(d_rec)                     # the encoder is not run: it gets no gradient
