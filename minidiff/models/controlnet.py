@@ -15,10 +15,10 @@ base model bit for bit, and training grows the control from nothing (the hint en
 starts at zero too). s is ``control_scale``. The copy runs the U-Net's own DownBlock / MidBlock
 forward and backward; the hint encoder and the zero convs are plain convs with theirs.
 
-``ControlledUNet`` wraps a locked U-Net with a ControlNet and runs the locked U-Net's forward with
-the residuals added (unet.py has no hook for them, so the wrapper steps through the U-Net's parts in
-its own order: conv_in, down blocks, middle, residuals in, up blocks, conv_out), and the mirrored
-backward, whose skip gradients are also the gradients of the residuals.
+``ControlledUNet`` wraps a locked U-Net with a ControlNet: it runs the ControlNet, then the locked
+U-Net's own forward with the residuals handed in (``UNet.forward(..., residuals=...)`` adds them to
+its skips and middle), and the U-Net's own backward, whose skip and middle gradients
+(``UNet.residual_grads``) are also the gradients of the residuals.
 
 Control images: ``edge_map`` draws white outlines on black from any image with a Sobel operator
 (conv2d with the two 3x3 kernels, |G| thresholded) -- minidiff's own conv, not a library's.
@@ -167,42 +167,17 @@ class ControlledUNet(Module):
         yield "controlnet", self.controlnet
 
     def forward(self, x, t, context=None, context_mask=None, control=None):
-        unet = self._unet
-        t, mask = unet._check_inputs(x, t, context, context_mask)
-        temb = unet.time_embedding(t)
-        h = unet.conv_in(x)
-        skips = [h]
-        for block in unet.down_blocks:
-            h = block(h, temb, context, mask, skips)
-        h = unet.mid_block(h, temb, context, mask)
+        _, mask = self._unet._check_inputs(x, t, context, context_mask)
         down, mid = self.controlnet(x, t, context, mask, control)
         s = x.dtype.type(self.control_scale)
-        # skip_i <- skip_i + s r_i;  mid <- mid + s r_mid
-        skips = [skip + s * r for skip, r in zip(skips, down)]
-        h = h + s * mid
-        for block in unet.up_blocks:
-            h = block(h, temb, context, mask, skips)
-        return unet.conv_out(unet.conv_norm_out(h))
+        # the locked U-Net with skip_i <- skip_i + s r_i and mid <- mid + s r_mid
+        return self._unet.forward(x, t, context, context_mask, residuals=([s * r for r in down], s * mid))
 
     def backward(self, d_out):
-        unet = self._unet
         s = d_out.dtype.type(self.control_scale)
-        dh = unet.conv_norm_out.backward(unet.conv_out.backward(d_out))
-        dtemb = dcontext = None
-        dskips = []
-        for block in reversed(unet.up_blocks):
-            dh, dt, dc = block.backward(dh, dskips)
-            dtemb, dcontext = _add(dtemb, dt), _add(dcontext, dc)
-        # dskips is in the skips' order (the decoder pushes skip 0's gradient first, as it popped it last).
-        # forward was: skip_i + s r_i, mid + s r_mid: the residuals get s times the same gradients
-        dx_control, dc_control = self.controlnet.backward(([s * d for d in dskips], s * dh))
-        dh, dt, dc = unet.mid_block.backward(dh)
-        dtemb, dcontext = _add(dtemb, dt), _add(dcontext, dc)
-        for block in reversed(unet.down_blocks):
-            dh, dt, dc = block.backward(dh, dskips)     # each pops its own skips' gradients
-            dtemb, dcontext = _add(dtemb, dt), _add(dcontext, dc)
-        dx = unet.conv_in.backward(dh + dskips.pop())   # conv_in's output was skip 0 as well
-        unet.time_embedding.backward(dtemb)
+        dx, dcontext = self._unet.backward(d_out)
+        d_down, d_mid = self._unet.residual_grads       # forward added s r: the residuals get s times these
+        dx_control, dc_control = self.controlnet.backward(([s * d for d in d_down], s * d_mid))
         return dx + dx_control, _add(dcontext, dc_control)
 
 

@@ -414,7 +414,10 @@ class UNet(Module):
         return t, mask
 
     # -- forward and backward --------------------------------------------------------------------
-    def forward(self, x, t, context=None, context_mask=None):
+    def forward(self, x, t, context=None, context_mask=None, residuals=None):
+        """eps (or x0, v) for x_t at timesteps t. ``residuals``: (one array per skip, one for the
+        middle), added to the encoder's outputs before the decoder reads them -- a ControlNet's way in
+        (models/controlnet.py); their gradients are ``residual_grads`` after ``backward``."""
         t, mask = self._check_inputs(x, t, context, context_mask)
         temb = self.time_embedding(t)                             # (B, temb)
         h = self.conv_in(x)                                       # (B, C0, H, W)
@@ -422,6 +425,11 @@ class UNet(Module):
         for block in self.down_blocks:
             h = block(h, temb, context, mask, skips)
         h = self.mid_block(h, temb, context, mask)                # (B, C_last, H/f, W/f)
+        self._with_residuals = residuals is not None
+        if residuals is not None:                                 # skip_i <- skip_i + r_i;  mid <- mid + r_mid
+            down, mid = residuals
+            skips = [skip + r for skip, r in zip(skips, down)]
+            h = h + mid
         for block in self.up_blocks:
             h = block(h, temb, context, mask, skips)
         return self.conv_out(self.conv_norm_out(h))               # (B, out, H, W)
@@ -433,6 +441,9 @@ class UNet(Module):
         for block in reversed(self.up_blocks):
             dh, dt, dc = block.backward(dh, dskips)
             dtemb, dcontext = _add(dtemb, dt), _add(dcontext, dc)
+        # dskips is in the skips' order (the decoder pushes skip 0's gradient last, as it popped it last);
+        # a residual added to a skip (or to the middle) gets that tensor's gradient as it is
+        self.residual_grads = (list(dskips), dh) if getattr(self, "_with_residuals", False) else None
         dh, dt, dc = self.mid_block.backward(dh)
         dtemb, dcontext = _add(dtemb, dt), _add(dcontext, dc)
         for block in reversed(self.down_blocks):
