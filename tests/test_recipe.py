@@ -180,3 +180,19 @@ def test_no_stage_starts_once_the_time_is_up(tmp_path, parallel, monkeypatch):
                                  deadline=time.perf_counter() - 1)
     assert "--max-minutes is up; run the same command again" in printed.getvalue()
     assert not list((tmp_path / "run").glob("*.npz"))
+
+
+def test_a_folder_of_another_recipe_is_refused_not_mixed_in(tmp_path):
+    """An older `train all` folder holds a U-Net trained on vae.npz's latents; this recipe's vae.npz is
+    another model (the 64x64 one): keeping that U-Net would decode its latents with the wrong VAE."""
+    from minidiff.checkpoint import save_checkpoint
+    from minidiff.models.unet import UNet
+    out = tmp_path / "old"
+    out.mkdir()
+    cfg = train.make_config("text2image", "quick", {"steps": 1})
+    unet = UNet(dataclasses.replace(cfg.model, in_channels=4, out_channels=4, image_size=8, context_dim=128))
+    config = zoo.checkpoint_config("text2image", unet, {**dataclasses.asdict(cfg), "vae": str(out / "vae.npz")},
+                                   cfg.diffusion())
+    save_checkpoint(out / "unet.npz", model=unet, config=config, step=1, extra={"complete": np.asarray(1)})
+    with pytest.raises(ValueError, match="trained with vae vae.npz, where this recipe gives it vae32.npz"):
+        train.run_all(out, overrides=TINY, progress=False)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import backend, zoo
+from ..checkpoint import load_checkpoint
 from ..files import atomic_write_bytes
 from .config import JOB_CONFIGS, make_config
 from .runners import RUNNERS
@@ -155,6 +156,18 @@ def is_finished(out, stage: Stage) -> bool:
         zoo.is_complete(out / stage.rename.get(stage.checkpoint, stage.checkpoint))
 
 
+def check_inputs(out, stage: Stage):
+    """A finished stage must have been trained on the files this recipe gives it: a folder holding an
+    older recipe's models (a U-Net trained on another VAE's latents, say) is refused, not mixed in."""
+    checkpoint = Path(out) / stage.rename.get(stage.checkpoint, stage.checkpoint)
+    recorded = (load_checkpoint(checkpoint).config or {}).get("train", {})
+    for setting, name in stage.inputs.items():
+        used = recorded.get(setting) if isinstance(recorded, dict) else None
+        if isinstance(used, str) and Path(used).name != name:
+            raise ValueError(f"train all: {checkpoint} was trained with {setting} {Path(used).name}, where this recipe "
+                             f"gives it {name} (the folder holds another recipe's models); choose a new --out")
+
+
 def publish(out, stage: Stage):
     """Copy a completed stage's files from its work folder up into DIR (each written atomically)."""
     work = work_folder(out, stage)
@@ -216,6 +229,9 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
     configs = stage_configs(out, preset, overrides)
     stages = recipe_for(overrides.get("data"))
     todo = [stage for stage in stages if not is_finished(out, stage)]
+    for stage in stages:
+        if stage not in todo:
+            check_inputs(out, stage)
     _print_plan(out, stages, todo, configs, parallel)
     run = _Run(out, preset, overrides, deadline, progress, ship_dtype, parallel)
     try:
@@ -247,7 +263,8 @@ def _one_at_a_time(run: _Run, stages, configs) -> bool:
 
 def _stage_process(name, out, preset, overrides, seconds_left, ship_dtype, device, results):
     """A child process's whole life: one stage, then its outcome (or its error, in one line) on ``results``."""
-    sys.stdout.reconfigure(line_buffering=True)          # its lines as they come, not in blocks
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)      # its lines as they come, not in blocks
     try:
         backend.set_device(device)
         stage = next(s for s in recipe_for(overrides.get("data")) if s.name == name)
