@@ -282,7 +282,7 @@ def _stage_process(name, out, preset, overrides, seconds_left, ship_dtype, devic
 def _side_by_side(run: _Run, stages, configs) -> bool:
     """Start every stage whose inputs are finished, up to ``run.parallel`` at once, each in a
     process of its own (spawned: a fresh interpreter, as CUDA needs), until all are complete. A
-    stage that fails stops the others (each saves a checkpoint) and ends the run with its message."""
+    stage that fails stops the others (each keeps its last checkpoint) and ends the run with its message."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     waiting, running = list(stages), {}
@@ -349,7 +349,7 @@ def _next_outcome(results, running):
 
 
 def _stop(running):
-    """SIGTERM to every stage still training (each saves a checkpoint and stops), then wait for them."""
+    """SIGTERM to every stage still training (each stops as on Ctrl-C, its last checkpoint kept), then wait."""
     for process in running.values():
         if process.is_alive():
             process.terminate()
