@@ -105,9 +105,10 @@ def test_stages_side_by_side_give_the_same_models_as_one_after_another(tmp_path)
     assert rows["text2image"]["started_s"] >= max(rows["clip"]["ended_s"], rows["vae"]["ended_s"]) - 0.5
 
 
-def test_a_stage_that_fails_side_by_side_is_one_line_and_a_nonzero_exit(tmp_path, capsys):
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_stage_that_fails_is_one_line_naming_it_and_a_nonzero_exit(tmp_path, capsys, parallel):
     code = cli.main(["train", "all", "--data", f"folder:{tmp_path / 'nowhere'}", "--out", tmp_path / "out",
-                     "--steps", "2", "--parallel", "2", "--no-progress", "--device", "cpu"])
+                     "--steps", "2", "--parallel", parallel, "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("minidiff: error: train all: stage ") and "nowhere" in err[0], err

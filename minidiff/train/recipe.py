@@ -254,11 +254,21 @@ def _one_at_a_time(run: _Run, stages, configs) -> bool:
         if run.deadline is not None and run.left() <= 0:
             return False
         started = run.clock()
-        outcome = run_stage(run.out, stage, configs[stage.name], run.deadline, run.progress, run.ship_dtype)
+        try:
+            outcome = run_stage(run.out, stage, configs[stage.name], run.deadline, run.progress, run.ship_dtype)
+        except (Exception, KeyboardInterrupt) as error:
+            raise _naming_the_stage(error, stage.name)
         run.times[stage.name] = {**outcome, "started": started, "ended": run.clock()}
         if not outcome["complete"]:
             return False
     return True
+
+
+def _naming_the_stage(error, name):
+    """The same exception (so the command line gives it the same exit code), its message saying
+    which stage it ended."""
+    error.args = (f"train all: stage {name}: {' '.join(str(error).split()) or type(error).__name__}",)
+    return error
 
 
 def _stage_process(name, out, preset, overrides, seconds_left, ship_dtype, device, results):
@@ -316,8 +326,7 @@ def _side_by_side(run: _Run, stages, configs) -> bool:
             if error is not None:        # the child's own exception, its message saying which stage
                 run.times[name]["error"] = f"{type(error).__name__}: {error}"
                 _stop(running)
-                error.args = (f"train all: stage {name}: {' '.join(str(error).split()) or type(error).__name__}",)
-                raise error
+                raise _naming_the_stage(error, name)
             took = run.times[name]["ended"] - run.times[name]["started"]
             print(f"train all: {name} {'complete' if outcome['complete'] else 'stopped'} after {took:.0f} s",
                   flush=True)
