@@ -114,7 +114,16 @@ def test_a_stage_that_fails_is_one_line_naming_it_and_a_nonzero_exit(tmp_path, c
     assert err[0].startswith("minidiff: error: train all: stage ") and "nowhere" in err[0], err
 
 
+def test_plan_prints_the_stages_and_trains_nothing(tmp_path, capsys):
+    code = cli.main(["train", "all", "--plan", "--preset", "full", "--out", tmp_path / "out", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0 and not (tmp_path / "out").exists()
+    assert "5 of 5 stages to train" in printed
+    assert "8000 x 256  after clip, vae32" in printed and "-> classifier64.npz" in printed
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["pixel", "--plan"], "--plan: only `train all` has a plan of stages"),
     (["pixel", "--parallel", "2"], "--parallel 2: only `train all` has stages to run side by side"),
     (["all", "--parallel", "0"], "--parallel must be an integer >= 1, got 0"),
 ])

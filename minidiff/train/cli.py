@@ -12,7 +12,7 @@ from .. import backend, zoo
 from .config import JOBS, OVERRIDES, make_config
 from .runners import RUNNERS
 from .loop import LOCK_FILE, output_lock
-from .recipe import default_parallel, run_all, stage_configs, stages_for  # noqa: F401 (train all)
+from .recipe import default_parallel, plan, run_all, stage_configs, stages_for  # noqa: F401 (train all)
 
 OUTPUT_DIR = zoo.REPO_ROOT / "outputs" / "train"
 
@@ -29,6 +29,8 @@ def add_arguments(parser):
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="save a checkpoint and stop after this many minutes (continue with --resume)")
     parser.add_argument("--stop-at", type=int, default=None, help="save a checkpoint and stop at this step")
+    parser.add_argument("--plan", action="store_true",
+                        help="all: print the stages (work, order, files) and train nothing")
     parser.add_argument("--parallel", type=int, default=None,
                         help="all: stages trained side by side, each in a process of its own (default 3 on a "
                              "GPU, 1 on a CPU)")
@@ -89,6 +91,8 @@ def main(args) -> int:
         raise ValueError(f"--parallel {args.parallel}: only `train all` has stages to run side by side")
     if args.parallel is not None and args.parallel < 1:
         raise ValueError(f"--parallel must be an integer >= 1, got {args.parallel}")
+    if args.plan and args.job != "all":
+        raise ValueError(f"--plan: only `train all` has a plan of stages (`train {args.job} --help` lists its settings)")
     deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
     out = Path(args.out) if args.out else OUTPUT_DIR
     if out.exists() and not out.is_dir():
@@ -96,6 +100,9 @@ def main(args) -> int:
     overrides = {name: getattr(args, name) for name in OVERRIDES}
     ship_dtype = np.float16 if args.half else None
     # the settings are checked before --out is made: a bad option leaves no new folder behind
+    if args.job == "all" and args.plan:
+        plan(out, args.preset, overrides, args.parallel if args.parallel is not None else default_parallel())
+        return 0
     if args.job == "all":
         stage_configs(out, args.preset, overrides)
     else:

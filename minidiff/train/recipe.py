@@ -226,13 +226,7 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
         raise ValueError(f"--parallel must be an integer >= 1, got {parallel!r}")
     out = Path(out)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    configs = stage_configs(out, preset, overrides)
-    stages = recipe_for(overrides.get("data"))
-    todo = [stage for stage in stages if not is_finished(out, stage)]
-    for stage in stages:
-        if stage not in todo:
-            check_inputs(out, stage)
-    _print_plan(out, stages, todo, configs, parallel)
+    stages, todo, configs = plan(out, preset, overrides, parallel)
     run = _Run(out, preset, overrides, deadline, progress, ship_dtype, parallel)
     try:
         complete = (_one_at_a_time if parallel == 1 else _side_by_side)(run, todo, configs)
@@ -372,6 +366,22 @@ def _stop(running):
 # -- what it will do, and what it took -------------------------------------------------------------
 def _work(cfg) -> str:
     return f"{cfg.steps} x {cfg.batch_size}"
+
+
+def plan(out, preset="quick", overrides=None, parallel=1):
+    """Print what ``train all`` would do in ``out`` (``--plan`` stops here): each stage, its work, what
+    it waits for, what it writes, and whether it is finished already. Every setting is checked, and
+    a finished stage's inputs too (``check_inputs``). Returns (stages, those to train, configs)."""
+    out = Path(out)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    configs = stage_configs(out, preset, overrides)
+    stages = recipe_for(overrides.get("data"))
+    todo = [stage for stage in stages if not is_finished(out, stage)]
+    for stage in stages:
+        if stage not in todo:
+            check_inputs(out, stage)
+    _print_plan(out, stages, todo, configs, parallel)
+    return stages, todo, configs
 
 
 def _print_plan(out, stages, todo, configs, parallel):
