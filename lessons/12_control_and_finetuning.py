@@ -54,7 +54,7 @@ guidance scale (when data/pretrained/noisy_classifier.npz is shipped); exercises
 Settings: --smoke (seconds), --quick (14 s on an idle 2-core CPU, 84 s measured on a busy one), no flag
 (more steps).
 
-Read beside: minidiff/models/lora.py (LoRALinear, add_lora, merge_lora, save_adapter, load_adapter),
+Read beside: minidiff/models/lora.py (LoRALinear, add_lora, merge_lora), minidiff/zoo.py (save_adapter, load_adapter),
 minidiff/train/finetune.py (the lora, textual_inversion, controlnet and noisy_classifier jobs, the colour
 judge), minidiff/models/controlnet.py, minidiff/models/noisy_classifier.py, minidiff/diffusion/guidance.py,
 minidiff/datasets/shapes.py (the opt-in pink), minidiff/nn/gradcheck.py, lessons 04 and 10.
@@ -72,7 +72,7 @@ import time
 import numpy as np
 
 from minidiff import zoo
-from minidiff.models.lora import LoRALinear, add_lora, load_adapter, merge_lora
+from minidiff.models.lora import LoRALinear, add_lora, merge_lora
 from minidiff.nn.gradcheck import check_module
 from minidiff.nn.layers import Linear
 from minidiff.pipeline import load_pipeline

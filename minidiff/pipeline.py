@@ -124,9 +124,8 @@ class Pipeline:
         """Attach the LoRA adapter saved at ``path`` to the U-Net, weighed by ``scale`` (0: the base
         model, 1: as trained); it stays until ``unload_lora``. An adapter made for another U-Net is
         one AdapterMismatch (a ValueError); a missing file a FileNotFoundError."""
-        from .models.lora import load_adapter
         self.unload_lora()
-        self.lora = load_adapter(path, self.unet, scale)
+        self.lora = zoo.load_adapter(path, self.unet, scale)
         return self.lora
 
     def unload_lora(self):
@@ -138,8 +137,7 @@ class Pipeline:
     # -- ControlNet (minidiff/models/controlnet.py) -------------------------------------------------
     def load_controlnet(self, path):
         """Steer the U-Net with the ControlNet saved at ``path`` whenever a ``control`` image is given."""
-        from .models.controlnet import load_controlnet
-        self.controlled = load_controlnet(path, self.unet)
+        self.controlled = zoo.load_controlnet(path, self.unet)
         return self.controlled
 
     def load_control(self, control, num_images=1):

@@ -28,7 +28,9 @@ from .checkpoint import CheckpointError, config_from_dict, load_checkpoint, load
 from .diffusion.schedule import PREDICTION_TYPES, SCHEDULES
 from .models.classifier import AttributeClassifier, ClassifierConfig
 from .models.clip import CLIPConfig, MiniCLIP
+from .models.controlnet import ControlledUNet, ControlNet, ControlNetConfig
 from .models.digit_classifier import DigitClassifier, DigitClassifierConfig
+from .models.lora import AdapterMismatch, LoRAAdapters, add_lora
 from .models.text_encoder import TextEncoder, TextEncoderConfig
 from .models.tokenizer import BPETokenizer
 from .models.unet import UNet, UNetConfig
@@ -246,3 +248,66 @@ def folder_defaults(directory) -> dict:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0 <= scale <= 100:
         raise CheckpointError(f"{path}: guidance_scale must be a number in [0, 100], got {scale!r}")
     return {"guidance_scale": float(scale)}
+
+
+# -- the add-ons: a LoRA adapter, a ControlNet (each beside the U-Net it was trained on) --------------
+def _plain_json(value) -> dict:
+    """A config as plain JSON: what an add-on records of its base model and is checked against."""
+    return json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value))
+
+
+def save_adapter(path, adapters: LoRAAdapters, base_config, base_name: str = "", extra: dict | None = None):
+    """The adapter alone (A and B of every layer) in a small .npz, with a config naming the base
+    model's config: {"job": "lora", "lora": {rank, alpha, targets}, "base": {"name", "model"}}."""
+    config = {"job": "lora", "lora": adapters.settings(),
+              "base": {"name": str(base_name), "model": _plain_json(base_config)}}
+    return save_checkpoint(path, model=adapters, config=config, extra=extra)
+
+
+def load_adapter(path, model, scale: float = 1.0):
+    """Attach the adapter saved at ``path`` to ``model`` (whose config must be the one it was trained
+    on); returns the LoRAAdapters. A missing file is FileNotFoundError; an adapter for another
+    model, or a file that is no adapter, is one AdapterMismatch naming the difference."""
+    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train lora`")
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if config.get("job") != "lora" or not isinstance(config.get("lora"), dict):
+        raise AdapterMismatch(f"{path} is not a LoRA adapter (its job is {config.get('job')!r})")
+    theirs, mine = config.get("base", {}).get("model", {}), _plain_json(model.config)
+    differ = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+    if differ:
+        k = differ[0]
+        raise AdapterMismatch(f"{path} is an adapter for another model: its base has {k}={theirs.get(k)!r}, "
+                              f"this model {k}={mine.get(k)!r}")
+    settings = config["lora"]
+    adapters = add_lora(model, settings["rank"], settings["alpha"], tuple(settings["targets"]))
+    try:
+        adapters.load_state_dict(ckpt.model_state)
+    except ValueError as exc:
+        adapters.detach()
+        raise AdapterMismatch(f"{path}: {exc}") from None
+    if not all(np.isfinite(backend.to_numpy(p.data)).all() for p in adapters.parameters()):
+        adapters.detach()
+        raise AdapterMismatch(f"{path}: the adapter holds NaN or infinite values")
+    return adapters.set_scale(scale)
+
+
+def save_controlnet(path, controlnet: ControlNet, dtype=None):
+    """The ControlNet alone, with its config and its locked U-Net's config."""
+    config = {"job": "controlnet", "controlnet": dataclasses.asdict(controlnet.config),
+              "base": {"model": _plain_json(controlnet.unet_config)}}
+    return save_checkpoint(path, model=controlnet, config=config, dtype=dtype)
+
+
+def load_controlnet(path, unet):
+    """A ControlledUNet: ``unet`` locked, steered by the ControlNet saved at ``path``; one clear error
+    when the file is no ControlNet, or one made for another U-Net."""
+    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train controlnet`")
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if config.get("job") != "controlnet" or not isinstance(config.get("controlnet"), dict):
+        raise AdapterMismatch(f"{path} is not a ControlNet (its job is {config.get('job')!r})")
+    if config.get("base", {}).get("model") != _plain_json(unet.config):
+        raise AdapterMismatch(f"{path} is a ControlNet for another U-Net")
+    controlnet = ControlNet(unet, config_from_dict(ControlNetConfig, config["controlnet"], where=str(path)))
+    controlnet.load_state_dict(ckpt.model_state)
+    controlnet.to("gpu" if backend.is_gpu_array(unet.parameters()[0].data) else "cpu").eval()
+    return ControlledUNet(unet, controlnet)

@@ -33,7 +33,7 @@ def test_the_colour_judge_reads_true_one_object_renders():
 
 @pytest.mark.skipif(not (zoo.PRETRAINED_DIR / "unet.npz").is_file(), reason="needs the shipped models")
 def test_lora_job_trains_the_adapters_alone_and_writes_them(tmp_path):
-    from minidiff.models.lora import load_adapter
+    from minidiff.zoo import load_adapter
     from minidiff.models.unet import UNet
     cfg = make_config("lora", "quick", {"steps": 2, "batch_size": 2, "dataset_size": 8, "log_every": 1})
     result = run_lora(cfg, out=tmp_path, progress=False)
@@ -111,7 +111,7 @@ def test_textual_inversion_job_moves_only_the_new_token(tmp_path):
 @pytest.mark.skipif(not (zoo.PRETRAINED_DIR / "unet.npz").is_file(), reason="needs the shipped models")
 def test_controlnet_job_writes_a_controlnet_for_its_unet(tmp_path):
     from minidiff.models.unet import UNet
-    from minidiff.models.controlnet import load_controlnet
+    from minidiff.zoo import load_controlnet
     from minidiff.train.finetune import CONTROLNET_FILE, run_controlnet
     cfg = make_config("controlnet", "quick", {"steps": 2, "batch_size": 2, "dataset_size": 8, "log_every": 1})
     result = run_controlnet(cfg, out=tmp_path, progress=False)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidiff.models.lora import (AdapterMismatch, LoRALinear, add_lora, attention_projections, load_adapter,
-                                  merge_lora, save_adapter)
+from minidiff.models.lora import AdapterMismatch, LoRALinear, add_lora, attention_projections, merge_lora
+from minidiff.zoo import load_adapter, save_adapter
 from minidiff.models.unet import UNet, UNetConfig
 from minidiff.nn.gradcheck import check_module
 from minidiff.nn.layers import Linear

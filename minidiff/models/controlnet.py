@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 
 import numpy as np
 
@@ -40,8 +39,7 @@ from ..nn.layers import Conv2d, SiLU
 from ..nn.module import Module, Sequential
 from .blocks import zero_init
 
-__all__ = ["ControlNetConfig", "HintEncoder", "ControlNet", "ControlledUNet", "edge_map", "skip_channels",
-           "save_controlnet", "load_controlnet"]
+__all__ = ["ControlNetConfig", "HintEncoder", "ControlNet", "ControlledUNet", "edge_map", "skip_channels"]
 
 
 @dataclasses.dataclass
@@ -185,37 +183,6 @@ def _add(total, term):
     if term is None:
         return total
     return term if total is None else total + term
-
-
-# -- files -------------------------------------------------------------------------------------------
-def _json(value):
-    return json.loads(json.dumps(value))
-
-
-def save_controlnet(path, controlnet: ControlNet, dtype=None):
-    """The ControlNet alone, with its config and its locked U-Net's config."""
-    from ..checkpoint import save_checkpoint
-    config = {"job": "controlnet", "controlnet": dataclasses.asdict(controlnet.config),
-              "base": {"model": _json(dataclasses.asdict(controlnet.unet_config))}}
-    return save_checkpoint(path, model=controlnet, config=config, dtype=dtype)
-
-
-def load_controlnet(path, unet):
-    """A ControlledUNet: ``unet`` locked, steered by the ControlNet saved at ``path``; one clear error
-    when the file is no ControlNet, or one made for another U-Net."""
-    from .. import backend
-    from ..checkpoint import config_from_dict, load_checkpoint
-    from .lora import AdapterMismatch
-    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train controlnet`")
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    if config.get("job") != "controlnet" or not isinstance(config.get("controlnet"), dict):
-        raise AdapterMismatch(f"{path} is not a ControlNet (its job is {config.get('job')!r})")
-    if config.get("base", {}).get("model") != _json(dataclasses.asdict(unet.config)):
-        raise AdapterMismatch(f"{path} is a ControlNet for another U-Net")
-    controlnet = ControlNet(unet, config_from_dict(ControlNetConfig, config["controlnet"], where=str(path)))
-    controlnet.load_state_dict(ckpt.model_state)
-    controlnet.to("gpu" if backend.is_gpu_array(unet.parameters()[0].data) else "cpu").eval()
-    return ControlledUNet(unet, controlnet)
 
 
 # -- control images ----------------------------------------------------------------------------------

@@ -24,25 +24,23 @@ shipped checkpoint) stay exactly as they were, and ``detach`` puts them back.
     adapters = add_lora(unet, rank=4, alpha=4)         # q, k, v, out of every self- and cross-attention
     adapters.parameters()                               # the adapters' A and B only: what fit() trains
     merge_lora(adapters)                                # W <- W + s B A, adapters detached
-    save_adapter(path, adapters, base_config); load_adapter(path, unet)
+    zoo.save_adapter(path, adapters, base_config); zoo.load_adapter(path, unet)     # the files: zoo.py
 
 Read beside: ``minidiff/nn/layers.py`` (Linear, MultiHeadAttention) and ``minidiff/train/finetune.py``.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
+from ..backend import get_array_module
 from ..checks import positive_int
 from ..nn.layers import Linear, _CachingModule
 from ..nn.module import Module, Parameter
 
 __all__ = ["LoRALinear", "LoRAAdapters", "ATTENTION_PROJECTIONS", "attention_projections", "add_lora",
-           "merge_lora", "save_adapter", "load_adapter", "AdapterMismatch"]
+           "merge_lora", "AdapterMismatch"]
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
 
@@ -199,46 +197,3 @@ def merge_lora(adapters: LoRAAdapters):
     for layer in adapters.layers.values():
         layer.base.weight.data = layer.base.weight.data + layer.delta_weight()
     return adapters.detach()
-
-
-# -- files -----------------------------------------------------------------------------------------
-def _base_signature(config) -> dict:
-    """The base model's config as plain JSON (what an adapter records and is checked against)."""
-    return json.loads(json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config))
-
-
-def save_adapter(path, adapters: LoRAAdapters, base_config, base_name: str = "", extra: dict | None = None):
-    """The adapter alone (A and B of every layer) in a small .npz, with a config naming the base
-    model's config: {"job": "lora", "lora": {rank, alpha, targets}, "base": {"name", "model"}}."""
-    from ..checkpoint import save_checkpoint
-    config = {"job": "lora", "lora": adapters.settings(),
-              "base": {"name": str(base_name), "model": _base_signature(base_config)}}
-    return save_checkpoint(path, model=adapters, config=config, extra=extra)
-
-
-def load_adapter(path, model, scale: float = 1.0):
-    """Attach the adapter saved at ``path`` to ``model`` (whose config must be the one it was trained
-    on); returns the LoRAAdapters. A missing file is FileNotFoundError; an adapter for another
-    model, or a file that is no adapter, is one AdapterMismatch naming the difference."""
-    from ..checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path, hint="train one with `python -m minidiff train lora`")
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    if config.get("job") != "lora" or not isinstance(config.get("lora"), dict):
-        raise AdapterMismatch(f"{path} is not a LoRA adapter (its job is {config.get('job')!r})")
-    theirs, mine = config.get("base", {}).get("model", {}), _base_signature(model.config)
-    differ = [k for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
-    if differ:
-        k = differ[0]
-        raise AdapterMismatch(f"{path} is an adapter for another model: its base has {k}={theirs.get(k)!r}, "
-                              f"this model {k}={mine.get(k)!r}")
-    settings = config["lora"]
-    adapters = add_lora(model, settings["rank"], settings["alpha"], tuple(settings["targets"]))
-    try:
-        adapters.load_state_dict(ckpt.model_state)
-    except ValueError as exc:
-        adapters.detach()
-        raise AdapterMismatch(f"{path}: {exc}") from None
-    if not all(np.isfinite(to_numpy(p.data)).all() for p in adapters.parameters()):
-        adapters.detach()
-        raise AdapterMismatch(f"{path}: the adapter holds NaN or infinite values")
-    return adapters.set_scale(scale)

@@ -47,8 +47,8 @@ from ..diffusion.loss import diffusion_loss, training_targets
 from ..diffusion.schedule import NoiseSchedule
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..diffusion import guidance, samplers
-from ..models.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map, save_controlnet
-from ..models.lora import AdapterMismatch, add_lora, save_adapter
+from ..models.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map
+from ..models.lora import AdapterMismatch, add_lora
 from ..models.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from ..models.tokenizer import END_ID, PAD_ID, START_ID
 from ..nn.layers import Embedding
@@ -124,7 +124,7 @@ def run_lora(cfg: LoRAJob, out=None, resume=False, deadline=None, stop_at=None, 
     if keep_file(result, cfg, out):
         path = Path(out) / LORA_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_adapter(path, adapters, unet.config, base_name=Path(cfg.unet).name,
+        zoo.save_adapter(path, adapters, unet.config, base_name=Path(cfg.unet).name,
                      extra={"loss_history": np.asarray(result.history, np.float64).reshape(-1, 2)})
         result.checkpoint = path
         print(f"lora: adapter -> {path} ({path.stat().st_size / 1024:.0f} KiB)")
@@ -334,7 +334,7 @@ def run_controlnet(cfg: ControlNetJob, out=None, resume=False, deadline=None, st
     if keep_file(result, cfg, out):
         path = Path(out) / CONTROLNET_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_controlnet(path, controlnet, dtype=ship_dtype)
+        zoo.save_controlnet(path, controlnet, dtype=ship_dtype)
         result.checkpoint = path
         print(f"controlnet: -> {path}")
     return result
@@ -401,13 +401,12 @@ def pink_report(pipe: Pipeline, prompts=PINK_PROMPTS, guidance_scale=4.0, steps=
 
 if __name__ == "__main__":      # python -m minidiff.train.finetune: the pink share with and without an adapter
     import sys
-    from ..models.lora import load_adapter
     pipe = Pipeline.load()
     began = time.perf_counter()
     base = pink_report(pipe)
     print(f"base model: pink share {base['pink_share']:.2f} ({base['colours']})")
     if len(sys.argv) > 1:
-        load_adapter(sys.argv[1], pipe.unet)
+        zoo.load_adapter(sys.argv[1], pipe.unet)
         adapted = pink_report(pipe)
         print(f"with {sys.argv[1]}: pink share {adapted['pink_share']:.2f} ({adapted['colours']})")
     print(f"{time.perf_counter() - began:.0f} s")
