@@ -30,8 +30,9 @@ already in DIR is skipped.
 Stages that do not wait for each other can train side by side (``--parallel N``), each in a process
 of its own. On one GPU that is nearly free time: these models are small, and one training process
 leaves the GPU idle for most of each step while Python issues the next kernel, so a second or a
-third process fills those gaps. On a CPU they would only take cores from each other, so the default
-is 1 there (and 3 on a GPU). What each stage took is printed at the end and kept, run by run, in
+third process fills those gaps (measured on an H200: three runs side by side took 221 s, the longest
+of them 206 s alone). On a CPU they only take cores from each other, so the default is 1 there
+(and 3 on a GPU). What each stage took is printed at the end and kept, run by run, in
 DIR/train_all.json.
 """
 from __future__ import annotations
