@@ -43,7 +43,7 @@ def test_stage_configs_wire_each_stage_to_the_files_before_it(tmp_path):
     assert configs["text2image"].text_encoder == str(tmp_path / "text_encoder.npz")
     assert configs["vae64"].teacher == str(tmp_path / "vae32.npz")
     assert configs["judge64"].model.image_size == 64 and configs["vae64"].model.image_size == 64
-    assert configs["vae32"].model.image_size == 32 and configs["vae32"].extra_fraction == 0.15
+    assert configs["vae32"].model.image_size == 32 and configs["vae32"].extra_fraction == 0.3
     assert configs["clip"].model.pool_grid == 2                 # the image tower that sees where things are
     # the command line's settings reach every stage that has them, and win over a stage's own
     configs = train.stage_configs(tmp_path, "quick", {"steps": 7, "extra_fraction": 0.5})

@@ -274,3 +274,19 @@ def test_draw_latents_samples_the_posterior():
     assert z.dtype == np.float32
     np.testing.assert_allclose(z.mean(axis=0), [1.0, -3.0], atol=0.05)
     np.testing.assert_allclose(z.std(axis=0), [0.5, 2.0], rtol=0.03)
+
+
+def test_the_vae_job_can_see_pink_and_says_whether_it_learnt_it(tmp_path):
+    """--extra-fraction F: about F of the VAE's scenes get a pink object (the same scenes otherwise),
+    and the finished job reports the held-out pink and base reconstructions in their own colour."""
+    from minidiff.train.data import load_data
+    plain = load_data("shapes", 32, 400, 0).images
+    pink = load_data("shapes", 32, 400, 0, extra_fraction=0.3).images
+    changed = (np.abs(plain - pink).reshape(400, -1).max(axis=1) > 0).mean()
+    assert 0.2 < changed < 0.4
+    cfg = dataclasses.replace(train.VAEJob.quick(), steps=2, batch_size=2, dataset_size=8, scale_images=8,
+                              warmup_steps=0, extra_fraction=0.3,
+                              model=VAEConfig(base_channels=8, channel_mults=(1, 2, 4), norm_groups=4, image_size=32))
+    result = train.run_vae(cfg, out=None, progress=False)
+    assert set(result.evaluation) == {"pink", "base"}
+    assert all(0 <= v <= 1 for v in result.evaluation.values())

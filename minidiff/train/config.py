@@ -100,7 +100,7 @@ class VAEJob(TrainConfig):
     adversarial_weight: float = 0.0   # > 0: + weight * patch-GAN generator loss, D trained alongside
     adversarial_start: int = 0        # the GAN term joins at this step (the "discriminator start")
     discriminator_lr: float = 2e-4
-    extra_fraction: float = 0.0       # shapes: scenes whose object 1 is pink (`train all` uses 0.15)
+    extra_fraction: float = 0.0       # shapes: scenes whose object 1 is pink (`train all` uses 0.3)
 
     def __post_init__(self):
         super().__post_init__()

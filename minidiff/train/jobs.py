@@ -37,6 +37,7 @@ from .config import (ClassifierJob, ClipJob, DiffusionTrainConfig, DigitClassifi
 from .data import (SHAPES_DATA_SEED, draw_latents, drop_captions, encode_dataset, gather, load_data,
                    load_heldout, text_states)
 from .loop import fit
+from .vae_decoder import reconstruction_report
 
 
 def train_tokenizer(vocab_size: int, corpus_size: int = 20_000, seed: int = 0, texts=None):
@@ -148,8 +149,13 @@ def run_vae(cfg: VAEJob, out=None, resume=False, deadline=None, stop_at=None, pr
         print(f"vae: latent scale factor {scale:.4f} (1 / std of {min(cfg.scale_images, len(data))} latents)")
         return {"scale_factor": np.asarray(scale, np.float64)}
 
-    return fit("vae", model, loss_fn, cfg, _checkpoint_config("vae", model, cfg), out, resume, deadline, stop_at,
-               sample_fn=sample_fn, finalize=finalize, progress=progress, ship_dtype=ship_dtype)
+    result = fit("vae", model, loss_fn, cfg, _checkpoint_config("vae", model, cfg), out, resume, deadline, stop_at,
+                 sample_fn=sample_fn, finalize=finalize, progress=progress, ship_dtype=ship_dtype)
+    if result.complete and cfg.extra_fraction:       # did the decoder learn the extra colour?
+        result.evaluation = reconstruction_report(result.model, seed=cfg.seed)
+        print("vae: held-out reconstructions in their own colour: " +
+              ", ".join(f"{k} {v:.2f}" for k, v in result.evaluation.items()))
+    return result
 
 
 def _latent_model_config(cfg, vae, **changes):
