@@ -84,6 +84,8 @@ def test_train_all_builds_a_64x64_pipeline_that_generates_and_resumes(tmp_path):
     with contextlib.redirect_stdout(printed):
         assert train.run_all(out, overrides=TINY, progress=False)
     assert "0 of 5 stages to train" in printed.getvalue()
+    assert f'try: python -m minidiff generate "a small red circle above a blue square" --checkpoints {out}' \
+        in printed.getvalue()
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
 
 

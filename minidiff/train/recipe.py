@@ -59,6 +59,8 @@ TIMES_FILE = "train_all.json"       # DIR/train_all.json: what each run of `trai
 CLIP_FILES = (zoo.FILES["tokenizer"], zoo.FILES["clip"], zoo.FILES["text_encoder"])
 # the judging stage by --data: a folder or IDX files have no labels to judge samples with, so none
 JUDGE_STAGES = {"shapes": "judge64", "digits": "digit_classifier"}
+# what to ask the finished folder first
+EXAMPLE_PROMPTS = {"shapes": "a small red circle above a blue square", "digits": "the digit seven"}
 # settings `train all` wires itself (a stage's inputs are the files of the stages before it), or that
 # name one job's model: a stage sets its own
 NOT_OVERRIDES = ("vae", "text_encoder", "tokenizer", "teacher", "model", "init")
@@ -242,6 +244,8 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
     judged = "" if data in JUDGE_STAGES else (f"; no classifier stage: --data {data} has no labels to judge "
                                               "samples with")
     print(f"train all: all stages complete in {out}{judged}")
+    prompt = EXAMPLE_PROMPTS.get(data, "one of your captions")
+    print(f'try: python -m minidiff generate "{prompt}" --checkpoints {out}')
     return True
 
 
