@@ -45,7 +45,7 @@ import pickle
 import queue
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import backend, zoo
@@ -91,11 +91,11 @@ class Stage:
         return [(name, self.rename.get(name, name)) for name in written]
 
 
-def _text_to_image(vae_stage: str, vae_file: str) -> Stage:
+def _text_to_image(vae_stage: str, vae_file: str, **more) -> Stage:
     """The U-Net, on the latents of the VAE that ``vae_stage`` writes as ``vae_file``."""
     return Stage("text2image", "text2image", after=("clip", vae_stage),
                  inputs={"vae": vae_file, "text_encoder": zoo.FILES["text_encoder"],
-                         "tokenizer": zoo.FILES["tokenizer"]})
+                         "tokenizer": zoo.FILES["tokenizer"]}, **more)
 
 
 def recipe_for(data=None) -> tuple:
@@ -108,7 +108,7 @@ def recipe_for(data=None) -> tuple:
                 # pink in 30% of its scenes (as the decoder fine-tune that taught the shipped VAE pink), so
                 # its decoder can draw what a LoRA or a token asks for
                 Stage("vae32", "vae", settings={"extra_fraction": 0.3}, rename={zoo.FILES["vae"]: zoo.VAE32_FILE}),
-                replace(_text_to_image("vae32", zoo.VAE32_FILE), full={"steps": 8000, "two_object_fraction": 0.6}),
+                _text_to_image("vae32", zoo.VAE32_FILE, full={"steps": 8000, "two_object_fraction": 0.6}),
                 Stage("vae64", "vae64", after=("vae32",), inputs={"teacher": zoo.VAE32_FILE}, full={"steps": 5500}),
                 Stage("judge64", "classifier", settings={"model": "judge64"}, full={"steps": 2500},
                       rename={zoo.FILES["classifier"]: zoo.JUDGE64_FILE}))
