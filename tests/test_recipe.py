@@ -75,6 +75,9 @@ def test_train_all_builds_a_64x64_pipeline_that_generates_and_resumes(tmp_path):
     assert load_checkpoint(out / "vae.npz").config["train"]["job"] == "vae64"
     images = Pipeline.load(out, device="cpu").sample_prompts(["a red circle"], 4.0, steps=2, seed=0)
     assert images.shape == (1, 3, 64, 64)
+    from PIL import Image
+    with Image.open(out / recipe.SAMPLES_FILE) as shown:         # what the folder makes, under each prompt
+        assert shown.size[0] > 4 * shown.size[1]
     runs = json.loads((out / recipe.TIMES_FILE).read_text())["runs"]
     assert [row["stage"] for row in runs[0]["stages"]] == list(train.stages_for("shapes"))
     assert all(row["complete"] and row["wall_s"] >= row["training_s"] >= 0 for row in runs[0]["stages"])

@@ -33,25 +33,31 @@ leaves the GPU idle for most of each step while Python issues the next kernel, s
 third process fills those gaps (measured on an H200: three runs side by side took 221 s, the longest
 of them 206 s alone). On a CPU they only take cores from each other, so the default is 1 there
 (and 3 on a GPU). What each stage took is printed at the end and kept, run by run, in
-DIR/train_all.json.
+DIR/train_all.json, and DIR/samples.png shows what the finished folder makes, prompt by prompt.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import multiprocessing
 import pickle
 import queue
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .. import backend, zoo
 from ..checkpoint import load_checkpoint
+from ..datasets import captions
 from ..files import atomic_write_bytes
 from .config import JOB_CONFIGS, make_config
+from .data import load_data
 from .runners import RUNNERS
 
 WORK_DIR = "stages"                 # DIR/stages/NAME/: a stage's checkpoints and samples while it trains
@@ -244,6 +250,7 @@ def run_all(out, preset="quick", overrides=None, deadline=None, progress=True, s
     judged = "" if data in JUDGE_STAGES else (f"; no classifier stage: --data {data} has no labels to judge "
                                               "samples with")
     print(f"train all: all stages complete in {out}{judged}")
+    _draw_what_it_makes(out, data, configs["text2image"])
     prompt = EXAMPLE_PROMPTS.get(data, "one of your captions")
     print(f'try: python -m minidiff generate "{prompt}" --checkpoints {out}')
     return True
@@ -369,7 +376,46 @@ def _stop(running):
     running.clear()
 
 
-# -- what it will do, and what it took -------------------------------------------------------------
+# -- what it will do, what it took, and what it makes ---------------------------------------------
+SAMPLES_FILE = "samples.png"        # DIR/samples.png: the finished folder's images, each under its prompt
+
+
+def _prompts_for(data, cfg, n: int = 8) -> list:
+    """Prompts the finished folder knows: the shapes' fixed prompts, the digits' wordings, or the
+    first distinct captions of your own data."""
+    if data == "shapes":
+        return list(captions.FIXED_PROMPTS[:n])
+    if data == "digits":
+        from ..evaluate.digits import digit_prompts
+        return digit_prompts(n)[0]
+    texts = load_data(data, 32, 4 * n, cfg.seed, need_captions=True).captions   # (only the captions are used)
+    return list(dict.fromkeys(texts))[:n]
+
+
+def _draw_what_it_makes(out, data, cfg):
+    """DIR/samples.png: the finished pipeline (what `generate --checkpoints DIR` runs), one image per
+    prompt, 50 DDIM steps at the folder's guidance scale. A picture that cannot be drawn is a warning:
+    the training it would show has succeeded."""
+    from ..pipeline import Pipeline
+    from ..utils import pyplot
+    try:
+        pipe = Pipeline.load(out)
+        prompts = _prompts_for(data, cfg)
+        images = pipe.sample_prompts(prompts, pipe.default_guidance, steps=50, seed=0)
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(prompts), figsize=(1.9 * len(prompts), 2.3), squeeze=False)
+        for ax, image, prompt in zip(axes[0], images, prompts):
+            ax.imshow(np.clip((image.transpose(1, 2, 0) + 1) / 2, 0, 1), interpolation="nearest")
+            ax.set_title(textwrap.fill(prompt, 22), fontsize=7)
+            ax.axis("off")
+        fig.suptitle(f"{out}: guidance {pipe.default_guidance:g}, 50 DDIM steps, seed 0", fontsize=8)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(Path(out) / SAMPLES_FILE, buffer.getvalue())
+        print(f"train all: what the folder makes -> {Path(out) / SAMPLES_FILE}")
+    except Exception as exc:                            # noqa: BLE001 - the models are trained and kept
+        print(f"train all: no samples drawn ({type(exc).__name__}: {exc})")
 def _work(cfg) -> str:
     return f"{cfg.steps} x {cfg.batch_size}"
 
