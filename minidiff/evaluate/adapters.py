@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import backend
 from ..datasets import shapes
+from ..nn.module import no_grad
 from .judge import predict_labels
 
 NEW_COLOURS = ("pink",)
@@ -107,3 +109,18 @@ def control_judgement(images, masks, prompts, classifier, threshold: float = 0.7
                  for i, p in enumerate(prompts)]
     return {"iou": iou, "iou_ok": float((iou >= threshold).mean()), "median_iou": float(np.median(iou)),
             "colour": float(np.mean(colour_ok))}
+
+
+def reconstruction_report(vae, n: int = 64, seed: int = 0) -> dict:
+    """Share of held-out reconstructions Dec(mean of q(z | x)) whose object is drawn in its own colour:
+    "pink" over one-object pink scenes, "base" over one-object scenes in the six base colours."""
+    xp = backend.get_xp()
+    report = {}
+    for name, fraction in (("pink", 1.0), ("base", 0.0)):
+        batch = shapes.sample(n, seed=(seed, 7, 18), size=vae.config.image_size, two_object_fraction=0.0,
+                              extra_colours=("pink",), extra_fraction=fraction)
+        with no_grad():
+            rec = backend.to_numpy(vae.decode(vae.encode(xp.asarray(batch["images"])).mode()))
+        truth = object_colours(batch["images"])
+        report[name] = float(np.mean(object_colours(rec) == truth))
+    return report

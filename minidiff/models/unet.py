@@ -441,7 +441,7 @@ class UNet(Module):
         for block in reversed(self.up_blocks):
             dh, dt, dc = block.backward(dh, dskips)
             dtemb, dcontext = _add(dtemb, dt), _add(dcontext, dc)
-        # dskips is in the skips' order (the decoder pushes skip 0's gradient last, as it popped it last);
+        # dskips is in the skips' order (the decoder pushes skip 0's gradient first, as it popped it last);
         # a residual added to a skip (or to the middle) gets that tensor's gradient as it is
         self.residual_grads = (list(dskips), dh) if getattr(self, "_with_residuals", False) else None
         dh, dt, dc = self.mid_block.backward(dh)

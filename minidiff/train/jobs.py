@@ -37,7 +37,7 @@ from .config import (ClassifierJob, ClipJob, DiffusionTrainConfig, DigitClassifi
 from .data import (SHAPES_DATA_SEED, draw_latents, drop_captions, encode_dataset, gather, load_data,
                    load_heldout, text_states)
 from .loop import fit
-from .vae_decoder import reconstruction_report
+from ..evaluate.adapters import reconstruction_report
 
 
 def train_tokenizer(vocab_size: int, corpus_size: int = 20_000, seed: int = 0, texts=None):

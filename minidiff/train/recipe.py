@@ -55,6 +55,7 @@ import numpy as np
 from .. import backend, zoo
 from ..checkpoint import load_checkpoint
 from ..datasets import captions
+from ..evaluate.digits import digit_prompts
 from ..files import atomic_write_bytes
 from .config import JOB_CONFIGS, make_config
 from .data import load_data
@@ -386,7 +387,6 @@ def _prompts_for(data, cfg, n: int = 8) -> list:
     if data == "shapes":
         return list(captions.FIXED_PROMPTS[:n])
     if data == "digits":
-        from ..evaluate.digits import digit_prompts
         return digit_prompts(n)[0]
     texts = load_data(data, 32, 4 * n, cfg.seed, need_captions=True).captions   # (only the captions are used)
     return list(dict.fromkeys(texts))[:n]

@@ -21,9 +21,9 @@ import numpy as np
 from .. import backend, zoo
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..datasets import shapes
-from ..evaluate.adapters import colour_share
+from ..evaluate.adapters import colour_share, reconstruction_report  # noqa: F401  (reconstruction_report: its old home)
 from ..models.vae_loss import reconstruction_loss
-from ..nn.module import Module, no_grad
+from ..nn.module import Module
 from .config import VAEDecoderJob
 from .data import SHAPES_DATA_SEED, draw_latents, encode_dataset
 from .loop import fit, fresh_output, keep_file
@@ -90,20 +90,3 @@ def run_vae_decoder(cfg: VAEDecoderJob, out=None, resume=False, deadline=None, s
     print("vae_decoder: held-out reconstructions drawn in the right colour: "
           + ", ".join(f"{k} {v:.2f}" for k, v in result.evaluation.items()))
     return result
-
-
-def reconstruction_report(vae, n: int = 64, seed: int = 0) -> dict:
-    """Share of held-out reconstructions Dec(mean of q(z | x)) whose object is drawn in its own colour:
-    "pink" over one-object pink scenes, "base" over one-object scenes in the six base colours."""
-    from ..evaluate.adapters import object_colours
-    xp = backend.get_xp()
-    report = {}
-    for name, fraction in (("pink", 1.0), ("base", 0.0)):
-        batch = shapes.sample(n, seed=(seed, 7, 18), size=vae.config.image_size, two_object_fraction=0.0,
-                              extra_colours=("pink",), extra_fraction=fraction)
-        with no_grad():
-            rec = backend.to_numpy(vae.decode(vae.encode(xp.asarray(batch["images"])).mode()))
-        truth = object_colours(batch["images"])
-        report[name] = float(np.mean(object_colours(rec) == truth))
-    return report
-
